@@ -1,0 +1,37 @@
+"""Attacks: one engine (:func:`perturb`), threat geometry, per-example objectives, presets."""
+
+from spat.attacks.context import attack_mode
+from spat.attacks.engine import perturb
+from spat.attacks.geometry import INITS, NORMS, Geometry
+from spat.attacks.objectives import (
+    OBJECTIVES,
+    cross_entropy,
+    cw_margin,
+    hcp_ecp,
+    hcp_ecp_objective,
+    kl_divergence,
+    kl_objective,
+    per_class_kl,
+)
+from spat.attacks.presets import AttackSpec, cw, default_step_size, fgsm, pgd
+
+__all__ = [
+    "INITS",
+    "NORMS",
+    "OBJECTIVES",
+    "AttackSpec",
+    "Geometry",
+    "attack_mode",
+    "cross_entropy",
+    "cw",
+    "cw_margin",
+    "default_step_size",
+    "fgsm",
+    "hcp_ecp",
+    "hcp_ecp_objective",
+    "kl_divergence",
+    "kl_objective",
+    "per_class_kl",
+    "perturb",
+    "pgd",
+]

@@ -1,0 +1,14 @@
+"""The one exception type that the CLI turns into a one-line message and exit code 2."""
+
+
+class SpatError(ValueError):
+    """Bad user input: an unknown name, an out-of-range value, a missing or corrupted file.
+
+    The message is one line, names what was wrong and, where there is a closed set, the valid
+    choices. The CLI prints it as ``spat: error: <message>`` and exits with code 2.
+    """
+
+
+def unknown_name(kind: str, name: str, valid: "list[str] | tuple[str, ...]") -> SpatError:
+    """An error for a registry lookup: ``unknown model 'x' (valid: a, b, c)``."""
+    return SpatError(f"unknown {kind} {name!r} (valid: {', '.join(sorted(valid))})")

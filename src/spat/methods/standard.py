@@ -1,0 +1,35 @@
+"""Standard (non-adversarial) training: CE on clean inputs. The control of every comparison."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spat.methods.base import MethodOutput, natural_logits
+
+
+@dataclass(frozen=True, kw_only=True)
+class Standard:
+    """Empirical risk minimisation, CE(f(x), y); optional self-paced CE (SPAT's part 2).
+
+    Attributes:
+        self_paced_ce: use SPAT's modulated logits (needs the cosine head).
+        m: SPAT's margin m for the self-paced CE (0.2 in the official code).
+    """
+
+    name: str = "standard"
+    self_paced_ce: bool = False
+    m: float = 0.2
+
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> MethodOutput:
+        logits = model(x)
+        loss = F.cross_entropy(natural_logits(model, logits, y, self_paced_ce=self.self_paced_ce,
+                                              m=self.m), y)
+        return MethodOutput(loss=loss, logits_adv=None, logits_clean=logits.detach(),
+                            parts={"loss_nat": loss.detach()})

@@ -1,0 +1,73 @@
+"""Seeding and capture/restore of every random number generator a run uses.
+
+Exact resume needs Python's ``random``, NumPy's global generator, torch's CPU generator and
+(when present) every CUDA generator, plus any explicit ``torch.Generator`` the run owns.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and torch (CPU and all CUDA devices).
+
+    ``deterministic=True`` also asks torch for deterministic kernels (slower on GPU).
+    """
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def get_rng_state() -> dict[str, Any]:
+    """All global RNG states as tensors / plain values (loadable with ``weights_only=True``)."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": _python_state_to_plain(random.getstate()),
+        "numpy": {
+            "kind": np_state[0],
+            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`get_rng_state` captured."""
+    random.setstate(_python_state_from_plain(state["python"]))
+    n = state["numpy"]
+    np.random.set_state(
+        (
+            n["kind"],
+            n["keys"].numpy().astype(np.uint32),
+            int(n["pos"]),
+            int(n["has_gauss"]),
+            float(n["cached_gaussian"]),
+        )
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _python_state_to_plain(s: tuple) -> dict[str, Any]:
+    version, internal, gauss = s
+    internal_t = torch.tensor(internal, dtype=torch.int64)
+    return {"version": version, "internal": internal_t, "gauss": gauss}
+
+
+def _python_state_from_plain(d: dict[str, Any]) -> tuple:
+    return (int(d["version"]), tuple(int(v) for v in d["internal"].tolist()), d["gauss"])

@@ -1,0 +1,41 @@
+"""Shared test fixtures: repository paths, the shared data folder, small models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+torch.set_num_threads(2)
+
+
+def shared_data_or_skip(name: str = "FashionMNIST") -> Path:
+    """The shared data folder, or skip the test with the reason."""
+    if not (SHARED_DATA / name / "raw").is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA / name / 'raw'} (the project's "
+                    "shared/data folder beside the checkout)")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    return shared_data_or_skip("FashionMNIST")
+
+
+class TinyNet(torch.nn.Module):
+    """A small conv net with BatchNorm and dropout: both are mode-dependent, so mode bugs show."""
+
+    def __init__(self, channels: int = 1, num_classes: int = 3, size: int = 8) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(channels, 4, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.drop = torch.nn.Dropout(0.5)
+        self.fc = torch.nn.Linear(4 * size * size, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.drop(torch.relu(self.bn(self.conv(x))))
+        return self.fc(h.flatten(1))
