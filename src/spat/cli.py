@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -114,6 +115,8 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
                    help="PGD steps of the per-epoch validation attack (default 10)")
     g.add_argument("--test-steps", dest="test_steps", type=int,
                    help="PGD steps of the final test attack (default 20)")
+    g.add_argument("--test-subset", dest="test_subset", type=int,
+                   help="final test on this many examples (a fixed random subset; default all)")
     g.add_argument("--eval-batch-size", dest="eval_batch_size", type=int, help=S)
     g = p.add_argument_group("runtime and output")
     g.add_argument("--seed", type=int, help="random seed (default 0)")
@@ -188,10 +191,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for add in SUBCOMMANDS:
         add(sub)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_parsers(sub)
     return parser
 
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_train_parser]
+#: Modules that add their own subcommands: each has ``add_parsers(subparsers)``, and every parser
+#: it adds sets ``func=<callable(args) -> int>``.
+COMMAND_MODULES = ("spat.evaluation.command", "spat.analysis.command")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -205,7 +205,12 @@ def train(
     # Test: the best-by-validation checkpoint, clean and PGD-test_steps at the training ε.
     best = ckpt.resolve(run_dir, "best")
     model.load_state_dict(ckpt.load_weights(best))
-    preds = evaluate_split(model, data.test, cfg, device, cfg.test_steps,
+    test = data.test
+    if cfg.test_subset is not None and cfg.test_subset < len(test):
+        idx = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))
+        idx = idx[: cfg.test_subset]
+        test = Split(images=test.images[idx], labels=test.labels[idx])
+    preds = evaluate_split(model, test, cfg, device, cfg.test_steps,
                            seed=cfg.seed + 12345)
     attack = next(iter(preds.adversarial))
     summary = {

@@ -107,6 +107,7 @@ class TrainConfig:
     # validation and test
     val_steps: int = 10
     test_steps: int = 20
+    test_subset: int | None = None  # evaluate the final test on this many (fixed) examples
     eval_batch_size: int = 512
     # runtime
     seed: int = 0
@@ -197,6 +198,8 @@ class TrainConfig:
         if self.beta is not None:
             check(self.beta >= 0, f"beta must be >= 0, got {self.beta}")
         check(self.val_size >= 0, f"validation size must be >= 0, got {self.val_size}")
+        if self.test_subset is not None:
+            check(self.test_subset >= 1, f"test subset must be >= 1, got {self.test_subset}")
         if self.train_subset is not None:
             check(self.train_subset >= 1, f"train subset must be >= 1, got {self.train_subset}")
         if self.hcp_ecp and self.method not in SUPPORTS_HCP_ECP:
