@@ -594,6 +594,19 @@ def test_batches_bad_arguments() -> None:
         batches(split, 2, augment="mixup")
 
 
+def test_batches_non_cpu_device_copy_once() -> None:
+    # the "meta" device exercises the accelerator path (copy once, gather there) without a GPU
+    split = _indexed_split(10, (3, 8, 8))
+    g = torch.Generator().manual_seed(0)
+    out = list(batches(split, 4, device="meta", shuffle=True, generator=g, augment="crop_flip"))
+    assert [tuple(x.shape) for x, _ in out] == [(4, 3, 8, 8), (4, 3, 8, 8), (2, 3, 8, 8)]
+    assert all(x.is_meta and y.is_meta and x.dtype == torch.float32 for x, y in out)
+    first = split.on_device("meta")[0]
+    assert first.dtype == torch.uint8 and split.on_device("meta")[0] is first
+    split.images = split.images.clone()  # replaced tensors -> a fresh copy
+    assert split.on_device("meta")[0] is not first
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 def test_batches_cuda() -> None:
     split = _indexed_split(40, (3, 32, 32))

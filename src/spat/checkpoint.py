@@ -3,14 +3,22 @@
 Layout under a run's ``checkpoints/`` folder::
 
     epoch_0007/model.safetensors   model weights (and buffers) — no code, no pickle
-    epoch_0007/state.pt            optimizer, RNG states, counters, config, metrics: tensors and
-                                   plain Python values only, read with torch.load(weights_only=True)
+    epoch_0007/state.pt            optimizer, RNG states, counters, config: tensors and plain
+                                   Python values only, read with torch.load(weights_only=True)
     last.json                      {"tag": "epoch_0007"} — the newest complete checkpoint
     best.json                      {"tag": "epoch_0005", ...} — best validation robust accuracy
 
-A checkpoint folder is written under a temporary name and renamed into place only when complete
-(a rename is atomic on POSIX), and the pointer files are replaced atomically afterwards, so a
-process killed at any moment leaves the previous checkpoint intact and pointed to.
+Crash safety (a process killed with SIGKILL at any instant, or a power cut):
+
+* a checkpoint folder is written under a temporary name (``.epoch_0007.XXXX.tmp``), both files
+  are fsynced, the temporary folder is fsynced, then renamed into place (atomic on POSIX) and
+  the parent folder is fsynced so the rename itself is durable;
+* the pointer files are replaced atomically (temp file + fsync + ``os.replace`` + directory
+  fsync) only after the folder they name is complete, so ``last.json`` always names a complete
+  checkpoint — the previous one until the new one is fully on disk;
+* leftovers of an interrupted save (temporary folders, a folder renamed into place whose pointer
+  was never written) are never read: readers go through the pointers, and
+  :func:`clean_stale` removes them when a run is resumed.
 """
 
 from __future__ import annotations
@@ -18,8 +26,10 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
+import secrets
 import shutil
-import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +42,45 @@ from spat.utils.io import atomic_write_text
 
 WEIGHTS = "model.safetensors"
 STATE = "state.pt"
+#: Checkpoint folder names: ``epoch_0007`` (1-based epoch, zero-padded).
+TAG_RE = re.compile(r"epoch_\d{4,}")
 
 
-def _fsync_file(path: Path) -> None:
-    with path.open("rb") as f:
-        os.fsync(f.fileno())
+def epoch_tag(epoch: int) -> str:
+    """The folder name of the checkpoint taken after (1-based) ``epoch``: ``epoch_0007``."""
+    return f"epoch_{epoch:04d}"
+
+
+def tag_epoch(tag: str) -> int:
+    """The (1-based) epoch of a checkpoint folder name; ``SpatError`` if it is not one."""
+    if not TAG_RE.fullmatch(tag):
+        raise SpatError(f"not a checkpoint name: {tag!r} (expected epoch_NNNN)")
+    return int(tag.split("_", 1)[1])
+
+
+def _fsync_path(path: Path) -> None:
+    """fsync a file or a directory (directories: best effort, not every OS allows it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fresh_dir(root: Path, prefix: str) -> Path:
+    """A new empty folder ``root/<prefix>XXXXXXXX.tmp`` (permissions from the umask)."""
+    while True:
+        p = root / f"{prefix}{secrets.token_hex(4)}.tmp"
+        try:
+            p.mkdir()
+            return p
+        except FileExistsError:
+            continue
 
 
 def save_checkpoint(
@@ -49,20 +93,26 @@ def save_checkpoint(
 
     ``weights``: a model ``state_dict`` (tensors are copied to CPU and made contiguous).
     ``state``: tensors and plain values only (dict/list/str/int/float/bool/None).
+    An existing ``root/tag`` (left by an interrupted run that is being redone; never the folder a
+    pointer names) is moved aside atomically before the new folder is renamed into place.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / tag
-    tmp = Path(tempfile.mkdtemp(prefix=f".{tag}.", suffix=".tmp", dir=root))
+    tmp = _fresh_dir(root, f".{tag}.")
     try:
         cpu = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
         save_file(cpu, str(tmp / WEIGHTS))
         torch.save(state, tmp / STATE)
         for f in (WEIGHTS, STATE):
-            _fsync_file(tmp / f)
+            _fsync_path(tmp / f)
+        _fsync_path(tmp)
         if final.exists():
-            shutil.rmtree(final)
+            old = _fresh_dir(root, f".{tag}.old.")
+            os.rename(final, old / tag)
+            shutil.rmtree(old, ignore_errors=True)
         os.rename(tmp, final)
+        _fsync_path(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -75,14 +125,22 @@ def set_pointer(root: str | os.PathLike[str], name: str, tag: str, **extra: Any)
 
 
 def read_pointer(root: str | os.PathLike[str], name: str) -> str | None:
-    """The tag that ``root/<name>.json`` points to, or None if there is no such pointer."""
+    """The tag that ``root/<name>.json`` points to, or None if there is no such pointer.
+
+    A pointer that is not JSON, has no tag, or names something other than a checkpoint folder
+    (``epoch_NNNN``: no path separators, no ``..``) is a one-line ``SpatError``.
+    """
     p = Path(root) / f"{name}.json"
     if not p.exists():
         return None
     try:
-        return str(json.loads(p.read_text(encoding="utf-8"))["tag"])
-    except (json.JSONDecodeError, KeyError) as e:
-        raise SpatError(f"checkpoint pointer {p} is corrupted ({e})") from None
+        tag = json.loads(p.read_text(encoding="utf-8"))["tag"]
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise SpatError(f"checkpoint pointer {p} is corrupted ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())})") from None
+    if not isinstance(tag, str) or not TAG_RE.fullmatch(tag):
+        raise SpatError(f"checkpoint pointer {p} is corrupted (tag {tag!r} is not epoch_NNNN)")
+    return tag
 
 
 def prune(root: str | os.PathLike[str], keep: set[str]) -> None:
@@ -95,17 +153,50 @@ def prune(root: str | os.PathLike[str], keep: set[str]) -> None:
             shutil.rmtree(child, ignore_errors=True)
 
 
+def clean_stale(root: str | os.PathLike[str]) -> list[str]:
+    """Remove what an interrupted save can leave in ``root``; returns the names removed.
+
+    That is: temporary folders and files (``.*.tmp``), and checkpoint folders newer than the one
+    ``last.json`` names (renamed into place, but the process died before the pointer moved).
+    Folders named by ``last.json`` or ``best.json`` are never touched.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    last = read_pointer(root, "last")
+    best = read_pointer(root, "best")
+    keep = {t for t in (last, best) if t is not None}
+    newest = tag_epoch(last) if last is not None else 0
+    removed = []
+    for child in sorted(root.iterdir()):
+        name = child.name
+        stale = name.startswith(".") and name.endswith(".tmp")
+        if not stale and child.is_dir() and TAG_RE.fullmatch(name) and name not in keep:
+            stale = tag_epoch(name) > newest
+        if stale:
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+            removed.append(name)
+    return removed
+
+
 def resolve(path: str | os.PathLike[str], which: str = "best") -> Path:
     """The checkpoint folder for a run directory, a ``checkpoints/`` folder or a folder itself.
 
-    ``which`` ("best" or "last") picks the pointer when given a run or checkpoints folder; "best"
-    falls back to "last" when the run has no best pointer yet.
+    ``which`` ("best", "last" or a folder name ``epoch_NNNN``) picks the checkpoint when given a
+    run or checkpoints folder; "best" falls back to "last" when the run has no best pointer yet.
     """
     p = Path(path)
     if (p / WEIGHTS).exists():
         return p
     for root in (p / "checkpoints", p):
         if root.is_dir():
+            if TAG_RE.fullmatch(which):
+                if (root / which / WEIGHTS).exists():
+                    return root / which
+                continue
             for name in (which, "last") if which == "best" else (which,):
                 tag = read_pointer(root, name)
                 if tag is not None and (root / tag / WEIGHTS).exists():
@@ -114,21 +205,44 @@ def resolve(path: str | os.PathLike[str], which: str = "best") -> Path:
                     f"{WEIGHTS})")
 
 
+def _unpickling_detail(e: BaseException) -> str:
+    """The informative part of torch's multi-paragraph weights-only error, on one line."""
+    text = " ".join(str(e).split())
+    m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if m:
+        return f"it references {m.group(1)}"
+    m = re.search(r"WeightsUnpickler error: (.+?)(?: Check the documentation|$)", text)
+    if m:
+        return m.group(1).strip()[:160]
+    return text[:160] or type(e).__name__
+
+
 def load_state(folder: str | os.PathLike[str]) -> dict[str, Any]:
-    """``state.pt`` with ``weights_only=True``; anything needing arbitrary unpickling is refused."""
+    """``state.pt`` with ``weights_only=True``; anything needing arbitrary unpickling is refused.
+
+    Only tensors and plain containers/values can come out of it: a file that would construct
+    another object or call a function (``os.system``, ``open``, ...) is refused *before* anything
+    is called, with a one-line ``SpatError``. A truncated or garbled file is a ``SpatError`` too.
+    """
     path = Path(folder) / STATE
     if not path.exists():
         raise SpatError(f"checkpoint state file missing: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4" on crafted files
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SpatError(
-            f"refusing to load {path}: it holds arbitrary pickled objects, which could run code "
-            f"({first[:160]})"
+            f"refusing to load {path}: it is not a plain tensors-and-values file and unpickling "
+            f"it could run code ({_unpickling_detail(e)})"
         ) from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise SpatError(f"checkpoint state {path} is unreadable or corrupted ({e})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise SpatError(f"checkpoint state {path} is unreadable or corrupted "
+                        f"({' '.join(str(e).split())[:200]})") from None
+    if not isinstance(state, dict):
+        raise SpatError(f"checkpoint state {path} is not a dictionary (got "
+                        f"{type(state).__name__})")
+    return state
 
 
 def load_weights(folder: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
@@ -139,4 +253,5 @@ def load_weights(folder: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
-        raise SpatError(f"checkpoint weights {path} are unreadable or corrupted ({e})") from None
+        raise SpatError(f"checkpoint weights {path} are unreadable or corrupted "
+                        f"({' '.join(str(e).split())[:200]})") from None

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import platform
+import secrets
 import shutil
 import subprocess
 import sys
@@ -80,21 +81,45 @@ def method_for(cfg: TrainConfig) -> Callable[..., Any]:
                         self_paced_ce=cfg.self_paced_ce, m=cfg.m, hcp_ecp=cfg.hcp_ecp, n=cfg.n)
 
 
+#: Config fields that define the network a checkpoint's weights belong to.
+ARCHITECTURE_FIELDS = ("dataset", "model", "head", "cosine_scale")
+
+
 def check_compatible(model: nn.Module, weights: dict[str, torch.Tensor], state: dict[str, Any],
-                     where: Path | str) -> None:
-    """Refuse a checkpoint of another architecture or number of classes, in one line."""
+                     where: Path | str, *, cfg: TrainConfig | None = None,
+                     num_classes: int | None = None) -> None:
+    """Refuse a checkpoint of another architecture or number of classes, in one line.
+
+    Compares the weights' names and shapes with ``model``'s; with ``cfg`` also the fields of
+    :data:`ARCHITECTURE_FIELDS` recorded in the checkpoint (a cosine head and a linear head have
+    the same shapes), and with ``num_classes`` the recorded number of classes.
+    """
+    saved = state.get("config") if isinstance(state.get("config"), dict) else {}
+    assert isinstance(saved, dict)
+    if cfg is not None:
+        for key in ARCHITECTURE_FIELDS:
+            if key in saved and saved[key] != getattr(cfg, key):
+                raise SpatError(
+                    f"checkpoint {where} was trained with {key.replace('_', ' ')} "
+                    f"{saved[key]!r} but the configuration says {getattr(cfg, key)!r} (was the "
+                    f"run's config.json edited? a checkpoint only fits the network it was "
+                    f"trained as)"
+                )
+    saved_k = state.get("num_classes")
+    if num_classes is not None and saved_k is not None and int(saved_k) != num_classes:
+        raise SpatError(f"checkpoint {where} has {saved_k} classes but the data has "
+                        f"{num_classes}")
     own = model.state_dict()
     missing = sorted(set(own) - set(weights))
     extra = sorted(set(weights) - set(own))
     wrong = sorted(k for k in set(own) & set(weights) if own[k].shape != weights[k].shape)
     if missing or extra or wrong:
-        cfg = state.get("config", {})
         detail = (f"missing {missing[:2]}" if missing else f"unexpected {extra[:2]}" if extra
                   else f"shape of {wrong[0]} is {tuple(weights[wrong[0]].shape)}, "
                        f"expected {tuple(own[wrong[0]].shape)}")
         raise SpatError(
             f"checkpoint {where} does not fit this model (it was trained as model "
-            f"{cfg.get('model')!r}, head {cfg.get('head')!r}, {state.get('num_classes')} classes; "
+            f"{saved.get('model')!r}, head {saved.get('head')!r}, {saved_k} classes; "
             f"{detail})"
         )
 
@@ -118,11 +143,11 @@ def environment(device: torch.device) -> dict[str, Any]:
         "argv": sys.argv,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    try:
-        import torchvision
+    try:  # the installed version, without importing torchvision (seconds of start-up)
+        from importlib.metadata import PackageNotFoundError, version
 
-        env["torchvision"] = torchvision.__version__
-    except ImportError:  # pragma: no cover
+        env["torchvision"] = version("torchvision")
+    except PackageNotFoundError:  # pragma: no cover
         pass
     return env
 
@@ -146,6 +171,99 @@ def default_run_name(cfg: TrainConfig) -> str:
     return f"{stamp}_{cfg.dataset}_{cfg.model}_{cfg.method}_s{cfg.seed}"
 
 
+#: Settings that ``--resume`` takes from the command line; everything else comes from the run.
+RESUME_OVERRIDES = ("device", "epochs", "out_dir", "name")
+
+
+def _resume_config(run_dir: Path, cli: TrainConfig, log: Log) -> TrainConfig:
+    """The saved config of ``run_dir`` with the command line's device and (longer) epochs."""
+    cfg_path = run_dir / "config.json"
+    if not cfg_path.is_file():
+        raise SpatError(f"cannot resume {run_dir}: it is not a run directory ({cfg_path} not "
+                        f"found)")
+    try:
+        raw = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SpatError(f"cannot resume: {cfg_path} is corrupted ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())})") from None
+    if not isinstance(raw, dict):
+        raise SpatError(f"cannot resume: {cfg_path} does not hold a JSON object")
+    saved = config_from_dict(raw, source=str(cfg_path))
+    defaults = TrainConfig()
+    ignored = [f.name for f in dataclasses.fields(TrainConfig)
+               if f.name not in RESUME_OVERRIDES
+               and getattr(cli, f.name) != getattr(defaults, f.name)
+               and getattr(cli, f.name) != getattr(saved, f.name)]
+    if ignored:
+        log(f"note: --resume continues with the run's saved settings; ignoring "
+            f"{', '.join(ignored)} from the command line")
+    epochs = saved.epochs
+    if cli.epochs is not None and saved.epochs is not None and cli.epochs < saved.epochs:
+        log(f"note: the run has {saved.epochs} epochs; --epochs {cli.epochs} is ignored "
+            f"(--resume can only extend a run)")
+    elif cli.epochs is not None:
+        epochs = cli.epochs
+    return dataclasses.replace(saved, device=cli.device, epochs=epochs)
+
+
+def _check_new_run_dir(run_dir: Path, overwrite: bool) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise SpatError(f"run directory {run_dir} exists and is not a directory")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
+        raise SpatError(f"run directory {run_dir} already exists "
+                        f"(use --resume {run_dir} to continue it or --overwrite to replace it)")
+
+
+def _create_run_dir(run_dir: Path, files: dict[str, str]) -> None:
+    """Create ``run_dir`` holding ``files`` (name -> text) atomically.
+
+    The files are written in a temporary sibling folder which is renamed into place, so a crash
+    leaves either no run directory or a complete one. An existing run directory (``--overwrite``
+    was checked by the caller) is moved aside first and deleted only afterwards.
+    """
+    parent = run_dir.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = parent / f".{run_dir.name}.{secrets.token_hex(4)}.tmp"
+    tmp.mkdir()
+    old: Path | None = None
+    try:
+        for name, text in files.items():
+            atomic_write_text(tmp / name, text)
+        if run_dir.exists():
+            old = parent / f".{run_dir.name}.old.{secrets.token_hex(4)}.tmp"
+            os.rename(run_dir, old)
+        os.rename(tmp, run_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not run_dir.exists():
+            os.rename(old, run_dir)  # put the old run back
+            old = None
+        raise
+    try:
+        fd = os.open(parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _last_checkpoint(run_dir: Path) -> Path | None:
+    """The folder ``last.json`` names, or None if the run has no checkpoint yet."""
+    root = run_dir / "checkpoints"
+    tag = ckpt.read_pointer(root, "last")
+    if tag is None:
+        return None
+    folder = root / tag
+    if not (folder / ckpt.WEIGHTS).is_file() or not (folder / ckpt.STATE).is_file():
+        raise SpatError(f"cannot resume {run_dir}: {root / 'last.json'} names {tag}, which is "
+                        f"missing or incomplete")
+    return folder
+
+
 def train(
     cfg: TrainConfig,
     *,
@@ -157,18 +275,25 @@ def train(
 ) -> dict[str, Any]:
     """Train a model as ``cfg`` says (or resume the run at ``resume``); returns the summary.
 
-    Everything is validated before the run directory is created: an error leaves no directory.
+    Everything is validated (names, ranges, data files, the run directory, a resumed run's
+    checkpoint) before anything is written: an error leaves no directory and changes no file.
+    A new run directory appears atomically, complete with ``config.json``, ``env.json`` and
+    ``data.json``. ``resume``: continue from the run's last checkpoint with its saved settings
+    (``cfg`` contributes only ``device`` and a larger ``epochs``); a run killed before its first
+    checkpoint starts over; a finished run just reports its summary again. Under torchrun
+    (``dist``) every rank calls this; rank 0 alone reads and writes the run directory and
+    returns the summary, the other ranks return ``{}``.
     """
     from spat.train.loop import Trainer, evaluate_split
 
+    if resume is not None and overwrite:
+        raise SpatError("--resume and --overwrite exclude each other (resume continues a run, "
+                        "overwrite replaces it)")
+    run_dir: Path
     if resume is not None:
         run_dir = Path(resume)
-        cfg_path = run_dir / "config.json"
-        if not cfg_path.is_file():
-            raise SpatError(f"cannot resume: {cfg_path} not found")
-        saved = config_from_dict(json.loads(cfg_path.read_text()), source=str(cfg_path))
-        cfg = dataclasses.replace(saved, device=cfg.device, epochs=max(saved.epochs or 0,
-                                                                       cfg.epochs or 0) or None)
+        given = cfg
+        cfg = dist.on_main(lambda: _resume_config(run_dir, given, log))
     cfg = cfg.resolved()
     device = resolve_device(cfg.device, dist)
     seed_everything(cfg.seed, deterministic=cfg.deterministic)
@@ -178,40 +303,63 @@ def train(
         model = model.to(memory_format=torch.channels_last)
     method = method_for(cfg)
     if resume is None:
-        run_dir = Path(cfg.out_dir) / (cfg.name or default_run_name(cfg))
-        if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
-            raise SpatError(f"run directory {run_dir} already exists "
-                            f"(use --resume {run_dir} to continue it or --overwrite to replace it)")
+        # one name for all ranks (the default name holds the time)
+        run_dir = Path(dist.broadcast_object(str(Path(cfg.out_dir) /
+                                                 (cfg.name or default_run_name(cfg)))))
+        dist.on_main(lambda: _check_new_run_dir(run_dir, overwrite))
     trainer = Trainer(cfg, data, model, method, device, run_dir=run_dir, dist=dist,
                       progress=progress, log=log)
     if resume is not None:
-        folder = ckpt.resolve(run_dir, "last")
-        trainer.load(folder)
-        log(f"resuming {run_dir} from {folder.name} (epoch {trainer.start_epoch + 1} of "
-            f"{cfg.epochs})")
-    elif dist.is_main:
-        if run_dir.exists() and overwrite:
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
-        atomic_write_text(run_dir / "env.json", json.dumps(environment(device), indent=2))
-        atomic_write_text(run_dir / "data.json", json.dumps(_data_record(data), indent=2))
+        folder = dist.on_main(lambda: _last_checkpoint(run_dir))
+        if folder is not None:
+            trainer.load(folder)
+            if trainer.start_epoch < (cfg.epochs or 0):
+                log(f"resuming {run_dir} from {folder.name} (epoch {trainer.start_epoch + 1} "
+                    f"of {cfg.epochs})")
+        else:
+            log(f"resuming {run_dir}: no checkpoint yet, starting from epoch 1")
+        trainer.prepare_resume()
+
+        def record_epochs() -> None:  # --epochs extended the run
+            saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+            if saved.get("epochs") != cfg.epochs:
+                saved["epochs"] = cfg.epochs
+                atomic_write_text(run_dir / "config.json", json.dumps(saved, indent=2))
+
+        dist.on_main(record_epochs)
+    else:
+        files = {"config.json": json.dumps(cfg.to_dict(), indent=2),
+                 "env.json": json.dumps(environment(device), indent=2),
+                 "data.json": json.dumps(_data_record(data), indent=2)}
+        dist.on_main(lambda: _create_run_dir(run_dir, files))
     dist.barrier()
+    assert cfg.epochs is not None
+    if resume is not None and trainer.start_epoch >= cfg.epochs:
+        done = dist.on_main(lambda: _read_summary(run_dir))
+        if done is not None:
+            log(f"{run_dir} already finished all {cfg.epochs} epochs; its summary:")
+            return done if dist.is_main else {}
     t0 = time.perf_counter()
     history = trainer.fit()
     train_seconds = time.perf_counter() - t0
-    if not dist.is_main:
-        return {}
-    # Test: the best-by-validation checkpoint, clean and PGD-test_steps at the training ε.
-    best = ckpt.resolve(run_dir, "best")
-    model.load_state_dict(ckpt.load_weights(best))
+    # Test: the best-by-validation checkpoint, clean and PGD-test_steps at the training ε,
+    # sharded over the ranks. Rank 0 loads the weights and broadcasts them.
+    best = dist.on_main(lambda: ckpt.resolve(run_dir, "best"))
+
+    def load_best() -> None:
+        model.load_state_dict(ckpt.load_weights(best))
+
+    dist.on_main(load_best)
+    dist.broadcast_(list(model.state_dict().values()))
     test = data.test
     if cfg.test_subset is not None and cfg.test_subset < len(test):
         idx = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))
         idx = idx[: cfg.test_subset]
         test = Split(images=test.images[idx], labels=test.labels[idx])
     preds = evaluate_split(model, test, cfg, device, cfg.test_steps,
-                           seed=cfg.seed + 12345)
+                           seed=cfg.seed + 12345, dist=dist)
+    if not dist.is_main:
+        return {}
     attack = next(iter(preds.adversarial))
     summary = {
         "run_dir": str(run_dir),
@@ -223,11 +371,22 @@ def train(
         "test_attack": attack,
         "test_eps": cfg.eps,
         "test_robust_acc": preds.accuracy(attack),
+        "world_size": dist.world_size,
         "train_seconds_this_session": train_seconds,
         "last_epoch": history[-1] if history else None,
     }
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
+
+
+def _read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """``summary.json`` of a run, or None when it is missing or unreadable."""
+    path = run_dir / "summary.json"
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return summary if isinstance(summary, dict) else None
 
 
 def _data_record(data: DataBundle) -> dict[str, Any]:
@@ -245,18 +404,25 @@ def load_run(path: str | os.PathLike[str], which: str = "best", device: str | to
     """
     folder = ckpt.resolve(path, which)
     state = ckpt.load_state(folder)
+    if not isinstance(state.get("config"), dict):
+        raise SpatError(f"checkpoint state {folder / ckpt.STATE} holds no training config")
     cfg = config_from_dict(state["config"], source=str(folder / ckpt.STATE))
     run_dir = folder.parent.parent
     data_json = run_dir / "data.json"
     if data_json.exists():
-        d = json.loads(data_json.read_text())
-        info = DatasetInfo(**{f.name: (tuple(d[f.name]) if isinstance(d[f.name], list)
-                                       else d[f.name]) for f in dataclasses.fields(DatasetInfo)})
+        try:
+            d = json.loads(data_json.read_text(encoding="utf-8"))
+            info = DatasetInfo(**{f.name: (tuple(d[f.name]) if isinstance(d[f.name], list)
+                                           else d[f.name])
+                                  for f in dataclasses.fields(DatasetInfo)})
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+            raise SpatError(f"{data_json} is corrupted ({type(e).__name__}: "
+                            f"{' '.join(str(e).split())})") from None
     else:
         info = load_dataset(cfg.dataset, data_dir=cfg.data_dir).info
     model = model_for(cfg, info)
     weights = ckpt.load_weights(folder)
-    check_compatible(model, weights, state, folder)
+    check_compatible(model, weights, state, folder, cfg=cfg, num_classes=info.num_classes)
     model.load_state_dict(weights)
     model.to(device).eval()
     return model, cfg, {**state, "info": info, "folder": str(folder)}

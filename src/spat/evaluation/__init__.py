@@ -1,5 +1,25 @@
-"""Evaluation: batched predictions under attacks (:func:`predict_under_attacks`)."""
+"""Evaluation: batched predictions under attacks and the robustness protocol of ``spat eval``.
 
+:func:`predict_under_attacks` is the one batched prediction routine (training's validation uses
+it too); :func:`evaluate` is the protocol (attacks, per-class and worst-case accuracy, sanity
+checks, resumable); :func:`evaluate_run` applies it to a run directory. See docs/evaluation.md.
+"""
+
+from spat.evaluation.attacks import ATTACK_KEYS, DEFAULT_ATTACKS, parse_attacks
 from spat.evaluation.core import Predictions, predict_under_attacks
+from spat.evaluation.protocol import evaluate, select_subset
+from spat.evaluation.report import EvalReport, print_report
+from spat.evaluation.run import evaluate_run
 
-__all__ = ["Predictions", "predict_under_attacks"]
+__all__ = [
+    "ATTACK_KEYS",
+    "DEFAULT_ATTACKS",
+    "EvalReport",
+    "Predictions",
+    "evaluate",
+    "evaluate_run",
+    "parse_attacks",
+    "predict_under_attacks",
+    "print_report",
+    "select_subset",
+]

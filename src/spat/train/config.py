@@ -200,6 +200,11 @@ class TrainConfig:
         check(self.val_size >= 0, f"validation size must be >= 0, got {self.val_size}")
         if self.test_subset is not None:
             check(self.test_subset >= 1, f"test subset must be >= 1, got {self.test_subset}")
+        if self.name is not None:
+            check(bool(self.name) and self.name not in (".", "..") and "/" not in self.name
+                  and "\\" not in self.name and not self.name.startswith("."),
+                  f"run name must be a plain folder name (no '/', not starting with '.'), "
+                  f"got {self.name!r}")
         if self.train_subset is not None:
             check(self.train_subset >= 1, f"train subset must be >= 1, got {self.train_subset}")
         if self.hcp_ecp and self.method not in SUPPORTS_HCP_ECP:

@@ -1,25 +1,43 @@
 """torchrun / DistributedDataParallel plumbing, one small object the loop asks questions of.
 
-Single-process runs use :data:`SINGLE`; under ``torchrun`` (WORLD_SIZE > 1 in the environment)
-:func:`init_distributed` joins the process group (NCCL on CUDA, gloo on CPU).
+Single-process runs use :data:`SINGLE`, for which every collective below is the identity; under
+``torchrun`` (WORLD_SIZE > 1 in the environment) :func:`init_distributed` joins the process
+group (NCCL on CUDA, gloo on CPU).
+
+What runs where: every rank trains on its shard and evaluates its shard; rank 0 alone reads
+checkpoints and configs (then broadcasts them) and writes files, so a multi-node run needs no
+shared filesystem except for ``--resume`` convenience. :meth:`DistContext.on_main` runs such
+rank-0-only work and hands the result — or the same one-line error — to every rank, so a bad
+input stops all ranks together instead of leaving the others waiting in a collective.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
+from spat.errors import SpatError
+
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class DistContext:
-    """Rank ``rank`` of ``world_size`` processes; ``local_rank`` picks the GPU on a node."""
+    """Rank ``rank`` of ``world_size`` processes; ``local_rank`` picks the GPU on a node.
+
+    ``backend`` is the process group's ("gloo" or "nccl"); NCCL collectives need CUDA tensors,
+    which :meth:`all_gather` and :meth:`broadcast_` take care of.
+    """
 
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    backend: str = "gloo"
 
     @property
     def is_main(self) -> bool:
@@ -29,13 +47,83 @@ class DistContext:
     def enabled(self) -> bool:
         return self.world_size > 1
 
+    @property
+    def comm_device(self) -> torch.device:
+        """Where tensors must live for this backend's collectives."""
+        if self.backend == "nccl":
+            return torch.device("cuda", self.local_rank)
+        return torch.device("cpu")
+
     def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
-        """Sum ``t`` over ranks (in place on a copy); identity in a single process."""
+        """Sum ``t`` over ranks (on a copy); identity in a single process."""
+        return self._all_reduce(t, dist.ReduceOp.SUM)
+
+    def all_reduce_min(self, t: torch.Tensor) -> torch.Tensor:
+        """Element-wise minimum of ``t`` over ranks (on a copy); identity in a single process."""
+        return self._all_reduce(t, dist.ReduceOp.MIN)
+
+    def _all_reduce(self, t: torch.Tensor, op: Any) -> torch.Tensor:
         if not self.enabled:
             return t
-        t = t.clone()
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        return t
+        c = t.detach().to(self.comm_device, copy=True)
+        dist.all_reduce(c, op=op)
+        return c.to(t.device)
+
+    def all_gather(self, t: torch.Tensor) -> list[torch.Tensor]:
+        """``t`` of every rank, in rank order (all ranks must pass the same shape and dtype)."""
+        if not self.enabled:
+            return [t]
+        c = t.detach().to(self.comm_device).contiguous()
+        out = [torch.empty_like(c) for _ in range(self.world_size)]
+        dist.all_gather(out, c)
+        return [o.to(t.device) for o in out]
+
+    def broadcast_(self, tensors: list[torch.Tensor], src: int = 0) -> None:
+        """Overwrite each tensor in place with rank ``src``'s (same shapes on every rank)."""
+        if not self.enabled:
+            return
+        for t in tensors:
+            c = t.detach().to(self.comm_device).contiguous()
+            dist.broadcast(c, src=src)
+            with torch.no_grad():
+                t.copy_(c.to(t.device))
+
+    def broadcast_object(self, obj: T, src: int = 0) -> T:
+        """Rank ``src``'s ``obj`` (any picklable value) on every rank."""
+        if not self.enabled:
+            return obj
+        box = [obj if self.rank == src else None]
+        dist.broadcast_object_list(box, src=src)
+        return box[0]  # type: ignore[return-value]
+
+    def on_main(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on rank 0 only and return its result on every rank.
+
+        If ``fn`` raises :class:`SpatError` on rank 0, every rank raises the same message; any
+        other exception on rank 0 becomes a ``RuntimeError`` naming it on the other ranks (and
+        the original on rank 0). In a single process this is just ``fn()``.
+        """
+        if not self.enabled:
+            return fn()
+        result: Any = None
+        error: tuple[str, str] | None = None
+        original: BaseException | None = None
+        if self.is_main:
+            try:
+                result = fn()
+            except Exception as e:  # handed to the other ranks, re-raised below
+                original = e
+                error = (type(e).__name__, " ".join(str(e).split()))
+                if isinstance(e, SpatError):
+                    error = ("SpatError", str(e))
+        result, error = self.broadcast_object((result, error))
+        if original is not None:
+            raise original
+        if error is not None:
+            if error[0] == "SpatError":
+                raise SpatError(error[1])
+            raise RuntimeError(f"rank 0 failed: {error[0]}: {error[1]}")
+        return result
 
     def barrier(self) -> None:
         if self.enabled:
@@ -46,20 +134,30 @@ SINGLE = DistContext()
 
 
 def init_distributed(device: str = "auto") -> DistContext:
-    """Join the process group torchrun set up through the environment, if any."""
+    """Join the process group torchrun set up through the environment, if any.
+
+    Reads ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK`` (set by torchrun); with WORLD_SIZE unset
+    or 1 this is :data:`SINGLE` and nothing is initialised. The backend is NCCL when CUDA is
+    available and the device is ``auto``/``cuda`` (the rank's GPU is ``cuda:LOCAL_RANK``),
+    else gloo.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return SINGLE
     rank = int(os.environ["RANK"])
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
+    use_cuda = torch.cuda.is_available() and (device == "auto" or device.startswith("cuda"))
+    backend = "nccl" if use_cuda else "gloo"
     if not dist.is_initialized():
         if use_cuda:
             torch.cuda.set_device(local)
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return DistContext(rank=rank, world_size=world, local_rank=local)
+        dist.init_process_group(backend=backend)
+    else:
+        backend = str(dist.get_backend())
+    return DistContext(rank=rank, world_size=world, local_rank=local, backend=backend)
 
 
 def shutdown_distributed(ctx: DistContext) -> None:
+    """Leave the process group (no-op for a single process)."""
     if ctx.enabled and dist.is_initialized():
         dist.destroy_process_group()

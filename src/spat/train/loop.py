@@ -3,20 +3,32 @@
 Per epoch: shuffled, augmented batches resident on the device; the method's loss (its own
 training attack inside); SGD; then validation (clean + PGD on the held-out split, through the
 same evaluation routine as ``spat eval``); then an atomic checkpoint (``last``, and ``best`` by
-validation robust accuracy). Metrics accumulate on the device; the host reads them only when the
-progress bar refreshes (a few times per epoch), never inside the attack's inner loop.
+validation robust accuracy). Metrics accumulate on the device; the host reads them only at a few
+check points per epoch (progress refresh and the NaN/inf check), never inside the attack's inner
+loop.
 
 Randomness: data order, augmentation, attack random starts and dropout are drawn from
-generators seeded by (seed, epoch, rank), and the global RNG states are also checkpointed, so a
-run resumed from a checkpoint continues exactly as the uninterrupted run would have.
+generators seeded by (seed, epoch, rank) at the start of each epoch, so a run resumed from the
+checkpoint of epoch k continues exactly (bitwise, on the same machine and software) as the
+uninterrupted run would have; the global RNG states are checkpointed as well.
+
+Several processes (torchrun): every rank draws the same permutation of the training set and
+takes its shard of every global batch (``batch_size`` is global); the attack's random starts
+and dropout are drawn per rank; gradients are averaged by DDP; epoch metrics are summed over
+ranks. Validation and the final test are sharded too and the predictions gathered (the
+wrap-around padding that evens out the shards is dropped). BatchNorm uses per-rank batch
+statistics (no SyncBatchNorm) and rank 0's running statistics are broadcast before each forward,
+as in most adversarial-training code bases.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,17 +37,23 @@ import torch
 from torch import nn
 
 from spat import checkpoint as ckpt
-from spat.attacks.presets import pgd
-from spat.data import DataBundle, Split, augment_batch, batches, num_batches
+from spat.attacks.presets import AttackSpec, pgd
+from spat.data import DataBundle, Split, augment_batch, batches, num_batches, shard_order
 from spat.errors import SpatError
 from spat.evaluation.core import Predictions, predict_under_attacks
 from spat.train.config import TrainConfig
 from spat.train.distributed import SINGLE, DistContext
 from spat.train.optim import lr_factor, make_optimizer
-from spat.utils.io import append_jsonl
+from spat.utils.io import append_jsonl, atomic_write_text
 from spat.utils.rng import get_rng_state, set_rng_state
 
 Log = Callable[[str], None]
+
+METRICS = "metrics.jsonl"
+#: Fields of a metrics record that measure time, not training (they differ between runs).
+TIMING_FIELDS = ("train_seconds", "train_images_per_s", "val_seconds")
+#: Random streams of an epoch: ``derive_seed(seed, epoch, stream, ...)``.
+_STREAM_RANK, _STREAM_DATA, _STREAM_VAL = 0, 1, 4
 
 
 class NonFiniteLoss(SpatError):
@@ -50,6 +68,14 @@ def derive_seed(*parts: int) -> int:
     return h & 0x7FFFFFFFFFFFFFFF
 
 
+def rank_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of rank ``rank``'s own streams in ``epoch`` (dropout, augmentation, attack
+    starts). Rank 0's is ``derive_seed(seed, epoch, 0)``; other ranks extend it with their rank,
+    so no rank's seed coincides with the data-order or validation stream of the epoch."""
+    base = (seed, epoch, _STREAM_RANK)
+    return derive_seed(*base) if rank == 0 else derive_seed(*base, rank)
+
+
 @dataclass
 class EpochStats:
     loss: float
@@ -60,27 +86,110 @@ class EpochStats:
     parts: dict[str, float] = field(default_factory=dict)
 
 
-def _unwrapped(model: nn.Module) -> nn.Module:
-    from spat.models import unwrap
-
-    return unwrap(model)
-
-
-def validation_attack(cfg: TrainConfig):
+def validation_attack(cfg: TrainConfig) -> AttackSpec:
     """PGD-``val_steps`` at the training ε (CE, uniform start, step ε/4)."""
     assert cfg.eps is not None
     return pgd(cfg.eps, steps=cfg.val_steps, norm=cfg.norm)
 
 
-def evaluate_split(
-    model: nn.Module, split: Split, cfg: TrainConfig, device: torch.device, steps: int, seed: int
+def predict_sharded(
+    model: nn.Module,
+    split: Split,
+    attacks: Sequence[AttackSpec],
+    *,
+    batch_size: int,
+    device: torch.device,
+    seed: int,
+    dist: DistContext = SINGLE,
 ) -> Predictions:
-    """Clean + PGD-``steps`` predictions on ``split`` (training ε), reproducible by ``seed``."""
-    gen = torch.Generator(device=device).manual_seed(seed)
+    """:func:`predict_under_attacks` on ``split``, each rank on its shard, gathered on all ranks.
+
+    Rank ``r`` takes examples ``r, r+W, r+2W, ...`` of the split padded by wrap-around to a
+    multiple of ``W`` (:func:`spat.data.shard_order`); the gathered predictions are put back in
+    split order and the padding is dropped, so the result has exactly ``len(split)`` entries, in
+    order, on every rank. The attack's random starts come from a generator seeded by ``seed`` on
+    rank 0 (so a single process reproduces the unsharded evaluation) and ``derive_seed(seed, r)``
+    on rank ``r``. Every tensor field of :class:`Predictions` with one entry per example (and
+    every such tensor in a dict field) is gathered; other fields are rank 0's.
+    """
+    gen_seed = seed if dist.rank == 0 else derive_seed(seed, dist.rank)
+    gen = torch.Generator(device=device).manual_seed(gen_seed)
+    if not dist.enabled:
+        return predict_under_attacks(model, split, attacks, batch_size=batch_size,
+                                     device=device, generator=gen)
+    n = len(split)
+    order = shard_order(n, shuffle=False, generator=None, rank=dist.rank,
+                        world_size=dist.world_size)
+    shard = Split(images=split.images[order], labels=split.labels[order])
+    local = predict_under_attacks(model, shard, attacks, batch_size=batch_size, device=device,
+                                  generator=gen)
+    per_rank = len(shard)
+
+    def gather(t: torch.Tensor) -> torch.Tensor:
+        parts = dist.all_gather(t)  # rank r's entry i is padded position i*W + r
+        return torch.stack(parts, 1).flatten(0, 1)[:n]
+
+    def is_per_example(v: object) -> bool:
+        return isinstance(v, torch.Tensor) and v.ndim >= 1 and v.shape[0] == per_rank
+
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(local):
+        v = getattr(local, f.name)
+        if is_per_example(v):
+            values[f.name] = gather(v)
+        elif isinstance(v, dict) and v and all(is_per_example(x) for x in v.values()):
+            values[f.name] = {k: gather(x) for k, x in v.items()}
+    return dataclasses.replace(local, **values)
+
+
+def evaluate_split(
+    model: nn.Module, split: Split, cfg: TrainConfig, device: torch.device, steps: int, seed: int,
+    dist: DistContext = SINGLE,
+) -> Predictions:
+    """Clean + PGD-``steps`` predictions on ``split`` (training ε), reproducible by ``seed``;
+    sharded over the ranks of ``dist`` and gathered (see :func:`predict_sharded`)."""
     assert cfg.eps is not None
     attack = pgd(cfg.eps, steps=steps, norm=cfg.norm)
-    return predict_under_attacks(model, split, [attack], batch_size=cfg.eval_batch_size,
-                                 device=device, generator=gen)
+    return predict_sharded(model, split, [attack], batch_size=cfg.eval_batch_size,
+                           device=device, seed=seed, dist=dist)
+
+
+def read_metrics(path: Path) -> list[tuple[dict[str, Any], str]]:
+    """The records of a ``metrics.jsonl`` with their exact lines; torn lines are skipped."""
+    out: list[tuple[dict[str, Any], str]] = []
+    if not path.is_file():
+        return out
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict):
+            out.append((rec, line))
+    return out
+
+
+def truncate_metrics(path: Path, epochs: int) -> list[dict[str, Any]]:
+    """Keep the records of epochs ``1..epochs`` in ``path`` (first copy of each, in order).
+
+    A process killed after appending an epoch's record but before its checkpoint was complete
+    leaves a record (possibly torn) for an epoch that will be trained again; this removes it, by
+    an atomic rewrite, so the finished file equals that of an uninterrupted run. The file is left
+    untouched when nothing needs removing. Returns the kept records.
+    """
+    kept: list[tuple[dict[str, Any], str]] = []
+    seen: set[int] = set()
+    for rec, line in read_metrics(path):
+        e = rec.get("epoch")
+        if isinstance(e, int) and 1 <= e <= epochs and e not in seen:
+            seen.add(e)
+            kept.append((rec, line))
+    text = "".join(line + "\n" for _, line in kept)
+    if path.is_file() and path.read_text(encoding="utf-8", errors="replace") != text:
+        atomic_write_text(path, text)
+    return [rec for rec, _ in kept]
 
 
 class Trainer:
@@ -101,6 +210,9 @@ class Trainer:
     ) -> None:
         assert cfg.epochs is not None and cfg.batch_size is not None and cfg.lr is not None
         assert cfg.weight_decay is not None
+        if cfg.batch_size % dist.world_size:
+            raise SpatError(f"batch size {cfg.batch_size} is not divisible by the number of "
+                            f"processes ({dist.world_size}); the batch size is global")
         self.cfg, self.data, self.method, self.device = cfg, data, method, device
         self.run_dir, self.dist, self.progress, self.log = run_dir, dist, progress, log
         self.model = model
@@ -109,7 +221,8 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             # BatchNorm: each rank normalises with its own shard's batch statistics (no SyncBN),
-            # as single-GPU training with the per-rank batch; buffers are broadcast from rank 0.
+            # as most adversarial-training code; rank 0's buffers (running statistics) are
+            # broadcast before every forward, so all ranks attack and evaluate with the same ones.
             self.train_model = DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None
             )
@@ -118,9 +231,6 @@ class Trainer:
         self.optimizer = make_optimizer(model, lr=cfg.lr, momentum=cfg.momentum,
                                         weight_decay=cfg.weight_decay, nesterov=cfg.nesterov,
                                         device=device)
-        if cfg.batch_size % dist.world_size:
-            raise SpatError(f"batch size {cfg.batch_size} is not divisible by the number of "
-                            f"processes ({dist.world_size})")
         self.local_batch = cfg.batch_size // dist.world_size
         n_train = len(data.train)
         self.drop_last = n_train > cfg.batch_size
@@ -138,6 +248,7 @@ class Trainer:
         return None if self.run_dir is None else self.run_dir / "checkpoints"
 
     def state_dict(self, epoch: int) -> dict[str, Any]:
+        """Everything but the weights, as tensors and plain values (``weights_only``-loadable)."""
         return {
             "format": 1,
             "epoch": epoch,
@@ -147,27 +258,63 @@ class Trainer:
             "best_val_robust_acc": self.best_val,
             "best_epoch": self.best_epoch,
             "num_classes": self.data.info.num_classes,
+            "world_size": self.dist.world_size,
+            "steps_per_epoch": self.steps_per_epoch,
         }
 
     def load(self, folder: Path) -> None:
-        """Restore model, optimizer, counters and RNG from a checkpoint folder."""
+        """Restore model, optimizer, counters and RNG from a checkpoint folder.
+
+        Rank 0 reads the folder and broadcasts its content, so other ranks need not see it.
+        A checkpoint of another architecture or number of classes is a one-line ``SpatError``
+        on every rank.
+        """
         from spat.experiment import check_compatible
 
-        state = ckpt.load_state(folder)
-        weights = ckpt.load_weights(folder)
-        check_compatible(self.model, weights, state, folder)
+        def read() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+            state = ckpt.load_state(folder)
+            weights = ckpt.load_weights(folder)
+            check_compatible(self.model, weights, state, folder, cfg=self.cfg,
+                             num_classes=self.data.info.num_classes)
+            return state, weights
+
+        state, weights = self.dist.on_main(read)
         self.model.load_state_dict(weights)
         self.optimizer.load_state_dict(state["optimizer"])
         self.start_epoch = int(state["epoch"]) + 1
         self.best_val = float(state["best_val_robust_acc"])
         self.best_epoch = int(state["best_epoch"])
         set_rng_state(state["rng"])
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.dist.world_size:
+            self.log(f"note: the checkpoint was written by {saved_world} process(es), this run "
+                     f"has {self.dist.world_size}: the global batches are the same, but the "
+                     f"per-rank random streams (attack starts, dropout) differ from then on")
+
+    def prepare_resume(self) -> None:
+        """Tidy a run directory for resuming from ``start_epoch`` (rank 0; others no-op).
+
+        Removes leftovers of an interrupted checkpoint save and cuts ``metrics.jsonl`` back to
+        the checkpointed epochs; :attr:`history` becomes those epochs' records.
+        """
+        if self.run_dir is None:
+            return
+
+        def tidy() -> list[dict[str, Any]]:
+            assert self.run_dir is not None and self.ckpt_root is not None
+            ckpt.clean_stale(self.ckpt_root)
+            for p in self.run_dir.glob(".*.tmp"):  # torn atomic writes of the run's files
+                if p.is_file():
+                    p.unlink(missing_ok=True)
+            return truncate_metrics(self.run_dir / METRICS, self.start_epoch)
+
+        self.history = self.dist.on_main(tidy)
 
     def _save(self, epoch: int, is_best: bool, val_acc: float | None) -> None:
         if not self.dist.is_main or self.ckpt_root is None:
             return
         root = self.ckpt_root
-        tag = f"epoch_{epoch + 1:04d}"
+        tag = ckpt.epoch_tag(epoch + 1)
         ckpt.save_checkpoint(root, tag, self.model.state_dict(), self.state_dict(epoch))
         if is_best:
             ckpt.set_pointer(root, "best", tag, epoch=epoch + 1, val_robust_acc=val_acc)
@@ -179,18 +326,21 @@ class Trainer:
         ckpt.prune(root, keep)
 
     # ------------------------------------------------------------------ epochs
-    def _autocast(self):
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if not self.amp:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def train_epoch(self, epoch: int, on_step: Callable[[int, dict[str, float]], None] | None
                     ) -> EpochStats:
+        """One epoch of SGD over the (rank's shard of the) training set; returns its metrics
+        summed over ranks. Raises :class:`NonFiniteLoss` (on every rank) at the first check
+        point after a NaN/inf loss on any rank, naming the (1-based) epoch and step."""
         cfg, dev = self.cfg, self.device
-        seed = derive_seed(cfg.seed, epoch, self.dist.rank)
+        seed = rank_seed(cfg.seed, epoch, self.dist.rank)
         torch.manual_seed(seed)  # dropout and anything else drawing from the global generator
         # data order: the same on all ranks (each takes its shard of one permutation)
-        data_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, epoch, 1))
+        data_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, epoch, _STREAM_DATA))
         aug_gen = torch.Generator().manual_seed(derive_seed(seed, 2))
         attack_gen = torch.Generator(device=dev).manual_seed(derive_seed(seed, 3))
         self.train_model.train()
@@ -233,16 +383,17 @@ class Trainer:
             for k, v in out.parts.items():
                 parts_sum[k] = parts_sum.get(k, zero) + v.float() * b
             last = step + 1 == self.steps_per_epoch
-            if on_step is not None and ((step + 1) % refresh == 0 or last):
+            if (step + 1) % refresh == 0 or last:
+                # the same steps on every rank (equal shards), so this collective lines up
                 self._check_finite(first_bad, epoch)
-                n = max(1.0, n_seen.item())
-                live = {"loss": loss_sum.item() / n}
-                if has_adv:
-                    live["adv_acc"] = adv_ok.item() / n
-                if has_clean:
-                    live["clean_acc"] = clean_ok.item() / n
-                on_step(step + 1, live)
-        self._check_finite(first_bad, epoch)
+                if on_step is not None:
+                    n = max(1.0, n_seen.item())
+                    live = {"loss": loss_sum.item() / n}
+                    if has_adv:
+                        live["adv_acc"] = adv_ok.item() / n
+                    if has_clean:
+                        live["clean_acc"] = clean_ok.item() / n
+                    on_step(step + 1, live)
         sums = torch.stack([loss_sum, n_seen, clean_ok, adv_ok, *parts_sum.values()])
         sums = self.dist.all_reduce_sum(sums).tolist()
         n = max(1.0, sums[1])
@@ -256,18 +407,22 @@ class Trainer:
         )
 
     def _check_finite(self, first_bad: torch.Tensor, epoch: int) -> None:
-        bad = int(first_bad.item())
+        bad = int(self.dist.all_reduce_min(first_bad).item())
         if bad < self.steps_per_epoch:
             raise NonFiniteLoss(
-                f"non-finite training loss at epoch {epoch + 1}, step {bad + 1}; the run stopped "
-                f"and the last good checkpoint is kept (try a lower lr or --amp off)"
+                f"non-finite training loss (NaN or inf) at epoch {epoch + 1}, step {bad + 1}; "
+                f"the run stopped and its last good checkpoint is kept (try a lower lr or "
+                f"--amp off)"
             )
 
     def validate(self, epoch: int) -> dict[str, Any]:
+        """Clean and PGD-``val_steps`` accuracy on the validation split (sharded over ranks,
+        the same result on every rank); ``{}`` without a validation split."""
         if len(self.data.val) == 0:
             return {}
         preds = evaluate_split(self.model, self.data.val, self.cfg, self.device,
-                               self.cfg.val_steps, derive_seed(self.cfg.seed, epoch, 4))
+                               self.cfg.val_steps,
+                               derive_seed(self.cfg.seed, epoch, _STREAM_VAL), dist=self.dist)
         name = next(iter(preds.adversarial))
         k = self.data.info.num_classes
         return {
@@ -278,7 +433,8 @@ class Trainer:
         }
 
     def fit(self) -> list[dict[str, Any]]:
-        """Train epochs ``start_epoch .. epochs-1``; returns the per-epoch metric records."""
+        """Train epochs ``start_epoch .. epochs-1``; returns the per-epoch metric records
+        (on resume, those of the earlier epochs first)."""
         cfg = self.cfg
         assert cfg.epochs is not None
         bar = _Progress(self.progress and self.dist.is_main, self.steps_per_epoch)
@@ -287,7 +443,7 @@ class Trainer:
                 bar.start(epoch, cfg.epochs)
                 stats = self.train_epoch(epoch, bar.update)
                 t_val = time.perf_counter()
-                val = self.validate(epoch) if self.dist.is_main else {}
+                val = self.validate(epoch)
                 val_seconds = time.perf_counter() - t_val
                 val_acc = val.get("val_robust_acc")
                 score = val_acc if val_acc is not None else epoch  # no val split: newest is best
@@ -308,8 +464,10 @@ class Trainer:
                     **val,
                 }
                 self.history.append(record)
+                # Order matters for crash safety: the record is appended (fsynced) before the
+                # checkpoint; a kill in between leaves a record that resume removes.
                 if self.dist.is_main and self.run_dir is not None:
-                    append_jsonl(self.run_dir / "metrics.jsonl", record)
+                    append_jsonl(self.run_dir / METRICS, record)
                 self._save(epoch, is_best, val_acc)
                 bar.end_epoch(record)
                 self.dist.barrier()

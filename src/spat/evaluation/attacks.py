@@ -1,0 +1,93 @@
+"""The attacks of ``spat eval``: names, defaults and how each one is built.
+
+White-box attacks are presets of the one attack engine (:mod:`spat.attacks`); AutoAttack
+(Croce & Hein, arXiv 2003.01690) runs through :mod:`spat.attacks.autoattack`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from spat.attacks.presets import AttackSpec, cw, fgsm, pgd
+from spat.errors import SpatError
+
+
+@dataclass(frozen=True)
+class AttackChoice:
+    """One selectable attack.
+
+    Attributes:
+        key: command-line name ("pgd20").
+        kind: "fgsm", "pgd", "cw" or "autoattack".
+        steps: iterations of a white-box attack (None for AutoAttack).
+        version: AutoAttack version ("standard" or "fast"), None otherwise.
+        summary: one line for ``--help`` and the docs.
+    """
+
+    key: str
+    kind: str
+    steps: int | None
+    version: str | None
+    summary: str
+
+
+#: Every attack, in the order they run and accumulate (the "worst case so far" column).
+CHOICES: tuple[AttackChoice, ...] = (
+    AttackChoice("fgsm", "fgsm", 1, None,
+                 "FGSM (arXiv 1412.6572): one step of size ε on the cross-entropy, from the "
+                 "clean image (no random start)"),
+    AttackChoice("pgd20", "pgd", 20, None,
+                 "PGD-20 (arXiv 1706.06083): 20 steps of η on the cross-entropy, uniform random "
+                 "start in the ε-ball, --restarts starts (worst case kept)"),
+    AttackChoice("pgd100", "pgd", 100, None, "PGD-100: as PGD-20 with 100 steps"),
+    AttackChoice("cw20", "cw", 20, None,
+                 "CW-20: PGD on the Carlini-Wagner margin max_{j!=y} z_j - z_y (arXiv "
+                 "1608.04644), 20 steps of η, uniform random start, --restarts starts"),
+    AttackChoice("cw100", "cw", 100, None, "CW-100: as CW-20 with 100 steps"),
+    AttackChoice("aa-fast", "autoattack", None, "fast",
+                 "AutoAttack, fast: APGD-CE (100 iterations, 1 restart) then APGD-T (targeted "
+                 "DLR, 100 iterations, 9 target classes), each on the still-robust points"),
+    AttackChoice("aa", "autoattack", None, "standard",
+                 "AutoAttack, standard (arXiv 2003.01690; RobustBench's number): APGD-CE, "
+                 "APGD-T, FAB-T (arXiv 1907.02044; 100 iterations, 9 targets) and Square "
+                 "(arXiv 1912.00049; 5000 queries, p_init 0.8), each on the still-robust points"),
+)
+BY_KEY = {c.key: c for c in CHOICES}
+ATTACK_KEYS = tuple(BY_KEY)
+#: ``spat eval``'s default: the field's white-box set plus standard AutoAttack.
+DEFAULT_ATTACKS: tuple[str, ...] = ("fgsm", "pgd20", "pgd100", "cw20", "aa")
+AA_NAMES = {"standard": "AutoAttack", "fast": "AutoAttack-fast"}
+
+
+def parse_attacks(text: str | list[str] | tuple[str, ...]) -> list[str]:
+    """``"pgd20,aa"`` → ``["pgd20", "aa"]`` in the canonical order, duplicates and ``clean``
+    dropped (clean is always evaluated). An unknown name is a one-line :class:`SpatError`."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    keys = [t.strip().lower() for t in items if t.strip()]
+    unknown = [k for k in keys if k not in BY_KEY and k != "clean"]
+    if unknown:
+        raise SpatError(f"unknown attack {unknown[0]!r} (valid: clean, {', '.join(ATTACK_KEYS)})")
+    return [k for k in ATTACK_KEYS if k in keys]
+
+
+def white_box_spec(key: str, eps: float, norm: str, *, restarts: int = 1,
+                   step_size: float | None = None) -> AttackSpec:
+    """The :class:`AttackSpec` of a white-box attack key (fgsm, pgdK, cwK)."""
+    choice = BY_KEY[key]
+    if restarts < 1:
+        raise SpatError(f"restarts must be >= 1, got {restarts}")
+    if choice.kind == "fgsm":
+        return fgsm(eps, norm=norm)
+    assert choice.steps is not None
+    make = pgd if choice.kind == "pgd" else cw
+    return make(eps, steps=choice.steps, step_size=step_size, restarts=restarts, norm=norm)
+
+
+def attack_name(key: str, *, restarts: int = 1) -> str:
+    """The report/npz name of an attack key: "FGSM", "PGD-20", "CW-100x3", "AutoAttack"."""
+    choice = BY_KEY[key]
+    if choice.kind == "autoattack":
+        assert choice.version is not None
+        return AA_NAMES[choice.version]
+    return white_box_spec(key, 1.0, "linf", restarts=restarts).name
+

@@ -1,0 +1,514 @@
+"""The robustness evaluation protocol behind ``spat eval``.
+
+:func:`evaluate` attacks a fixed subset of a split with every requested attack (each one from the
+clean image, on every example; AutoAttack on the clean-correct ones), records the predicted
+class of every example under every attack, runs the sanity checks of
+:mod:`spat.evaluation.sanity`, and builds the report. With ``state_dir`` each finished attack is
+saved at once (atomic JSON keyed by a fingerprint of model, data and settings) and AutoAttack
+saves its state after every batch, so an interrupted evaluation resumes where it stopped and a
+rerun with the same settings reuses what was computed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import time
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from spat import __version__
+from spat.attacks import autoattack as aa_mod
+from spat.attacks.context import attack_mode
+from spat.attacks.presets import pgd
+from spat.data import Split, batches
+from spat.errors import SpatError
+from spat.evaluation import sanity
+from spat.evaluation.attacks import (
+    BY_KEY,
+    DEFAULT_ATTACKS,
+    attack_name,
+    parse_attacks,
+    white_box_spec,
+)
+from spat.evaluation.core import Predictions, predict_under_attacks
+from spat.evaluation.report import SCHEMA, EvalReport, summarize
+from spat.utils.io import atomic_write_text
+
+Log = Callable[[str], None]
+CACHE_FORMAT = "spat.eval-cache/1"
+
+
+def select_subset(n_total: int, n_examples: int | None, seed: int) -> torch.Tensor:
+    """Indices of the evaluated examples: all (in order) when ``n_examples`` is None or ≥ the
+    split size, else the first ``n_examples`` of ``torch.randperm(n_total)`` drawn from a CPU
+    generator seeded with ``seed``."""
+    if n_examples is not None and n_examples < 1:
+        raise SpatError(f"n-examples must be >= 1, got {n_examples}")
+    if n_examples is None or n_examples >= n_total:
+        return torch.arange(n_total)
+    g = torch.Generator().manual_seed(int(seed))
+    return torch.randperm(n_total, generator=g)[:n_examples]
+
+
+def model_digest(model: nn.Module) -> str:
+    """sha256 of the model's structure (``repr``) and every tensor of its ``state_dict``."""
+    h = hashlib.sha256(repr(model).encode())
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+                 .tobytes())
+    return h.hexdigest()[:16]
+
+
+def _split_digest(split: Split, index: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for t in (index.to(torch.int64), split.images, split.labels):
+        h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _derived_seed(seed: int, key: str) -> int:
+    """A per-attack seed, so that an attack's random starts do not depend on which other
+    attacks ran before it (needed to reuse and resume attacks one by one)."""
+    return (int(seed) * 1_000_003 + zlib.crc32(key.encode())) % (2**62)
+
+
+def _generator(device: torch.device, seed: int) -> torch.Generator:
+    dev = device if device.type in ("cpu", "cuda") else torch.device("cpu")
+    return torch.Generator(device=dev).manual_seed(seed)
+
+
+class _Cache:
+    """Finished results as ``<root>/<key>-<fingerprint digest>.json`` (atomic writes)."""
+
+    def __init__(self, root: Path | None, resume: bool, log: Log) -> None:
+        self.root = root
+        self.resume = resume
+        self.log = log
+
+    def path(self, key: str, fp: dict[str, Any], suffix: str = ".json") -> Path | None:
+        return None if self.root is None else self.root / f"{key}-{_digest(fp)}{suffix}"
+
+    def get(self, key: str, label: str, fp: dict[str, Any]) -> dict[str, Any] | None:
+        path = self.path(key, fp)
+        if path is None or not self.resume:
+            return None
+        if path.is_file():
+            try:
+                doc = json.loads(path.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, OSError, UnicodeDecodeError):
+                self.log(f"{label}: saved result {path} is unreadable; recomputing")
+                return None
+            if doc.get("format") == CACHE_FORMAT and doc.get("fingerprint") == fp:
+                return doc["result"]
+        assert self.root is not None
+        own = re.compile(re.escape(key) + r"-[0-9a-f]{12}\.json")
+        for other in sorted(self.root.glob(f"{key}-*.json")):
+            if other == path or not own.fullmatch(other.name):
+                continue
+            try:
+                old = json.loads(other.read_text(encoding="utf-8")).get("fingerprint", {})
+            except (json.JSONDecodeError, OSError, UnicodeDecodeError):
+                continue
+            changed = sorted(k for k in set(fp) | set(old) if fp.get(k) != old.get(k))
+            self.log(f"{label}: a saved result exists for other settings "
+                     f"({', '.join(changed)} differ); computing for these settings")
+            break
+        return None
+
+    def put(self, key: str, fp: dict[str, Any], result: dict[str, Any]) -> None:
+        path = self.path(key, fp)
+        if path is not None:
+            atomic_write_text(path, json.dumps({"format": CACHE_FORMAT, "fingerprint": fp,
+                                                "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                                "result": result}))
+
+
+class _Progress:
+    """rich progress bars (or nothing)."""
+
+    def __init__(self, enabled: bool, console: Any) -> None:
+        self.enabled = enabled
+        self.console = console
+        self.bar: Any = None
+
+    @contextmanager
+    def running(self) -> Iterator[_Progress]:
+        if not self.enabled:
+            yield self
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        console = self.console or Console(stderr=True)
+        with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+                      transient=False) as bar:
+            self.bar = bar
+            try:
+                yield self
+            finally:
+                self.bar = None
+
+    def task(self, description: str, total: int) -> Callable[..., None]:
+        """A task; returns ``update(advance=k)`` / ``update(completed=k, total=t, ...)``."""
+        if self.bar is None:
+            return lambda **kw: None
+        tid = self.bar.add_task(description, total=total)
+        return lambda **kw: self.bar.update(tid, **kw) if self.bar is not None else None
+
+
+def evaluate(
+    model: nn.Module,
+    split: Split,
+    *,
+    eps: float,
+    attacks: Sequence[str] | str = DEFAULT_ATTACKS,
+    norm: str = "linf",
+    n_examples: int | None = None,
+    seed: int = 0,
+    restarts: int = 1,
+    step_size: float | None = None,
+    batch_size: int = 500,
+    device: torch.device | str = "cpu",
+    class_names: Sequence[str] | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
+    resume: bool = True,
+    sanity_examples: int = 100,
+    square_queries: int = 1000,
+    progress: bool = False,
+    console: Any = None,
+    log: Log | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> EvalReport:
+    """Evaluate ``model`` on (a seeded subset of) ``split`` under ``attacks``.
+
+    Args:
+        model: maps images in [0, 1] to logits (on ``device``); attacked in eval mode.
+        split: the examples (``spat.data.Split``), e.g. ``load_data(cfg).test``.
+        eps: radius of the threat ball in [0, 1] pixel units.
+        attacks: keys of :data:`spat.evaluation.attacks.CHOICES` (a list or "a,b"); clean is
+            always evaluated. They run (and accumulate) in the canonical order
+            fgsm, pgd20, pgd100, cw20, cw100, aa-fast, aa.
+        norm: "linf" or "l2".
+        n_examples: evaluate the first N of a permutation seeded by ``seed`` (None: all, in
+            order).
+        seed: subset seed; each attack's random start is seeded from (seed, attack key);
+            AutoAttack gets ``seed`` itself.
+        restarts, step_size: of PGD and CW (default step ε/4; FGSM always steps ε).
+        batch_size: examples per attack batch (also AutoAttack's batch size).
+        class_names: for per-class accuracy (default "0", "1", ...).
+        state_dir: where finished attacks and AutoAttack's running state are saved; None: no
+            saving, no reuse.
+        resume: reuse saved results with the same fingerprint (model weights, data subset,
+            ε, norm, seed, batch size, device type, attack settings) and continue an interrupted
+            AutoAttack; False: recompute everything.
+        sanity_examples: examples for the attack-based sanity checks (ε sweep, black-box
+            check); 0 skips those two.
+        square_queries: queries of the black-box check's Square attack (when standard
+            AutoAttack, which includes Square, did not run).
+        progress: show rich progress bars (on ``console``, default stderr).
+        log: receives one-line messages (reuse, recomputation); default: nothing.
+        metadata: extra top-level fields of the report (run directory, config, ...).
+
+    Returns:
+        An :class:`EvalReport` (JSON document in ``.data``, predictions in ``.predictions``).
+    """
+    t_start = time.perf_counter()
+    log = log or (lambda s: None)
+    keys = parse_attacks(attacks if isinstance(attacks, str) else list(attacks))
+    norm = norm.lower()
+    if norm not in aa_mod.AA_NORMS:
+        raise SpatError(f"unknown norm {norm!r} (valid: {', '.join(aa_mod.AA_NORMS)})")
+    if not (eps > 0 and eps < float("inf")):
+        raise SpatError(f"eps must be > 0, got {eps}")
+    if batch_size < 1:
+        raise SpatError(f"batch size must be >= 1, got {batch_size}")
+    if restarts < 1:
+        raise SpatError(f"restarts must be >= 1, got {restarts}")
+    if step_size is not None and not step_size > 0:
+        raise SpatError(f"step size must be > 0, got {step_size}")
+    if sanity_examples < 0:
+        raise SpatError(f"sanity examples must be >= 0, got {sanity_examples}")
+    if len(split) == 0:
+        raise SpatError("the split to evaluate is empty")
+    device = torch.device(device)
+    index = select_subset(len(split), n_examples, seed)
+    sub = Split(images=split.images[index], labels=split.labels[index])
+    n = len(sub)
+    cache = _Cache(Path(state_dir) if state_dir is not None else None, resume, log)
+    warnings: list[str] = []
+    checks: list[sanity.Check] = []
+
+    # ---- checks on the model itself (cheap) -------------------------------------------
+    checks.append(sanity.check_eval_mode(model))
+    x0, y0 = next(batches(Split(images=sub.images[:128], labels=sub.labels[:128]), 128,
+                          device=device))
+    with attack_mode(model), torch.no_grad():
+        num_classes = int(model(x0[:1]).shape[1])
+    checks.append(sanity.check_deterministic(model, x0))
+    checks.append(sanity.check_logits(model, x0))
+    checks.append(sanity.check_gradients(model, x0, y0))
+    names = list(class_names) if class_names is not None else [str(i) for i in
+                                                               range(num_classes)]
+    if len(names) != num_classes:
+        raise SpatError(f"{len(names)} class names for a model with {num_classes} outputs")
+    if int(sub.labels.max()) >= num_classes:
+        raise SpatError(f"labels go up to {int(sub.labels.max())} but the model has "
+                        f"{num_classes} outputs")
+
+    common = {
+        "model": model_digest(model), "data": _split_digest(sub, index), "eps": float(eps),
+        "norm": norm, "seed": int(seed), "batch_size": int(batch_size),
+        "device_type": device.type, "spat": __version__,
+    }
+    outcomes: list[dict[str, Any]] = []
+    prog = _Progress(progress, console)
+    with prog.running():
+        clean_preds = predict_under_attacks(model, sub, [], batch_size=batch_size,
+                                            device=device).clean
+        for key in keys:
+            choice = BY_KEY[key]
+            name = attack_name(key, restarts=restarts)
+            if choice.kind == "autoattack":
+                settings: dict[str, Any] = {"version": choice.version, "seed": int(seed),
+                                            "batch_size": int(batch_size)}
+            else:
+                spec = white_box_spec(key, eps, norm, restarts=restarts, step_size=step_size)
+                settings = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
+                settings["seed"] = _derived_seed(seed, key)
+            fp = {**common, "attack": key, "settings": settings}
+            saved = cache.get(key, name, fp)
+            if saved is not None:
+                log(f"{name}: reusing the saved result ({saved['seconds']:.1f} s when computed) "
+                    f"from {cache.path(key, fp)}")
+                outcomes.append({**saved, "reused": True})
+                continue
+            t0 = time.perf_counter()
+            if choice.kind == "autoattack":
+                result = _run_autoattack(model, sub, key, name, choice.version or "standard",
+                                         eps, norm, seed, batch_size, device, cache, fp, prog)
+            else:
+                update = prog.task(name, n)
+                gen = _generator(device, settings["seed"])
+                p = predict_under_attacks(model, sub, [spec], batch_size=batch_size,
+                                          device=device, generator=gen,
+                                          on_batch=lambda k, u=update: u(advance=k))
+                result = {"details": {}, "warnings": [],
+                          "predictions": p.adversarial[name].tolist()}
+            result.update(key=key, name=name, kind=choice.kind, settings=settings,
+                          seconds=time.perf_counter() - t0)
+            cache.put(key, fp, result)
+            outcomes.append({**result, "reused": False})
+
+        adversarial = {o["name"]: torch.tensor(o["predictions"], dtype=torch.int64)
+                       for o in outcomes}
+        preds = Predictions(labels=sub.labels.clone().to(torch.int64), clean=clean_preds,
+                            adversarial=adversarial)
+
+        # ---- attack-based sanity checks on a small subset --------------------------------
+        m = min(sanity_examples, n)
+        if m > 0:
+            checks.append(_eps_sweep(model, sub, m, eps, norm, seed, batch_size, device,
+                                     num_classes, cache, common, prog, log))
+            checks.append(_black_box(model, sub, m, preds, outcomes, eps, norm, seed,
+                                     batch_size, device, square_queries, cache, common, prog,
+                                     log))
+        else:
+            checks.append(sanity.Check("eps_sweep", None, "skipped (--sanity-examples 0)"))
+            checks.append(sanity.Check("black_box", None, "skipped (--sanity-examples 0)"))
+
+    for c in checks:
+        if c.warning:
+            warnings.append(c.warning)
+    for o in outcomes:
+        warnings.extend(f"{o['name']}: {w}" for w in o.get("warnings", []))
+
+    data = _build(preds, outcomes, names, checks, warnings, index, len(split), eps, norm, seed,
+                  restarts, step_size, batch_size, device, sanity_examples, metadata)
+    data["timing"] = {"total_seconds": time.perf_counter() - t_start,
+                      "attack_seconds": {o["name"]: o["seconds"] for o in outcomes}}
+    return EvalReport(data=data, predictions=preds, checks=checks, warnings=warnings)
+
+
+def _full_batch(sub: Split, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return next(batches(sub, len(sub), device=device))
+
+
+def _run_autoattack(model: nn.Module, sub: Split, key: str, name: str, version: str,
+                    eps: float, norm: str, seed: int, batch_size: int, device: torch.device,
+                    cache: _Cache, fp: dict[str, Any], prog: _Progress) -> dict[str, Any]:
+    state = cache.path(key, fp, ".aa-state.json")
+    if state is not None and not cache.resume and state.exists():
+        state.unlink()
+    if state is not None and cache.resume and state.exists():
+        cache.log(f"{name}: continuing the interrupted run from {state}")
+    x, y = _full_batch(sub, device)
+    tasks: dict[str, Callable[..., None]] = {}
+
+    def on_progress(s: str, done: int, total: int) -> None:
+        if s not in tasks:
+            tasks[s] = prog.task(f"{name}: {aa_mod.LABELS[s]}", total)
+        tasks[s](completed=done, total=total)
+
+    r = aa_mod.run_autoattack(model, x, y, eps=eps, norm=norm, version=version, seed=seed,
+                              batch_size=batch_size, device=device, state_path=state,
+                              progress=on_progress)
+    n = int(y.shape[0])
+    counts = {"clean": int((r.broken_by != 0).sum())}
+    for i, s in enumerate(r.sub_attacks, start=1):
+        counts[s] = int(((r.broken_by == -1) | (r.broken_by > i)).sum())
+    details = {
+        "sub_attacks": r.sub_attacks,
+        "robust_accuracy_after": {aa_mod.LABELS[s]: counts[s] / n for s in r.sub_attacks},
+        "robust_count_after": counts,
+        "sub_attack_seconds": {aa_mod.LABELS[s]: v for s, v in r.seconds.items()},
+        "max_perturbation": r.max_perturbation,
+        "resumed": r.resumed,
+        "autoattack": r.settings,
+    }
+    if state is not None and state.exists():
+        state.unlink()
+    return {"predictions": r.predictions.tolist(), "details": details, "warnings": r.warnings}
+
+
+def _eps_sweep(model: nn.Module, sub: Split, m: int, eps: float, norm: str, seed: int,
+               batch_size: int, device: torch.device, num_classes: int, cache: _Cache,
+               common: dict[str, Any], prog: _Progress, log: Log) -> sanity.Check:
+    dim = int(sub.images[0].numel())
+    eps_values = sanity.sweep_epsilons(eps, norm, dim)
+    fp = {**common, "attack": "sanity-eps-sweep", "examples": m, "eps_values": eps_values}
+    saved = cache.get("sanity-eps-sweep", "ε sweep", fp)
+    if saved is None:
+        small = Split(images=sub.images[:m], labels=sub.labels[:m])
+        update = prog.task("sanity: ε sweep (PGD-20)", m * len(eps_values))
+        accs = []
+        for i, e in enumerate(eps_values):
+            gen = _generator(device, _derived_seed(seed, f"sanity-eps-{i}"))
+            p = predict_under_attacks(model, small, [pgd(e, steps=20, norm=norm)],
+                                      batch_size=batch_size, device=device, generator=gen,
+                                      on_batch=lambda k: update(advance=k))
+            accs.append(p.accuracy(next(iter(p.adversarial))))
+        saved = {"accuracy": accs}
+        cache.put("sanity-eps-sweep", fp, saved)
+    else:
+        log("ε sweep: reusing the saved result")
+    return sanity.check_eps_sweep(eps_values, saved["accuracy"], m, num_classes)
+
+
+def _black_box(model: nn.Module, sub: Split, m: int, preds: Predictions,
+               outcomes: list[dict[str, Any]], eps: float, norm: str, seed: int,
+               batch_size: int, device: torch.device, queries: int, cache: _Cache,
+               common: dict[str, Any], prog: _Progress, log: Log) -> sanity.Check:
+    for o in outcomes:
+        if o["key"] == "aa":
+            c = o["details"]["robust_count_after"]
+            if "fab-t" in c and "square" in c:
+                return sanity.check_black_box(c["fab-t"], c["fab-t"] - c["square"],
+                                              "inside standard AutoAttack, after APGD-CE, "
+                                              "APGD-T and FAB-T")
+    if not outcomes:
+        return sanity.Check("black_box", None, "skipped: no attack was run to compare with")
+    robust = preds.robust_all()[:m]
+    idx = torch.nonzero(robust).flatten()
+    source = f"{queries} queries, on the first {m} examples"
+    if idx.numel() == 0:
+        return sanity.check_black_box(0, 0, source)
+    fp = {**common, "attack": "sanity-square", "queries": int(queries),
+          "points": _digest(idx.tolist())}
+    saved = cache.get("sanity-square", "Square check", fp)
+    if saved is None:
+        x, y = _full_batch(Split(images=sub.images[idx], labels=sub.labels[idx]), device)
+        update = prog.task(f"sanity: Square ({queries} queries)", 1)
+        out = aa_mod.run_square(model, x, y, eps=eps, norm=norm, n_queries=queries,
+                                seed=seed, batch_size=batch_size, device=device)
+        update(completed=1)
+        saved = {"broken": int((out != y.cpu()).sum())}
+        cache.put("sanity-square", fp, saved)
+    else:
+        log("Square check: reusing the saved result")
+    return sanity.check_black_box(int(idx.numel()), saved["broken"], source)
+
+
+def _build(preds: Predictions, outcomes: list[dict[str, Any]], names: list[str],
+           checks: list[sanity.Check], warnings: list[str], index: torch.Tensor, n_total: int,
+           eps: float, norm: str, seed: int, restarts: int, step_size: float | None,
+           batch_size: int, device: torch.device, sanity_examples: int,
+           metadata: dict[str, Any] | None) -> dict[str, Any]:
+    labels = preds.labels
+    clean = summarize(preds.correct(None), labels, names)
+    cum = preds.correct(None)
+    entries = []
+    for o in outcomes:
+        ok = preds.correct(o["name"])
+        cum = cum & ok
+        s = summarize(ok, labels, names)
+        entries.append({
+            "key": o["key"], "name": o["name"], "kind": o["kind"], "settings": o["settings"],
+            **s,
+            "cumulative_accuracy": float(cum.sum()) / len(preds),
+            "cumulative_correct": int(cum.sum()),
+            "seconds": o["seconds"], "reused": o["reused"], "details": o.get("details", {}),
+        })
+    ensemble = {**summarize(preds.robust_all(), labels, names),
+                "attacks": [o["name"] for o in outcomes]}
+    aa = next((e for e in entries if e["key"] == "aa"), None)
+    subset = n_total != len(preds)
+    data: dict[str, Any] = {
+        "schema": SCHEMA,
+        **(metadata or {}),
+        "threat_model": aa_mod.AA_NORMS[norm],
+        "norm": norm,
+        "eps": float(eps),
+        "n_examples": len(preds),
+        "clean_acc": clean["accuracy"],
+        "autoattack_acc": aa["accuracy"] if aa is not None else None,
+        "robust_acc": ensemble["accuracy"],
+        "subset": {
+            "n_examples": len(preds), "of": n_total, "seed": int(seed),
+            "rule": ("first n_examples of torch.randperm(of) with a CPU generator seeded by "
+                     "seed" if subset else "the whole split, in order"),
+            "indices": index.tolist() if subset else None,
+        },
+        "seed": int(seed),
+        "settings": {
+            "attacks": [o["key"] for o in outcomes], "restarts": int(restarts),
+            "step_size": step_size, "default_step_size": "eps/4 (PGD/CW); eps (FGSM)",
+            "batch_size": int(batch_size), "device": str(device),
+            "sanity_examples": int(sanity_examples),
+        },
+        "classes": names,
+        "class_counts": torch.bincount(labels, minlength=len(names))[:len(names)].tolist(),
+        "clean": clean,
+        "attacks": entries,
+        "ensemble": ensemble,
+        "sanity": {"passed": all(c.passed is not False for c in checks),
+                   "checks": [c.to_dict() for c in checks]},
+        "warnings": warnings,
+        "versions": {"spat": __version__, "torch": torch.__version__,
+                     "pyautoattack": aa_mod.pyautoattack_version()},
+    }
+    return data

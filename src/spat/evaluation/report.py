@@ -1,0 +1,137 @@
+"""The evaluation report: per-class summaries, the JSON document and the terminal table."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spat.evaluation.core import Predictions
+from spat.evaluation.sanity import Check
+from spat.utils.io import atomic_write_text
+
+REPORT_FILE = "report.json"
+PREDICTIONS_FILE = "predictions.npz"
+SCHEMA = "spat.eval/1"
+
+
+def summarize(correct: torch.Tensor, labels: torch.Tensor, class_names: list[str]
+              ) -> dict[str, Any]:
+    """Accuracy overall and per class of a per-example correctness vector.
+
+    Returns ``accuracy``, ``correct``, ``n``, ``per_class_accuracy`` ({class name: accuracy, None
+    for a class without examples}), ``per_class_correct`` (list by class index) and
+    ``worst_class`` ({index, name, accuracy} over classes with examples).
+    """
+    k = len(class_names)
+    correct = correct.to(torch.int64).cpu()
+    labels = labels.cpu()
+    counts = torch.bincount(labels, minlength=k)[:k]
+    hits = torch.bincount(labels, weights=correct.double(), minlength=k)[:k].round().long()
+    per_class = {
+        name: (float(hits[i]) / int(counts[i]) if int(counts[i]) else None)
+        for i, name in enumerate(class_names)
+    }
+    worst = None
+    for i, name in enumerate(class_names):
+        acc = per_class[name]
+        if acc is not None and (worst is None or acc < worst["accuracy"]):
+            worst = {"index": i, "name": name, "accuracy": acc}
+    n = int(labels.numel())
+    return {
+        "accuracy": float(correct.sum()) / n if n else float("nan"),
+        "correct": int(correct.sum()),
+        "n": n,
+        "per_class_accuracy": per_class,
+        "per_class_correct": hits.tolist(),
+        "worst_class": worst,
+    }
+
+
+@dataclass
+class EvalReport:
+    """What :func:`spat.evaluation.evaluate` returns.
+
+    ``data`` is the JSON document (see ``docs/evaluation.md``); ``predictions`` holds labels,
+    clean and per-attack predictions (saved as ``predictions.npz``).
+    """
+
+    data: dict[str, Any]
+    predictions: Predictions
+    checks: list[Check] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.data
+
+    def attack(self, name: str) -> dict[str, Any]:
+        """The report entry of attack ``name`` ("PGD-20") or key ("pgd20")."""
+        for a in self.data["attacks"]:
+            if name in (a["name"], a["key"]):
+                return a
+        raise KeyError(name)
+
+    def save(self, out_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
+        """Write ``report.json`` and ``predictions.npz`` into ``out_dir`` (atomically)."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        npz = out / PREDICTIONS_FILE
+        self.predictions.save(npz)
+        path = out / REPORT_FILE
+        atomic_write_text(path, json.dumps(self.data, indent=2, allow_nan=True) + "\n")
+        return path, npz
+
+
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{100 * v:6.2f}%"
+
+
+def print_report(report: EvalReport, console: Any = None) -> None:
+    """A readable table of the report on the terminal (rich)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    d = report.data
+    title = (f"{d.get('dataset') or 'data'} · {d.get('architecture') or 'model'} · "
+             f"{d['threat_model']} ε={d['eps']:.4g} · {d['n_examples']} examples")
+    table = Table(title=title, title_justify="left")
+    table.add_column("attack")
+    table.add_column("accuracy", justify="right")
+    table.add_column("worst case", justify="right")
+    table.add_column("worst class", justify="right")
+    table.add_column("time", justify="right")
+    table.add_column("", justify="left")
+
+    def worst(s: dict[str, Any]) -> str:
+        w = s.get("worst_class")
+        return "—" if w is None else f"{w['name']}: {100 * w['accuracy']:.1f}%"
+
+    c = d["clean"]
+    table.add_row("clean", _pct(c["accuracy"]), _pct(c["accuracy"]), worst(c), "", "")
+    for a in d["attacks"]:
+        table.add_row(a["name"], _pct(a["accuracy"]), _pct(a["cumulative_accuracy"]), worst(a),
+                      f"{a['seconds']:.1f}s", "reused" if a["reused"] else "")
+    e = d["ensemble"]
+    if d["attacks"]:
+        table.add_row("[bold]ensemble[/bold]", f"[bold]{_pct(e['accuracy'])}[/bold]", "",
+                      worst(e), "", "")
+    console.print(table)
+    if d["attacks"]:
+        console.print("  worst case: correct under clean and every attack up to that row")
+    for a in d["attacks"]:
+        subs = a.get("details", {}).get("robust_accuracy_after")
+        if subs:
+            steps = ", ".join(f"{k} {100 * v:.2f}%" for k, v in subs.items())
+            console.print(f"  {a['name']}: accuracy after {steps}")
+    checks = d["sanity"]["checks"]
+    failed = [c for c in checks if c["passed"] is False]
+    ran = [c for c in checks if c["passed"] is not None]
+    console.print(f"sanity checks: {len(ran) - len(failed)}/{len(ran)} passed"
+                  + (f", {len(checks) - len(ran)} skipped" if len(checks) > len(ran) else ""))
+    for w in d["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)

@@ -1,0 +1,94 @@
+"""Evaluate a trained run (``spat eval RUN``): load it, run :func:`evaluate`, write the files."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from spat.errors import SpatError
+from spat.evaluation.attacks import DEFAULT_ATTACKS
+from spat.evaluation.protocol import Log, evaluate
+from spat.evaluation.report import EvalReport
+
+#: Subfolder of the output folder holding finished attacks and AutoAttack's running state.
+STATE_SUBDIR = "attacks"
+
+
+def run_dir_of(folder: Path) -> Path:
+    """The run directory of a checkpoint folder (``RUN/checkpoints/epoch_N``), or the folder
+    itself when it is not inside a run."""
+    run = folder.parent.parent
+    return run if (run / "config.json").is_file() else folder
+
+
+def evaluate_run(
+    path: str | os.PathLike[str],
+    *,
+    which: str = "best",
+    out: str | os.PathLike[str] | None = None,
+    attacks: Sequence[str] | str = DEFAULT_ATTACKS,
+    eps: float | None = None,
+    norm: str | None = None,
+    n_examples: int | None = None,
+    seed: int = 0,
+    restarts: int = 1,
+    step_size: float | None = None,
+    batch_size: int = 500,
+    device: str = "auto",
+    data_dir: str | None = None,
+    resume: bool = True,
+    sanity_examples: int = 100,
+    progress: bool = True,
+    console: Any = None,
+    log: Log | None = None,
+) -> tuple[EvalReport, Path]:
+    """Evaluate the ``which`` checkpoint of the run (or checkpoint folder) at ``path`` on its
+    dataset's test split and write ``report.json`` and ``predictions.npz`` to ``out``
+    (default ``RUN/eval``). ε and norm default to the run's training values.
+
+    Returns the report and the output folder.
+    """
+    from spat.evaluation.attacks import parse_attacks
+    from spat.experiment import environment, load_data, load_run, resolve_device
+
+    keys = parse_attacks(attacks if isinstance(attacks, str) else list(attacks))
+    dev = resolve_device(device)
+    model, cfg, state = load_run(path, which=which, device=dev)
+    folder = Path(state["folder"])
+    run = run_dir_of(folder)
+    out_dir = Path(out) if out is not None else run / "eval"
+    the_norm = (norm or cfg.norm).lower()
+    if eps is None and the_norm != cfg.norm:
+        raise SpatError(f"the run was trained with norm {cfg.norm!r}; give --eps for an "
+                        f"evaluation in {the_norm!r}")
+    the_eps = float(cfg.eps if eps is None else eps)
+    if data_dir is not None:
+        cfg = dataclasses.replace(cfg, data_dir=data_dir)
+    data = load_data(cfg)
+    info = data.info
+    metadata = {
+        "run_dir": str(run),
+        "checkpoint": str(folder),
+        "which": which,
+        "epoch": (int(state["epoch"]) + 1) if "epoch" in state else None,
+        "dataset": cfg.dataset,
+        "architecture": cfg.model,
+        "head": cfg.head,
+        "method": cfg.method,
+        "training_eps": cfg.eps,
+        "training_norm": cfg.norm,
+        "config": cfg.to_dict(),
+        "environment": environment(dev),
+    }
+    report = evaluate(
+        model, data.test, eps=the_eps, attacks=keys, norm=the_norm, n_examples=n_examples,
+        seed=seed, restarts=restarts, step_size=step_size, batch_size=batch_size, device=dev,
+        class_names=list(info.class_names), state_dir=out_dir / STATE_SUBDIR, resume=resume,
+        sanity_examples=sanity_examples, progress=progress, console=console, log=log,
+        metadata=metadata,
+    )
+    report.save(out_dir)
+    return report, out_dir
