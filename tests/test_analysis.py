@@ -259,6 +259,15 @@ def test_helpers() -> None:
     assert autoattack_accuracy({"results": [{"name": "PGD-20", "accuracy": 0.5},
                                             {"name": "AutoAttack", "accuracy": 0.4}]}) == 0.4
     assert autoattack_accuracy({"pgd": 0.5}) is None and autoattack_accuracy(None) is None
+    # spat eval's report.json: the top-level autoattack_acc, never AutoAttack-fast's number
+    rep = {"attacks": [{"name": "AutoAttack-fast", "accuracy": 0.45}], "autoattack_acc": 0.44}
+    assert autoattack_accuracy(rep) == 0.44
+    assert autoattack_accuracy({**rep, "autoattack_acc": None}) is None
+    assert autoattack_accuracy({"attacks": [{"name": "AutoAttack-fast", "accuracy": 0.4}]}) is None
+    zeros = torch.zeros(2, dtype=torch.long)
+    fast = Predictions(labels=zeros, clean=zeros,
+                       adversarial={"AutoAttack-fast": torch.tensor([0, 1])})
+    assert autoattack_accuracy(None, fast) is None
 
 
 # ------------------------------------------------------------------------- end to end
@@ -282,30 +291,31 @@ def tiny_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_analyze_cli_end_to_end(tiny_runs: dict[str, Path], capsys: pytest.CaptureFixture
                                 ) -> None:
     run = tiny_runs["pgd_at"]
-    assert main(["analyze", str(run), "--max-examples", "120"]) == 0
+    # PGD-2 instead of the default PGD-20: CPU time
+    assert main(["analyze", str(run), "--max-examples", "120", "--steps", "2"]) == 0
     text = capsys.readouterr().out
-    assert "computing clean and PGD-20" in text and "hardest pair" in text
+    assert "computing clean and PGD-2 " in text and "hardest pair" in text
     out = run / "analysis"
     for name in ("report.md", "analysis.json", "per_class.csv", "hard_pairs.csv",
-                 "hard_pairs_symmetric.csv", "confusion_clean.csv", "confusion_pgd-20.csv",
+                 "hard_pairs_symmetric.csv", "confusion_clean.csv", "confusion_pgd-2.csv",
                  "over_training.csv", "similarity_head.csv", "similarity_features.csv",
-                 "confusion_pgd-20.png", "hard_pairs.png", "per_class_accuracy.png",
+                 "confusion_pgd-2.png", "hard_pairs.png", "per_class_accuracy.png",
                  "training.png", "similarity_flow.png", "predictions.npz"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     for png in out.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size < 300_000
     a = json.loads((out / "analysis.json").read_text())
     s = a["summary"]
-    assert s["examples"] == 120 and s["primary_attack"] == "PGD-20"
+    assert s["examples"] == 120 and s["primary_attack"] == "PGD-2"
     assert a["class_names"] == [str(i) for i in range(10)]
-    conf = np.array(a["attacks"]["PGD-20"]["confusion"])
+    conf = np.array(a["attacks"]["PGD-2"]["confusion"])
     assert conf.sum() == 120
-    assert s["accuracy"]["PGD-20"] == pytest.approx(np.trace(conf) / 120)
+    assert s["accuracy"]["PGD-2"] == pytest.approx(np.trace(conf) / 120)
     assert len(a["over_training"]) == 2
     assert "![" in (out / "report.md").read_text()
     # a second analysis reuses the cached predictions (a different limit would not)
     logged: list[str] = []
-    ra = collect(run, limit=120, features=False, log=logged.append)
+    ra = collect(run, limit=120, steps=2, features=False, log=logged.append)
     assert any("using the cached predictions" in m for m in logged)
     assert ra.summary()["accuracy"] == s["accuracy"]
 
@@ -319,10 +329,12 @@ def test_analyze_uses_eval_predictions(tiny_runs: dict[str, Path], tmp_path: Pat
                                      "AutoAttack": torch.where(labels < 5, labels, 0)})
     (run / "eval").mkdir(exist_ok=True)
     preds.save(run / "eval" / "predictions.npz")
-    (run / "eval" / "report.json").write_text(json.dumps({"AutoAttack": {"accuracy": 0.45}}))
+    (run / "eval" / "report.json").write_text(json.dumps({"AutoAttack": {"accuracy": 0.45},
+                                                               "checkpoint": "/elsewhere"}))
     logged: list[str] = []
     ra = collect(run, tmp_path / "an", features=False, log=logged.append)
     assert any("using the predictions of spat eval" in m for m in logged)
+    assert any("warning: spat eval evaluated /elsewhere" in m for m in logged)
     s = ra.summary()
     assert set(ra.attacks) == {"PGD-20", "AutoAttack"} and ra.primary == "PGD-20"
     assert s["examples"] == 40 and s["prediction_source"].endswith("eval/predictions.npz")
@@ -344,7 +356,8 @@ def test_compare_cli_end_to_end(tiny_runs: dict[str, Path], tmp_path: Path,
         for f in (r / "eval").glob("*") if (r / "eval").exists() else []:
             f.unlink()
     out = tmp_path / "cmp"
-    assert main(["compare", str(a), str(b), "--out", str(out), "--max-examples", "120"]) == 0
+    assert main(["compare", str(a), str(b), "--out", str(out), "--max-examples", "120",
+                 "--steps", "2"]) == 0
     text = capsys.readouterr().out
     assert "PGD-AT" in text and "SPAT" in text and "top hard pair" in text
     for name in ("comparison.md", "comparison.csv", "comparison.json",
@@ -352,11 +365,12 @@ def test_compare_cli_end_to_end(tiny_runs: dict[str, Path], tmp_path: Path,
         assert (out / name).is_file(), name
     c = json.loads((out / "comparison.json").read_text())
     assert [r["label"] for r in c["runs"]] == ["PGD-AT", "SPAT"]
-    assert c["attack"] == "PGD-20" and c["class"] in c["class_names"]
+    assert c["attack"] == "PGD-2" and c["class"] in c["class_names"]
     assert "![target distribution](target_distribution.png)" in (out / "comparison.md").read_text()
     out2 = tmp_path / "cmp2"
     rows, files = compare_runs([a, b], labels=parse_labels("base,ours", 2), out_dir=out2,
-                               limit=120, class_name="3", plots_too=False, log=lambda _s: None)
+                               limit=120, steps=2, class_name="3", plots_too=False,
+                               log=lambda _s: None)
     c2 = json.loads((out2 / "comparison.json").read_text())
     assert [r["label"] for r in c2["runs"]] == ["base", "ours"] and c2["class"] == "3"
     assert rows[0]["focus_class"] == "3" and not any(f.endswith(".png") for f in files)

@@ -191,31 +191,37 @@ def read_eval_report(run_dir: Path) -> dict[str, Any] | None:
 
 
 _AA = re.compile(r"auto.?attack|^aa$|^aa[-_ ]", re.IGNORECASE)
+_FAST = re.compile(r"fast", re.IGNORECASE)
 
 
 def autoattack_accuracy(report: dict[str, Any] | None, preds: Predictions | None = None
                         ) -> float | None:
-    """The AutoAttack robust accuracy, if known: from an attack in the predictions whose name
-    says AutoAttack, else from the first number found in the eval report under a key naming
-    AutoAttack (a float, or a dict with an ``accuracy``/``robust_acc``-like entry)."""
-    if preds is not None:
-        for name in preds.adversarial:
-            if _AA.search(name):
-                return _num(preds.accuracy(name))
+    """Standard AutoAttack's robust accuracy, if known, in this order: the attack named exactly
+    ``AutoAttack`` in the predictions; the eval report's top-level ``autoattack_acc`` (``spat
+    eval``'s ``report.json``); else the first number found in the report under a key or entry
+    naming AutoAttack (not the reduced "AutoAttack-fast"), a float or a dict with an
+    ``accuracy``/``robust_acc``-like entry."""
+    if preds is not None and "AutoAttack" in preds.adversarial:
+        return _num(preds.accuracy("AutoAttack"))
     if not report:
         return None
+    if "autoattack_acc" in report:
+        v = report["autoattack_acc"]
+        return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+    def is_aa(text: Any) -> bool:
+        return isinstance(text, str) and bool(_AA.search(text)) and not _FAST.search(text)
 
     def find(obj: Any, under_aa: bool) -> float | None:
         if isinstance(obj, dict):
-            name = obj.get("name") or obj.get("attack")
-            here = under_aa or (isinstance(name, str) and bool(_AA.search(name)))
+            here = under_aa or is_aa(obj.get("name") or obj.get("attack"))
             if here:
                 for key in ("robust_acc", "robust_accuracy", "accuracy", "acc"):
                     v = obj.get(key)
                     if isinstance(v, int | float) and not isinstance(v, bool):
                         return float(v)
             for k, v in obj.items():
-                hit = find(v, here or (isinstance(k, str) and bool(_AA.search(k))))
+                hit = find(v, here or is_aa(k))
                 if hit is not None:
                     return hit
         elif isinstance(obj, list):
@@ -230,6 +236,13 @@ def autoattack_accuracy(report: dict[str, Any] | None, preds: Predictions | None
     return find(report, False)
 
 
+def _same_checkpoint(a: Any, b: Any) -> bool:
+    try:
+        return Path(str(a)).resolve() == Path(str(b)).resolve()
+    except (OSError, ValueError):
+        return str(a) == str(b)
+
+
 # ----------------------------------------------------------------------------- predictions
 def _prediction_meta(checkpoint: str, eps: float, norm: str, steps: int, limit: int | None,
                      n: int) -> dict[str, Any]:
@@ -240,12 +253,17 @@ def _prediction_meta(checkpoint: str, eps: float, norm: str, steps: int, limit: 
 def obtain_predictions(
     run_dir: Path, out_dir: Path, model: torch.nn.Module, cfg: Any, test_split: Any,
     *, checkpoint: str, limit: int | None, batch_size: int, device: torch.device,
-    recompute: bool, log: Log,
+    recompute: bool, log: Log, steps: int = DEFAULT_STEPS,
 ) -> tuple[Predictions, str]:
     """The predictions to analyse and where they came from (see the module docstring)."""
     eval_npz = run_dir / "eval" / "predictions.npz"
     if eval_npz.is_file() and not recompute:
         log(f"using the predictions of spat eval: {eval_npz}")
+        report = read_eval_report(run_dir) or {}
+        evaluated = report.get("checkpoint")
+        if evaluated and not _same_checkpoint(evaluated, checkpoint):
+            log(f"warning: spat eval evaluated {evaluated}, the similarities below use "
+                f"{checkpoint} (pass --which to match, or --recompute)")
         return _load_predictions(eval_npz), str(eval_npz)
     cache = out_dir / "predictions.npz"
     meta_path = out_dir / "predictions.json"
@@ -253,7 +271,7 @@ def obtain_predictions(
         raise SpatError(f"no {eval_npz} and the test data could not be loaded to compute "
                         "predictions (pass --data-dir, or run spat eval first)")
     n = len(test_split) if limit is None else min(limit, len(test_split))
-    meta = _prediction_meta(checkpoint, float(cfg.eps), cfg.norm, DEFAULT_STEPS, limit, n)
+    meta = _prediction_meta(checkpoint, float(cfg.eps), cfg.norm, steps, limit, n)
     if cache.is_file() and meta_path.is_file() and not recompute:
         try:
             if json.loads(meta_path.read_text()) == meta:
@@ -264,12 +282,12 @@ def obtain_predictions(
     from spat.attacks import pgd
     from spat.evaluation.core import predict_under_attacks
 
-    log(f"no {eval_npz}: computing clean and PGD-{DEFAULT_STEPS} (ε={cfg.eps:.4g}, "
+    log(f"no {eval_npz}: computing clean and PGD-{steps} (ε={cfg.eps:.4g}, "
         f"{cfg.norm}) predictions on {n} test examples; cached as {cache}")
     split = test_split if n == len(test_split) else _head(test_split, n)
     gen = torch.Generator(device=device).manual_seed(int(cfg.seed) + 12345)
-    with _progress(n, f"PGD-{DEFAULT_STEPS}") as on_batch:
-        preds = predict_under_attacks(model, split, [pgd(float(cfg.eps), steps=DEFAULT_STEPS,
+    with _progress(n, f"PGD-{steps}") as on_batch:
+        preds = predict_under_attacks(model, split, [pgd(float(cfg.eps), steps=steps,
                                                          norm=cfg.norm)],
                                       batch_size=batch_size, device=device, generator=gen,
                                       on_batch=on_batch)
@@ -333,6 +351,7 @@ def collect(
     data_dir: str | None = None,
     features: bool = True,
     recompute: bool = False,
+    steps: int = DEFAULT_STEPS,
     label: str | None = None,
     log: Log = print,
 ) -> RunAnalysis:
@@ -348,6 +367,8 @@ def collect(
     out = Path(out_dir) if out_dir is not None else run / "analysis"
     if limit is not None and limit < 1:
         raise SpatError(f"--max-examples must be >= 1, got {limit}")
+    if steps < 1:
+        raise SpatError(f"--steps must be >= 1, got {steps}")
     dev = resolve_device(device)
     try:
         model, cfg, state = load_run(run, which=which, device=dev)
@@ -365,7 +386,7 @@ def collect(
         log(f"warning: test data not available ({e}); class-mean features are skipped")
     preds, source = obtain_predictions(run, out, model, cfg, test, checkpoint=state["folder"],
                                        limit=limit, batch_size=batch_size, device=dev,
-                                       recompute=recompute, log=log)
+                                       recompute=recompute, log=log, steps=steps)
     if len(preds) == 0:
         raise SpatError(f"the predictions {source} are empty")
     if int(preds.labels.max()) >= k or int(preds.clean.max()) >= k:

@@ -25,6 +25,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-examples", dest="max_examples", type=_positive_int, default=None,
                    help="when predictions are computed here: use only the first N test "
                    "examples (CPU time)")
+    p.add_argument("--steps", type=_positive_int, default=20,
+                   help="PGD steps when predictions are computed here (default 20: PGD-20)")
     p.add_argument("--batch-size", dest="batch_size", type=_positive_int, default=512,
                    help="batch size of the attack and of the feature pass")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, "
@@ -81,14 +83,15 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else run / "analysis"
     ra = collect(run, out, which=args.which, attack=args.attack, limit=args.max_examples,
                  batch_size=args.batch_size, device=args.device, data_dir=args.data_dir,
-                 features=args.features, recompute=args.recompute)
+                 features=args.features, recompute=args.recompute, steps=args.steps)
     files = write_analysis(ra, out)
     s = ra.summary()
     print()
     print(f"{ra.label} on {s['dataset']}: {s['examples']} test examples, flows under "
           f"{ra.primary}")
+    width = max(len(k) for k in s["accuracy"])
     for k, v in s["accuracy"].items():
-        print(f"  {k:<10} accuracy {100 * v:6.2f}%" if v is not None else f"  {k} –")
+        print(f"  {k:<{width}} accuracy {100 * v:6.2f}%" if v is not None else f"  {k} –")
     tp, ts = s.get("top_pair"), s.get("top_symmetric_pair")
     if tp:
         print(f"  hardest pair   {tp['pair']}: {100 * tp['share_of_class']:.1f}% of the class, "
@@ -120,6 +123,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
                             class_name=args.class_name, which=args.which,
                             limit=args.max_examples, batch_size=args.batch_size,
                             device=args.device, data_dir=args.data_dir,
-                            recompute=args.recompute)
+                            recompute=args.recompute, steps=args.steps)
     print(f"wrote {', '.join(sorted(files))} to {out}")
     return 0

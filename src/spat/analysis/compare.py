@@ -93,6 +93,7 @@ def compare_runs(
     device: str = "cpu",
     data_dir: str | None = None,
     recompute: bool = False,
+    steps: int = 20,
     plots_too: bool = True,
     log: Log = print,
 ) -> tuple[list[dict[str, Any]], dict[str, Path]]:
@@ -109,7 +110,8 @@ def compare_runs(
         log(f"[{i + 1}/{len(runs)}] {run}")
         analyses.append(collect(run, which=which, limit=limit, batch_size=batch_size,
                                 device=device, data_dir=data_dir, features=False,
-                                recompute=recompute, label=labels[i] if labels else None,
+                                recompute=recompute, steps=steps,
+                                label=labels[i] if labels else None,
                                 log=lambda s: log(f"  {s}")))
     names = analyses[0].names
     for a in analyses[1:]:

@@ -249,13 +249,15 @@ def plot_training(rows: Sequence[Mapping[str, Any]], path: PathLike, *, num_clas
     if num_classes > 2:
         ax.axhline(1 / (num_classes - 1), color="grey", linestyle=":", linewidth=1,
                    label=f"uniform top share 1/(K−1) = {1 / (num_classes - 1):.2f}")
-    prev = None
+    prev, shown = None, 0
     for n, (e, r, v) in enumerate(zip(ep, rows, top, strict=True)):
         pair = r.get("top_pair")
         if pair and pair != prev and not math.isnan(v):
             ha = "left" if n == 0 else "right" if n == len(rows) - 1 else "center"
-            ax.annotate(pair, (e, v), textcoords="offset points", xytext=(0, 7), ha=ha,
-                        fontsize=7, color="#C44E52")
+            # alternate heights so that names at neighbouring epochs do not overlap
+            ax.annotate(pair, (e, v), textcoords="offset points", xytext=(0, 6 + 10 * (shown % 2)),
+                        ha=ha, fontsize=7, color="#C44E52")
+            shown += 1
         prev = pair
     ax.set_ylim(0, 1.12)
     ax.set_yticks(np.linspace(0, 1, 6))
