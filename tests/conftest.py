@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
-torch.set_num_threads(2)
+# One intra-op thread per pytest-xdist worker (the suite runs with -n 2 on 2 cores): two workers
+# with two threads each oversubscribe the cores and run slower than one thread each.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 def shared_data_or_skip(name: str = "FashionMNIST") -> Path:

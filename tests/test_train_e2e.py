@@ -42,7 +42,7 @@ def test_default_train_no_arguments(tmp_path: Path, monkeypatch, capsys) -> None
     summary = json.loads((run / "summary.json").read_text())
     assert summary["test_clean_acc"] >= 0.90
     assert summary["test_robust_acc"] >= 0.5  # chance is 0.10
-    assert "test  clean accuracy" in out and str(run) in out and "PGD-20" in out
+    assert "test  clean accuracy" in out and f"runs/{run.name}" in out and "PGD-20" in out
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["dataset"] == "digits" and cfg["method"] == "pgd_at" and cfg["eps"] == 0.1
     env = json.loads((run / "env.json").read_text())

@@ -208,7 +208,7 @@ def resolve(path: str | os.PathLike[str], which: str = "best") -> Path:
 def _unpickling_detail(e: BaseException) -> str:
     """The informative part of torch's multi-paragraph weights-only error, on one line."""
     text = " ".join(str(e).split())
-    m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    m = re.search(r"(?:Unsupported global: |unsupported )GLOBAL ([\w.]+)", text)
     if m:
         return f"it references {m.group(1)}"
     m = re.search(r"WeightsUnpickler error: (.+?)(?: Check the documentation|$)", text)

@@ -1,0 +1,142 @@
+"""torchrun / DDP on CPU (gloo, 2 processes): ``spat train`` under
+``python -m torch.distributed.run --standalone --nproc_per_node=2`` gives the same training as
+one process with the same global batch, and only rank 0 writes files.
+
+What can be guaranteed, and why: with the same global batch, each rank's shard is half of the
+one-process batch (the same examples), DDP averages the two half-batch mean gradients, which is
+the one-process mean gradient up to float summation order (~1e-7 relative), and the epoch loss
+is reduced as a sum over ranks. What differs by design is per-rank randomness: attack random
+starts and dropout masks. So the comparison runs with ``--init none`` and dropout disabled
+(SmallCNN's only random layer; it has no BatchNorm); then every training metric agrees up to
+float rounding (tolerance 1e-4 relative) and the weights agree to 1e-4. Validation and the final
+test are sharded and gathered: clean accuracies agree to one example (only a tie-breaking
+flip from rounding could differ); the PGD accuracies use per-rank random starts and are checked
+only for their example counts. The second part resumes the two-process run (epoch 1 -> 2) in the
+same torchrun job, so DDP resume (rank 0 reads, broadcasts) is exercised as well.
+
+This file is also the torchrun worker: ``python tests/test_distributed.py ARGS`` runs
+``spat.cli.main`` with dropout off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+ARGS = ["--dataset", "digits", "--method", "pgd_at", "--init", "none", "--model", "small_cnn",
+        "--train-subset", "256", "--val-size", "63", "--steps", "2", "--val-steps", "1",
+        "--test-steps", "1", "--test-subset", "101", "--batch-size", "32",
+        "--eval-batch-size", "40", "--schedule", "constant", "--no-progress"]
+
+
+def _without_dropout(model_for):
+    """``model_for`` whose models have dropout p = 0 (no per-rank dropout masks)."""
+    import torch
+
+    def wrapped(cfg, info):
+        model = model_for(cfg, info)
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        return model
+
+    return wrapped
+
+
+def _worker(argv: list[str]) -> int:
+    """One torchrun rank: train epoch 1, then resume the same run to epoch 2."""
+    import spat.experiment
+    from spat.cli import main
+
+    spat.experiment.model_for = _without_dropout(spat.experiment.model_for)
+    out, name = argv[0], argv[1]
+    code = main(["train", *ARGS, "--epochs", "1", "--out-dir", out, "--name", name])
+    if code:
+        return code
+    return main(["train", "--resume", str(Path(out) / name), "--epochs", "2", "--no-progress"])
+
+
+if __name__ == "__main__":  # the torchrun worker
+    sys.exit(_worker(sys.argv[1:]))
+
+
+# --------------------------------------------------------------------------- the test
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+from spat import checkpoint as ckpt  # noqa: E402
+from spat.cli import main  # noqa: E402
+
+
+def _records(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_processes_match_one_process(tmp_path: Path, monkeypatch, capsys) -> None:
+    out = tmp_path / "runs"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(REPO),
+                                         env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = "1"
+    job = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "--max_restarts=0", str(Path(__file__)), str(out), "ddp"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+    # meanwhile: the same training in this process, one process, 2 epochs straight
+    import spat.experiment
+
+    monkeypatch.setattr(spat.experiment, "model_for",
+                        _without_dropout(spat.experiment.model_for))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["train", *ARGS, "--epochs", "2", "--out-dir", str(out),
+                     "--name", "single"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    capsys.readouterr()
+
+    try:
+        log = job.communicate(timeout=240)[0]
+    except subprocess.TimeoutExpired:
+        job.kill()
+        pytest.fail("torchrun job timed out:\n" + (job.communicate()[0] or ""))
+    assert job.returncode == 0, log
+    ddp, single = out / "ddp", out / "single"
+
+    # only rank 0 wrote, once: one run directory, no leftovers, one summary printed per call
+    assert sorted(p.name for p in out.iterdir()) == ["ddp", "single"]
+    assert not [p for p in ddp.rglob("*") if p.name.endswith(".tmp")]
+    assert log.count("test  clean accuracy") == 2 and log.count("resuming") == 1, log
+
+    a, b = _records(single), _records(ddp)
+    assert [r["epoch"] for r in b] == [1, 2]
+    for r1, r2 in zip(a, b, strict=True):
+        assert r2["train_loss"] == pytest.approx(r1["train_loss"], rel=1e-4)
+        assert r2["train_adv_acc"] == pytest.approx(r1["train_adv_acc"], abs=1 / 256 + 1e-9)
+        # validation: sharded (2 x 32 with one wrap-around duplicate) and gathered back to 63
+        assert sum(map(sum, r2["val_adv_confusion"])) == 63
+        assert abs(r2["val_clean_acc"] - r1["val_clean_acc"]) <= 1 / 63 + 1e-9
+
+    w1 = load_file(str(ckpt.resolve(single, "last") / ckpt.WEIGHTS))
+    w2 = load_file(str(ckpt.resolve(ddp, "last") / ckpt.WEIGHTS))
+    assert ckpt.resolve(ddp, "last").name == "epoch_0002"
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-4)
+
+    s1 = json.loads((single / "summary.json").read_text())
+    s2 = json.loads((ddp / "summary.json").read_text())
+    assert s2["world_size"] == 2 and s2["test_examples"] == s1["test_examples"] == 101
+    if s2["best_epoch"] == s1["best_epoch"]:  # (chosen by the PGD accuracy: may differ)
+        assert abs(s2["test_clean_acc"] - s1["test_clean_acc"]) <= 1 / 101 + 1e-9
+    state = ckpt.load_state(ckpt.resolve(ddp, "last"))
+    assert state["world_size"] == 2 and state["epoch"] == 1
