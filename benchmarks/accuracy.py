@@ -3,7 +3,7 @@ loop) and with the official-style fp32 reference loop (``benchmarks/reference.py
 seeds, data subset and initial weights, then evaluate both with the same evaluator (clean and
 PGD-20 test accuracy, ``spat.train.loop.evaluate_split``).
 
-    PYTHONPATH=src:. python benchmarks/accuracy.py --data-dir /work/shared/data
+    PYTHONPATH=src:. python benchmarks/accuracy.py --data-dir ../shared/data
 
 Writes a section of ``benchmarks/RESULTS.md`` (``--no-write`` to skip).
 """
@@ -148,7 +148,7 @@ def report(args: argparse.Namespace, env: dict[str, Any], runs: list[dict[str, A
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data-dir", default="/work/shared/data")
+    p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
     p.add_argument("--train-subset", type=int, default=5000)
     p.add_argument("--test-subset", type=int, default=500)
     p.add_argument("--epochs", type=int, default=3)

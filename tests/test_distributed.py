@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -50,15 +51,24 @@ def _without_dropout(model_for):
 
 def _worker(argv: list[str]) -> int:
     """One torchrun rank: train epoch 1, then resume the same run to epoch 2."""
+    import torch.distributed as dist
+
     import spat.experiment
     from spat.cli import main
 
     spat.experiment.model_for = _without_dropout(spat.experiment.model_for)
     out, name = argv[0], argv[1]
-    code = main(["train", *ARGS, "--epochs", "1", "--out-dir", out, "--name", name])
-    if code:
-        return code
-    return main(["train", "--resume", str(Path(out) / name), "--epochs", "2", "--no-progress"])
+    # one process group for both calls (spat leaves a group it did not create alone): creating
+    # the default group a second time in the same launch can deadlock (see shutdown_distributed)
+    dist.init_process_group(backend="gloo")
+    try:
+        code = main(["train", *ARGS, "--epochs", "1", "--out-dir", out, "--name", name])
+        if code:
+            return code
+        return main(["train", "--resume", str(Path(out) / name), "--epochs", "2",
+                     "--no-progress"])
+    finally:
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":  # the torchrun worker
@@ -85,10 +95,13 @@ def test_two_processes_match_one_process(tmp_path: Path, monkeypatch, capsys) ->
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(REPO),
                                          env.get("PYTHONPATH", "")])
     env["OMP_NUM_THREADS"] = "1"
+    log_path = tmp_path / "torchrun.log"
+    log_file = log_path.open("w")
     job = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          "--max_restarts=0", str(Path(__file__)), str(out), "ddp"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,  # its own process group: a timeout kills the workers as well
     )
 
     # meanwhile: the same training in this process, one process, 2 epochs straight
@@ -106,10 +119,14 @@ def test_two_processes_match_one_process(tmp_path: Path, monkeypatch, capsys) ->
     capsys.readouterr()
 
     try:
-        log = job.communicate(timeout=240)[0]
+        job.wait(timeout=300)
     except subprocess.TimeoutExpired:
-        job.kill()
-        pytest.fail("torchrun job timed out:\n" + (job.communicate()[0] or ""))
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+        pytest.fail("torchrun job timed out:\n" + log_path.read_text())
+    finally:
+        log_file.close()
+    log = log_path.read_text()
     assert job.returncode == 0, log
     ddp, single = out / "ddp", out / "single"
 

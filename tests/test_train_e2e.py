@@ -188,11 +188,14 @@ def test_bad_input_one_line_exit_2_no_run_dir(tmp_path: Path, capsys, args, word
 
 # ---------------------------------------------------------------------------------------------
 # Real data: every method vs standard training, same budget (Fashion-MNIST subset on CPU).
-# Budget: 1,500 training images, 6 epochs of batch 32 (282 SGD steps), lr 0.02, training attack
+# Budget: 3,000 training images, 4 epochs of batch 32 (376 SGD steps), lr 0.02, training attack
 # K = 3 with η = 0.04 at the dataset's ε = 0.1; test: PGD-10 at ε = 0.1 on 500 test images.
-# With fewer steps SPAT (and TRADES with the cosine head) sit on the trivial plateau of the
-# self-paced CE (all cosines equal 1/4, CE = log(1 + 9/e) ≈ 1.46) — see docs/spat-differences.md.
-FM_BUDGET = dict(dataset="fashion_mnist", train_subset=1500, val_size=0, epochs=6, steps=3,
+# Measured (seed 0): standard .780 clean / .208 PGD-10; PGD-AT .742/.574; TRADES .734/.562;
+# MART .644/.566; SPAT .640/.498 (seeds 1, 2: .440, .436).
+# With fewer SGD steps (about 280) SPAT sits on the trivial plateau of the self-paced CE (every
+# cosine equal to 1/4, CE = log(1 + 9/e) ≈ 1.46, consistency term 0) — see
+# docs/spat-differences.md.
+FM_BUDGET = dict(dataset="fashion_mnist", train_subset=3000, val_size=0, epochs=4, steps=3,
                  step_size=0.04, lr=0.02, batch_size=32, seed=0)
 
 
@@ -213,7 +216,6 @@ def standard_fashion() -> tuple[float, float]:
     return _train_and_test("standard", shared_data_or_skip("FashionMNIST"))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("method", ["pgd_at", "trades", "mart", "spat"])
 def test_adversarial_training_beats_standard_on_fashion_mnist(method: str, standard_fashion):
     clean, robust = _train_and_test(method, shared_data_or_skip("FashionMNIST"))
@@ -221,4 +223,4 @@ def test_adversarial_training_beats_standard_on_fashion_mnist(method: str, stand
     print(f"{method}: clean {clean:.3f} PGD-10 {robust:.3f} | standard: clean {std_clean:.3f} "
           f"PGD-10 {std_robust:.3f}")
     assert clean > 0.4  # learned something (chance 0.1)
-    assert robust >= std_robust + 0.05, (method, robust, std_robust)
+    assert robust >= std_robust + 0.15, (method, robust, std_robust)  # clearly above

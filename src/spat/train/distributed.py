@@ -38,6 +38,9 @@ class DistContext:
     world_size: int = 1
     local_rank: int = 0
     backend: str = "gloo"
+    #: whether :func:`init_distributed` created the process group (and so
+    #: :func:`shutdown_distributed` destroys it); a group the caller created is left alone.
+    owns_group: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -148,16 +151,24 @@ def init_distributed(device: str = "auto") -> DistContext:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() and (device == "auto" or device.startswith("cuda"))
     backend = "nccl" if use_cuda else "gloo"
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()
+    if owns:
         if use_cuda:
             torch.cuda.set_device(local)
         dist.init_process_group(backend=backend)
     else:
         backend = str(dist.get_backend())
-    return DistContext(rank=rank, world_size=world, local_rank=local, backend=backend)
+    return DistContext(rank=rank, world_size=world, local_rank=local, backend=backend,
+                       owns_group=owns)
 
 
 def shutdown_distributed(ctx: DistContext) -> None:
-    """Leave the process group (no-op for a single process)."""
-    if ctx.enabled and dist.is_initialized():
+    """Leave the process group if :func:`init_distributed` created it (no-op otherwise).
+
+    A process that trains several times under one torchrun launch (a script calling
+    ``spat.cli.main`` twice, say) should create the group itself, once: re-creating the default
+    group after destroying it reuses torchrun's rendezvous store under the same key prefix, and
+    the ranks can then wait on each other forever.
+    """
+    if ctx.enabled and ctx.owns_group and dist.is_initialized():
         dist.destroy_process_group()
