@@ -105,21 +105,25 @@ def print_report(report: EvalReport, console: Any = None) -> None:
     table.add_column("worst case", justify="right")
     table.add_column("worst class", justify="right")
     table.add_column("time", justify="right")
-    table.add_column("", justify="left")
+    reused = any(a["reused"] for a in d["attacks"])
+    if reused:  # a column saying which rows come from an earlier, interrupted evaluation
+        table.add_column("", justify="left")
+    extra = [""] if reused else []
 
     def worst(s: dict[str, Any]) -> str:
         w = s.get("worst_class")
         return "—" if w is None else f"{w['name']}: {100 * w['accuracy']:.1f}%"
 
     c = d["clean"]
-    table.add_row("clean", _pct(c["accuracy"]), _pct(c["accuracy"]), worst(c), "", "")
+    table.add_row("clean", _pct(c["accuracy"]), _pct(c["accuracy"]), worst(c), "", *extra)
     for a in d["attacks"]:
         table.add_row(a["name"], _pct(a["accuracy"]), _pct(a["cumulative_accuracy"]), worst(a),
-                      f"{a['seconds']:.1f}s", "reused" if a["reused"] else "")
+                      f"{a['seconds']:.1f}s", *(["reused" if a["reused"] else ""] if reused
+                                                 else []))
     e = d["ensemble"]
     if d["attacks"]:
         table.add_row("[bold]ensemble[/bold]", f"[bold]{_pct(e['accuracy'])}[/bold]", "",
-                      worst(e), "", "")
+                      worst(e), "", *extra)
     console.print(table)
     if d["attacks"]:
         console.print("  worst case: correct under clean and every attack up to that row")
