@@ -80,6 +80,20 @@ def fgsm(eps: float, norm: str = "linf") -> AttackSpec:
                       init="none")
 
 
+def _iterative(prefix: str, objective: str, eps: float, steps: int, step_size: float | None,
+               restarts: int, norm: str) -> AttackSpec:
+    """A k-step attack from a uniform random start, named ``PREFIX-k`` (``xR`` with restarts)."""
+    return AttackSpec(
+        name=f"{prefix}-{steps}" + (f"x{restarts}" if restarts > 1 else ""),
+        objective=objective,
+        eps=eps,
+        step_size=default_step_size(eps, steps) if step_size is None else step_size,
+        steps=steps,
+        norm=norm,
+        restarts=restarts,
+    )
+
+
 def pgd(
     eps: float,
     steps: int = 20,
@@ -88,15 +102,7 @@ def pgd(
     norm: str = "linf",
 ) -> AttackSpec:
     """PGD-k (Madry et al. arXiv 1706.06083): uniform random start, cross-entropy ascent."""
-    return AttackSpec(
-        name=f"PGD-{steps}" + (f"x{restarts}" if restarts > 1 else ""),
-        objective="ce",
-        eps=eps,
-        step_size=default_step_size(eps, steps) if step_size is None else step_size,
-        steps=steps,
-        norm=norm,
-        restarts=restarts,
-    )
+    return _iterative("PGD", "ce", eps, steps, step_size, restarts, norm)
 
 
 def cw(
@@ -107,12 +113,4 @@ def cw(
     norm: str = "linf",
 ) -> AttackSpec:
     """CW∞-k: PGD on the Carlini–Wagner margin loss (arXiv 1608.04644), uniform random start."""
-    return AttackSpec(
-        name=f"CW-{steps}" + (f"x{restarts}" if restarts > 1 else ""),
-        objective="cw",
-        eps=eps,
-        step_size=default_step_size(eps, steps) if step_size is None else step_size,
-        steps=steps,
-        norm=norm,
-        restarts=restarts,
-    )
+    return _iterative("CW", "cw", eps, steps, step_size, restarts, norm)

@@ -154,19 +154,11 @@ class _Progress:
             yield self
             return
         from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+
+        from spat.utils.progress import progress_bar
 
         console = self.console or Console(stderr=True)
-        with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), TimeRemainingColumn(), console=console,
-                      transient=False) as bar:
+        with progress_bar("{task.description:<28}", console=console) as bar:
             self.bar = bar
             try:
                 yield self

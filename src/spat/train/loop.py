@@ -475,28 +475,27 @@ class Trainer:
 
 
 class _Progress:
-    """A rich progress bar with live loss/accuracy; silent when disabled."""
+    """A rich progress bar with live loss/accuracy on a terminal; one plain line per epoch when
+    the output is a file or a pipe (cluster logs); silent when disabled."""
 
     def __init__(self, enabled: bool, total: int) -> None:
         self.enabled, self.total = enabled, total
-        self._p = None
-        self._task = None
+        self._p: Any = None
+        self._task: Any = None
+        self._plain = False
+        self._title = ""
 
     def __enter__(self) -> _Progress:
         if self.enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
+            from rich.console import Console
 
-            self._p = Progress(TextColumn("{task.description}"), BarColumn(),
-                               MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-                               TextColumn("{task.fields[live]}"), transient=False)
-            self._p.__enter__()
+            if Console().is_terminal:
+                from spat.utils.progress import progress_bar
+
+                self._p = progress_bar("{task.description}", "{task.fields[live]}")
+                self._p.__enter__()
+            else:
+                self._plain = True
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -504,20 +503,29 @@ class _Progress:
             self._p.__exit__(None, None, None)
 
     def start(self, epoch: int, epochs: int) -> None:
+        self._title = f"epoch {epoch + 1}/{epochs}"
         if self._p is not None:
-            self._task = self._p.add_task(f"epoch {epoch + 1}/{epochs}", total=self.total,
-                                          live="")
+            self._task = self._p.add_task(self._title, total=self.total, live="")
+
+    @staticmethod
+    def _live_text(live: dict[str, float]) -> str:
+        return "  ".join(f"{k} {v:.3f}" if k == "loss" else f"{k} {100 * v:.1f}%"
+                         for k, v in live.items())
 
     def update(self, step: int, live: dict[str, float]) -> None:
         if self._p is not None and self._task is not None:
-            text = "  ".join(f"{k} {v:.3f}" if k == "loss" else f"{k} {100 * v:.1f}%"
-                             for k, v in live.items())
-            self._p.update(self._task, completed=step, live=text)
+            self._p.update(self._task, completed=step, live=self._live_text(live))
 
     def end_epoch(self, record: dict[str, Any]) -> None:
+        extra = ""
+        if record.get("val_robust_acc") is not None:
+            extra = (f"  val clean {100 * record['val_clean_acc']:.1f}%  "
+                     f"val {record['val_attack']} {100 * record['val_robust_acc']:.1f}%")
         if self._p is not None and self._task is not None:
-            extra = ""
-            if record.get("val_robust_acc") is not None:
-                extra = (f"  val clean {100 * record['val_clean_acc']:.1f}%  "
-                         f"val {record['val_attack']} {100 * record['val_robust_acc']:.1f}%")
             self._p.update(self._task, live=self._p.tasks[-1].fields["live"] + extra)
+        elif self._plain:
+            train = {k: record[f"train_{k}"] for k in ("loss", "adv_acc", "clean_acc")
+                     if record.get(f"train_{k}") is not None}
+            print(f"{self._title}  {self._live_text(train)}{extra}  "
+                  f"({record['train_seconds']:.1f} s, {record['train_images_per_s']:.0f} img/s)",
+                  flush=True)
