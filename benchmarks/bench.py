@@ -333,17 +333,8 @@ def check_method(args: argparse.Namespace, device: torch.device, name: str, spli
     a = ours_adv()
     ref, scale = R.reference_model(model)
     ref.eval()
-    gen = device_generator(device, seed)
-    if name == "spat":
-        assert scale is not None
-        b = R.perturb_spat(ref, x, step_size=t.step_size, epsilon=t.eps, perturb_steps=k,
-                           s=scale, n=0.2, generator=gen)
-    elif name == "trades":
-        b = R.perturb_trades(ref, x, step_size=t.step_size, epsilon=t.eps, perturb_steps=k,
-                             generator=gen)
-    else:
-        b = R.perturb_pgd(ref, x, y, epsilon=t.eps, step_size=t.step_size, num_steps=k,
-                          generator=gen)
+    b = R.reference_attack(name, ref, x, y, eps=t.eps, step_size=t.step_size, steps=k,
+                           scale=scale, generator=device_generator(device, seed))
     agree = float((a == b).float().mean())
 
     model.train()

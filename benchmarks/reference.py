@@ -282,6 +282,22 @@ def perturb_pgd(model: nn.Module, x_natural: torch.Tensor, y: torch.Tensor, *, e
     return x
 
 
+def reference_attack(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                     eps: float, step_size: float, steps: int, scale: float | None = None,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """The training attack of method ``name`` ("spat", "trades" or "pgd_at") in the reference
+    style, with our threat-model names (used to check that both implementations agree)."""
+    if name == "spat":
+        assert scale is not None, "SPAT's attack needs the cosine head's scale s"
+        return perturb_spat(model, x, step_size=step_size, epsilon=eps, perturb_steps=steps,
+                            s=scale, n=0.2, generator=generator)
+    if name == "trades":
+        return perturb_trades(model, x, step_size=step_size, epsilon=eps, perturb_steps=steps,
+                              generator=generator)
+    return perturb_pgd(model, x, y, epsilon=eps, step_size=step_size, num_steps=steps,
+                       generator=generator)
+
+
 def pgd_at_loss(model: nn.Module, x_natural: torch.Tensor, y: torch.Tensor,
                 optimizer: torch.optim.Optimizer, step_size: float = 2 / 255,
                 epsilon: float = 8 / 255, perturb_steps: int = 10,

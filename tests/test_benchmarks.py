@@ -158,16 +158,9 @@ def test_reference_attack_equals_ours(name: str):
     a = ours_adv(model, x, y, torch.Generator().manual_seed(5))
     ref, s = R.reference_model(model)
     ref.eval()
-    t, gen = method.threat, torch.Generator().manual_seed(5)
-    if name == "spat":
-        b = R.perturb_spat(ref, x, step_size=t.step_size, epsilon=t.eps, perturb_steps=K, s=s,
-                           n=0.2, generator=gen)
-    elif name == "trades":
-        b = R.perturb_trades(ref, x, step_size=t.step_size, epsilon=t.eps, perturb_steps=K,
-                             generator=gen)
-    else:
-        b = R.perturb_pgd(ref, x, y, epsilon=t.eps, step_size=t.step_size, num_steps=K,
-                          generator=gen)
+    t = method.threat
+    b = R.reference_attack(name, ref, x, y, eps=t.eps, step_size=t.step_size, steps=K, scale=s,
+                           generator=torch.Generator().manual_seed(5))
     assert float((a == b).float().mean()) > 0.99
     assert float((a - x).abs().max()) <= t.eps + 1e-6 and float((b - x).abs().max()) <= (
         t.eps + 1e-6)

@@ -99,6 +99,16 @@ class AutoAttackResult:
     x_adv: torch.Tensor | None = None
 
 
+def _attack_device(model: nn.Module, x: torch.Tensor,
+                   device: torch.device | str | None) -> torch.device:
+    """``device``, or where the model's parameters live (where ``x`` lives for a model without
+    parameters)."""
+    if device is None:
+        p = next(iter(model.parameters()), None)
+        return p.device if p is not None else x.device
+    return torch.device(device)
+
+
 def aa_norm(norm: str) -> str:
     """``"linf"``/``"Linf"`` → ``"Linf"``, ``"l2"``/``"L2"`` → ``"L2"``."""
     key = norm.lower()
@@ -225,10 +235,7 @@ def run_autoattack(
     if not eps >= 0:
         raise SpatError(f"eps must be >= 0, got {eps}")
     the_norm = aa_norm(norm)
-    if device is None:
-        p = next(iter(model.parameters()), None)
-        device = p.device if p is not None else x.device
-    device = torch.device(device)
+    device = _attack_device(model, x, device)
     paa = _import()
     n = int(y.shape[0])
     if n == 0:
@@ -422,10 +429,7 @@ def run_square(
     the evaluation's sanity check "the black-box attack is not stronger than the white-box ones".
     """
     the_norm = aa_norm(norm)
-    if device is None:
-        p = next(iter(model.parameters()), None)
-        device = p.device if p is not None else x.device
-    device = torch.device(device)
+    device = _attack_device(model, x, device)
     paa = _import()
     from pyautoattack.square import SquareAttack
 
