@@ -43,6 +43,10 @@ def test_default_train_no_arguments(tmp_path: Path, monkeypatch, capsys) -> None
     assert summary["test_clean_acc"] >= 0.90
     assert summary["test_robust_acc"] >= 0.5  # chance is 0.10
     assert "test  clean accuracy" in out and f"runs/{run.name}" in out and "PGD-20" in out
+    # not a terminal (captured): one plain progress line per epoch, no truncated bar
+    epoch_lines = [ln for ln in out.splitlines() if ln.startswith("epoch ")]
+    assert len(epoch_lines) == 30 and epoch_lines[-1].startswith("epoch 30/30  loss ")
+    assert "val PGD-10" in epoch_lines[-1] and "━" not in out
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["dataset"] == "digits" and cfg["method"] == "pgd_at" and cfg["eps"] == 0.1
     env = json.loads((run / "env.json").read_text())
