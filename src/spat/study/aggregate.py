@@ -1,0 +1,183 @@
+"""Aggregation over seeds, read back from the cells' files (so it can be redone at any time).
+
+Per dataset × variant and per metric (clean accuracy, each attack's accuracy, AutoAttack when
+run, the worst case over the attacks, the worst class's accuracy under that worst case, and the
+hard-pair excess concentration): mean, sample std and a 95 % Student-t interval over the seeds;
+and against the baseline variant on the same seeds the paired difference with a paired t
+interval and a paired percentile-bootstrap interval (fixed RNG seed). The hard-pair
+concentration is also computed on the confusion matrix pooled over seeds (so classes with few
+errors per seed get enough), each number beside its null expectation under uniform wrong
+targets (:func:`spat.analysis.stats.honest_concentration`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spat.analysis.stats import (
+    MIN_ERRORS,
+    Interval,
+    directed_flows,
+    honest_concentration,
+    paired_bootstrap_interval,
+    paired_t_interval,
+    t_interval,
+)
+from spat.study.spec import Cell, StudySpec
+
+CLEAN, WORST_CASE, WORST_CLASS, EXCESS = ("clean", "worst case", "worst class",
+                                          "excess top share")
+
+
+@dataclass
+class CellResult:
+    """The numbers of one finished cell (``None`` when the cell is not finished)."""
+
+    cell: Cell
+    metrics: dict[str, float] = field(default_factory=dict)
+    confusion: np.ndarray | None = None
+    class_names: list[str] = field(default_factory=list)
+    primary: str | None = None
+    n_examples: int | None = None
+
+    @property
+    def done(self) -> bool:
+        return bool(self.metrics)
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return d if isinstance(d, dict) else None
+
+
+def _primary(names: list[str]) -> str | None:
+    if "PGD-20" in names:
+        return "PGD-20"
+    return next((a for a in names if a.upper().startswith("PGD")), names[0] if names else None)
+
+
+def read_cell(cell: Cell) -> CellResult:
+    """The metrics of ``cell`` from ``RUN/eval/report.json`` and ``predictions.npz``."""
+    run = Path(cell.run_dir)
+    res = CellResult(cell)
+    rep = _read(run / "eval" / "report.json")
+    if rep is None or _read(run / "summary.json") is None:
+        return res
+    m: dict[str, float] = {CLEAN: float(rep["clean_acc"])}
+    names = []
+    for a in rep.get("attacks", []):
+        m[a["name"]] = float(a["accuracy"])
+        names.append(a["name"])
+    if len(names) > 1:
+        m[WORST_CASE] = float(rep["ensemble"]["accuracy"])
+    w = (rep.get("ensemble") or {}).get("worst_class")
+    if w:
+        m[WORST_CLASS] = float(w["accuracy"])
+    res.class_names = list(rep.get("classes") or [])
+    res.n_examples = rep.get("n_examples")
+    res.primary = _primary(names)
+    npz = run / "eval" / "predictions.npz"
+    if res.primary is not None and npz.is_file() and res.class_names:
+        from spat.evaluation.core import Predictions
+
+        preds = Predictions.load(npz)
+        if res.primary in preds.adversarial:
+            res.confusion = preds.confusion(res.primary, len(res.class_names)).numpy()
+            hc = honest_concentration(res.confusion)
+            m[EXCESS] = hc.mean_excess_top_share
+    res.metrics = m
+    return res
+
+
+@dataclass
+class Aggregate:
+    """One dataset × variant: per metric the per-seed values, their interval, and the paired
+    differences against the baseline (absent for the baseline itself)."""
+
+    dataset: str
+    variant: str
+    seeds: list[int]
+    values: dict[str, list[float]]
+    summary: dict[str, Interval]
+    diff_t: dict[str, Interval]
+    diff_boot: dict[str, Interval]
+    pooled: dict[str, Any] | None
+    cells_done: int
+    cells_total: int
+
+
+def metric_order(results: list[CellResult]) -> list[str]:
+    """Metrics in display order: clean, attacks (as evaluated), worst case, worst class,
+    excess top share."""
+    seen: list[str] = []
+    for r in results:
+        for k in r.metrics:
+            if k not in seen:
+                seen.append(k)
+    fixed = [CLEAN]
+    tail = [k for k in (WORST_CASE, WORST_CLASS, EXCESS) if k in seen]
+    return [k for k in fixed if k in seen] + [k for k in seen if k not in fixed + tail] + tail
+
+
+def aggregate(spec: StudySpec, results: list[CellResult], *, resamples: int = 10_000,
+              rng_seed: int = 0) -> tuple[list[Aggregate], list[str]]:
+    """Aggregates of every dataset × variant (grid order) and the metric order."""
+    metrics = metric_order(results)
+    by = {(r.cell.dataset, r.cell.variant, r.cell.seed): r for r in results}
+    out = []
+    for ds in spec.datasets:
+        base_vals = {k: [_val(by.get((ds, spec.baseline, s)), k) for s in spec.seeds]
+                     for k in metrics}
+        for v in spec.variants:
+            rs = [by.get((ds, v, s)) for s in spec.seeds]
+            vals = {k: [_val(r, k) for r in rs] for k in metrics}
+            summary = {k: t_interval(vals[k]) for k in metrics}
+            dt, db = {}, {}
+            if v != spec.baseline:
+                for k in metrics:
+                    dt[k] = paired_t_interval(vals[k], base_vals[k])
+                    db[k] = paired_bootstrap_interval(vals[k], base_vals[k], resamples=resamples,
+                                                      rng_seed=rng_seed)
+            out.append(Aggregate(ds, v, list(spec.seeds), vals, summary, dt, db,
+                                 _pooled([r for r in rs if r is not None and r.done]),
+                                 sum(1 for r in rs if r is not None and r.done), len(rs)))
+    return out, metrics
+
+
+def _val(r: CellResult | None, k: str) -> float:
+    if r is None or k not in r.metrics or r.metrics[k] is None:
+        return math.nan
+    return float(r.metrics[k])
+
+
+def _pooled(rs: list[CellResult]) -> dict[str, Any] | None:
+    """Hard-pair concentration of the confusion pooled over seeds, beside its null."""
+    confs = [r.confusion for r in rs if r.confusion is not None]
+    if not confs:
+        return None
+    pooled = np.sum(confs, axis=0)
+    names = rs[0].class_names
+    hc = honest_concentration(pooled)
+    flows = directed_flows(pooled)
+    return {
+        "attack": rs[0].primary, "seeds": len(confs), "examples": int(pooled.sum()),
+        "errors": int(hc.observed.errors.sum()),
+        "mean_top_share": hc.observed.mean_top_share,
+        "mean_null_top_share": hc.mean_null_top_share,
+        "mean_excess_top_share": hc.mean_excess_top_share,
+        "mean_normalized_entropy": hc.observed.mean_normalized_entropy,
+        "mean_null_normalized_entropy": hc.mean_null_normalized_entropy,
+        "significant_classes": hc.n_significant, "tested_classes": hc.n_tested,
+        "few_error_classes": int(hc.few_errors.sum()), "min_errors": MIN_ERRORS,
+        "top_pair": flows[0].to_dict(names) if flows else None,
+        "per_class": hc.to_dict(names),
+    }

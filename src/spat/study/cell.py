@@ -1,0 +1,180 @@
+"""One cell of a study: train, evaluate, analyse — each stage skipped when its files exist and
+match the cell's settings, resumed when it was interrupted.
+
+A cell is an ordinary run directory (``spat eval``, ``spat analyze`` and ``spat compare`` work on
+it). :func:`run_cell` is what a worker process (local pool or submitit job) calls; it imports
+torch only after the thread count is set, so OpenMP starts with the cell's share of the cores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from spat.errors import SpatError
+
+#: Config fields that may differ between the study file and a finished cell without making it
+#: stale (where it ran, not what it computed).
+IGNORED_FIELDS = ("device", "out_dir", "name", "tensorboard", "compile")
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def config_mismatch(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """Fields whose saved (resolved) value differs from the wanted (resolved) one."""
+    return sorted(k for k in wanted if k not in IGNORED_FIELDS and saved.get(k) != wanted[k])
+
+
+def eval_matches(report: dict[str, Any] | None, ev: dict[str, Any], eps: float) -> bool:
+    """Whether ``eval/report.json`` was made with the study's evaluation settings."""
+    if not report:
+        return False
+    settings = report.get("settings") or {}
+    want_eps = float(ev["eps"]) if ev.get("eps") is not None else float(eps)
+    subset = report.get("subset") or {}
+    n = report.get("n_examples")
+    return (list(settings.get("attacks") or []) == list(ev["attacks"])
+            and report.get("which", ev["which"]) == ev["which"]
+            and abs(float(report.get("eps", -1)) - want_eps) < 1e-12
+            and int(report.get("seed", -1)) == int(ev["seed"])
+            and int(settings.get("restarts", 1)) == int(ev["restarts"])
+            and (ev["n_examples"] is None and subset.get("indices") is None
+                 or ev["n_examples"] is not None and n == min(int(ev["n_examples"]),
+                                                              int(subset.get("of") or n))))
+
+
+def cell_state(cell: dict[str, Any]) -> str:
+    """``"done"``, ``"eval"`` (trained, evaluation missing), ``"analyze"``, ``"resume"``
+    (interrupted training) or ``"new"``; a run directory made with other settings is a
+    one-line :class:`SpatError`."""
+    from spat.train.config import config_from_dict
+
+    run = Path(cell["run_dir"])
+    saved = _read_json(run / "config.json")
+    if saved is None:
+        if run.is_dir() and any(run.iterdir()):
+            raise SpatError(f"{run} exists but holds no readable config.json (remove it to "
+                            f"start this cell again)")
+        return "new"
+    wanted = config_from_dict(cell["config"], source=cell["run_dir"]).resolved().to_dict()
+    diff = config_mismatch(saved, wanted)
+    if diff:
+        raise SpatError(f"{run} was trained with other settings than the study file says "
+                        f"({', '.join(diff[:4])}); use another study name or out_dir, or remove "
+                        f"the run")
+    if _read_json(run / "summary.json") is None:
+        return "resume"
+    if not eval_matches(_read_json(run / "eval" / "report.json"), cell["eval"],
+                        float(wanted["eps"])):
+        return "eval"
+    if cell["eval"].get("analyze", True) and not _analysis_fresh(run):
+        return "analyze"
+    return "done"
+
+
+def _analysis_fresh(run: Path) -> bool:
+    a, r = run / "analysis" / "analysis.json", run / "eval" / "report.json"
+    return a.is_file() and r.is_file() and a.stat().st_mtime >= r.stat().st_mtime
+
+
+@contextlib.contextmanager
+def _redirect(log_path: str | None) -> Iterator[None]:
+    if log_path is None:
+        yield
+        return
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a", encoding="utf-8", buffering=1) as f, \
+            contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        yield
+
+
+def run_cell(cell: dict[str, Any], *, threads: int | None = None, device: str | None = None,
+             log_path: str | None = None) -> dict[str, Any]:
+    """Train, evaluate and analyse one cell (each stage only if needed); returns a record
+    ``{key, run_dir, stages, seconds, train_images, eval_images, threads, error}``.
+
+    ``threads`` sets ``torch.set_num_threads`` (and OMP/MKL variables) before any work;
+    ``device`` overrides the config's device (not part of the cell's identity). Errors are
+    returned in ``error`` (one line), not raised, so a worker survives a failing cell.
+    """
+    from spat.utils.threads import set_threads
+
+    if threads is not None:
+        set_threads(threads)
+    t0 = time.perf_counter()
+    key = f"{cell['dataset']}/{cell['variant']}/seed{cell['seed']}"
+    record: dict[str, Any] = {"key": key, "run_dir": cell["run_dir"], "stages": [],
+                              "error": None, "pid": os.getpid()}
+    try:
+        with _redirect(log_path):
+            print(f"=== {key} ({time.strftime('%Y-%m-%d %H:%M:%S')}, pid {os.getpid()}, "
+                  f"threads {threads})", flush=True)
+            _run_stages(cell, record, device)
+    except SpatError as e:
+        record["error"] = str(e)
+    except Exception as e:  # noqa: BLE001 - reported per cell; the study goes on
+        record["error"] = f"{type(e).__name__}: {' '.join(str(e).split())}"
+    import torch
+
+    record["threads"] = torch.get_num_threads()
+    record["seconds"] = time.perf_counter() - t0
+    return record
+
+
+def _run_stages(cell: dict[str, Any], record: dict[str, Any], device: str | None) -> None:
+    from spat.experiment import train
+    from spat.train.config import config_from_dict
+
+    run = Path(cell["run_dir"])
+    cfg = config_from_dict(cell["config"], source=record["key"])
+    if device is not None:
+        cfg = dataclasses.replace(cfg, device=device)
+    state = cell_state(cell)
+    ev = cell["eval"]
+    if state in ("new", "resume"):
+        t = time.perf_counter()
+        summary = train(cfg, resume=run if state == "resume" else None, progress=False,
+                        log=print)
+        record["stages"].append(state)
+        record["train_seconds"] = time.perf_counter() - t
+        data = _read_json(run / "data.json") or {}
+        record["train_images"] = int(data.get("train", 0)) * int(summary.get("epochs") or 0)
+        state = "eval"
+    if state == "eval":
+        from rich.console import Console
+
+        from spat.evaluation.run import evaluate_run
+
+        t = time.perf_counter()
+        report, _ = evaluate_run(
+            run, which=ev["which"], attacks=list(ev["attacks"]), eps=ev.get("eps"),
+            n_examples=ev.get("n_examples"), seed=ev["seed"], restarts=ev["restarts"],
+            batch_size=ev["batch_size"], device=cfg.device, resume=True,
+            sanity_examples=ev["sanity_examples"], progress=False,
+            console=Console(file=sys.stdout, force_terminal=False), log=print)
+        record["stages"].append("eval")
+        record["eval_seconds"] = time.perf_counter() - t
+        record["eval_images"] = int(report.data["n_examples"]) * (1 + len(ev["attacks"]))
+        state = "analyze" if ev.get("analyze", True) else "done"
+    if state == "analyze":
+        from spat.analysis.analyze import collect, write_analysis
+
+        t = time.perf_counter()
+        ra = collect(run, run / "analysis", which=ev["which"], device=cfg.device,
+                     features=True, log=print)
+        write_analysis(ra, run / "analysis", log=print)
+        record["stages"].append("analyze")
+        record["analyze_seconds"] = time.perf_counter() - t

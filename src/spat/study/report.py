@@ -1,0 +1,202 @@
+"""The study's outputs: ``study.md`` (tables), ``study.csv`` (one row per dataset × variant ×
+metric), ``study.json`` (everything, per-seed values included) and the figures."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from spat.study.aggregate import EXCESS, Aggregate, CellResult
+from spat.study.spec import StudySpec
+from spat.utils.io import atomic_write_text
+
+
+def _f(v: float | None, scale: float = 100.0, digits: int = 1) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{scale * v:.{digits}f}"
+
+
+def _signed(v: float | None, digits: int = 1) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{100 * v:+.{digits}f}"
+
+
+def _num(v: Any) -> Any:
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    return v
+
+
+def csv_rows(aggs: list[Aggregate], metrics: list[str]) -> list[list[Any]]:
+    header = ["dataset", "variant", "metric", "n", "mean", "std", "ci95_low", "ci95_high",
+              "diff_mean", "diff_t_low", "diff_t_high", "diff_boot_low", "diff_boot_high",
+              "values"]
+    rows: list[list[Any]] = [header]
+    for a in aggs:
+        for m in metrics:
+            s = a.summary[m]
+            d, b = a.diff_t.get(m), a.diff_boot.get(m)
+            rows.append([a.dataset, a.variant, m, s.n, s.mean, s.std, s.low, s.high,
+                         d.mean if d else None, d.low if d else None, d.high if d else None,
+                         b.low if b else None, b.high if b else None,
+                         " ".join("nan" if math.isnan(x) else f"{x:.6g}" for x in a.values[m])])
+    return rows
+
+
+def _csv_text(rows: list[list[Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    for r in rows:
+        w.writerow(["" if v is None or (isinstance(v, float) and math.isnan(v)) else
+                    (f"{v:.6g}" if isinstance(v, float) else v) for v in r])
+    return buf.getvalue()
+
+
+def _md_table(header: list[str], rows: list[list[Any]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def render_markdown(spec: StudySpec, aggs: list[Aggregate], metrics: list[str],
+                    results: list[CellResult], figures: list[str]) -> str:
+    done = sum(1 for r in results if r.done)
+    lines = [f"# Study {spec.name}", ""]
+    if spec.description:
+        lines += [spec.description, ""]
+    lines += [f"From `{spec.path}`: datasets {', '.join(spec.datasets)}; variants "
+              f"{', '.join(spec.variants)} (baseline **{spec.baseline}**); seeds "
+              f"{', '.join(map(str, spec.seeds))}. {done} of {len(results)} cells finished. "
+              f"Evaluation: {', '.join(spec.eval.attacks)} on "
+              f"{spec.eval.n_examples or 'all'} test examples, checkpoint `{spec.eval.which}`.",
+              "", "Accuracies in %, mean ± sample std over seeds, [95 % Student-t interval]. "
+              f"'{EXCESS}': mean over classes (with ≥ 5 errors) of the top wrong class's share "
+              "of a class's errors minus its expectation under uniform wrong targets for the "
+              "same error count, in points (0 = no more concentrated than chance).", ""]
+    for ds in spec.datasets:
+        sub = [a for a in aggs if a.dataset == ds]
+        lines += [f"## {ds}", ""]
+        rows = []
+        for a in sub:
+            cells = []
+            for m in metrics:
+                s = a.summary[m]
+                cell = f"{_f(s.mean)} ± {_f(s.std)}"
+                if not math.isnan(s.low):
+                    cell += f" [{_f(s.low)}, {_f(s.high)}]"
+                cells.append(cell)
+            rows.append([f"{a.variant} ({a.cells_done}/{a.cells_total})", *cells])
+        lines += [_md_table(["variant (cells)", *metrics], rows), ""]
+        others = [a for a in sub if a.variant != spec.baseline]
+        if others:
+            lines += [f"Paired difference to **{spec.baseline}** on the same seeds, in points: "
+                      "mean [95 % paired t interval] {95 % paired bootstrap interval, 10,000 "
+                      "resamples, fixed seed}.", ""]
+            rows = []
+            for a in others:
+                cells = []
+                for m in metrics:
+                    d, b = a.diff_t[m], a.diff_boot[m]
+                    cell = _signed(d.mean)
+                    if not math.isnan(d.low):
+                        cell += f" [{_signed(d.low)}, {_signed(d.high)}]"
+                    if not math.isnan(b.low):
+                        cell += f" {{{_signed(b.low)}, {_signed(b.high)}}}"
+                    cells.append(cell)
+                rows.append([a.variant, *cells])
+            lines += [_md_table(["variant", *metrics], rows), ""]
+        pooled = [a for a in sub if a.pooled]
+        if pooled:
+            att = pooled[0].pooled["attack"]  # type: ignore[index]
+            lines += [f"Hard-pair concentration under {att}, confusion pooled over seeds; "
+                      "each number beside its null (uniform wrong targets, same error counts); "
+                      "'non-uniform' counts classes whose G-test of uniformity has p < 0.05 "
+                      "among those with ≥ 5 pooled errors.", ""]
+            rows = []
+            for a in pooled:
+                p = a.pooled
+                assert p is not None
+                tp = p["top_pair"]
+                rows.append([a.variant, p["errors"], f"{_f(p['mean_top_share'])} "
+                             f"(null {_f(p['mean_null_top_share'])})",
+                             _signed(p["mean_excess_top_share"]),
+                             f"{_f(p['mean_normalized_entropy'], 1, 3)} "
+                             f"(null {_f(p['mean_null_normalized_entropy'], 1, 3)})",
+                             f"{p['significant_classes']}/{p['tested_classes']}",
+                             f"{tp['pair']} ({_f(tp['share_of_errors'])} of its errors)"
+                             if tp else "–"])
+            lines += [_md_table(["variant", "errors", "mean top share", "excess",
+                                 "mean norm. entropy", "non-uniform classes", "top pair"],
+                                rows), ""]
+        for f in figures:
+            if f == f"study_{ds}.png":
+                lines += [f"![{ds}]({f}) (also `study_{ds}.pdf`)", ""]
+    lines += ["## Cells", "", _md_table(
+        ["cell", "run directory", "status"],
+        [[r.cell.key, f"`{r.cell.run_dir}`", "done" if r.done else "missing"]
+         for r in results]), ""]
+    return "\n".join(lines)
+
+
+def write_outputs(spec: StudySpec, aggs: list[Aggregate], metrics: list[str],
+                  results: list[CellResult], *, figures: bool = True) -> dict[str, Path]:
+    """Write study.md, study.csv, study.json (and figures) into the study folder."""
+    out = spec.study_dir
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    if figures and any(r.done for r in results):
+        from spat.study.figures import plot_all
+
+        files.update(plot_all(aggs, metrics, spec.baseline, out))
+    atomic_write_text(out / "study.csv", _csv_text(csv_rows(aggs, metrics)))
+    files["study.csv"] = out / "study.csv"
+    doc = {
+        "schema": "spat.study/1", "study": spec.name, "file": spec.path,
+        "datasets": list(spec.datasets), "variants": spec.variants, "baseline": spec.baseline,
+        "seeds": list(spec.seeds), "train": spec.train,
+        "eval": {**spec.eval.__dict__, "attacks": list(spec.eval.attacks)},
+        "metrics": metrics,
+        "cells": [{"key": r.cell.key, "dataset": r.cell.dataset, "variant": r.cell.variant,
+                   "seed": r.cell.seed, "run_dir": r.cell.run_dir, "done": r.done,
+                   "n_examples": r.n_examples,
+                   "metrics": {k: _num(v) for k, v in r.metrics.items()}} for r in results],
+        "aggregates": [{
+            "dataset": a.dataset, "variant": a.variant, "cells_done": a.cells_done,
+            "cells_total": a.cells_total,
+            "metrics": {m: {"values": [_num(x) for x in a.values[m]],
+                            "summary": a.summary[m].to_dict(),
+                            "paired_t": a.diff_t[m].to_dict() if m in a.diff_t else None,
+                            "paired_bootstrap": (a.diff_boot[m].to_dict() if m in a.diff_boot
+                                                 else None)} for m in metrics},
+            "hard_pairs_pooled": a.pooled,
+        } for a in aggs],
+    }
+    atomic_write_text(out / "study.json", json.dumps(_clean(doc), indent=2) + "\n")
+    files["study.json"] = out / "study.json"
+    md = render_markdown(spec, aggs, metrics, results, sorted(files))
+    atomic_write_text(out / "study.md", md)
+    files["study.md"] = out / "study.md"
+    return files
+
+
+def _clean(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, dict):
+        return {str(k): _clean(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [_clean(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return _clean(o.tolist())
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating | float):
+        f = float(o)
+        return None if math.isnan(f) or math.isinf(f) else f
+    return o

@@ -1,0 +1,183 @@
+"""Run a study: plan the cells, run the missing ones (local pool or submitit), aggregate."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from spat.errors import SpatError
+from spat.study.spec import Cell, StudySpec, plan_cells
+
+Log = Callable[[str], None]
+
+#: (train, test) sizes of the registered datasets, for the cost estimate of ``--dry-run``.
+DATASET_SIZES = {"digits": (1297, 500), "mnist": (60000, 10000),
+                 "fashion_mnist": (60000, 10000), "cifar10": (50000, 10000),
+                 "cifar100": (50000, 10000), "svhn": (73257, 26032)}
+#: Rough gradient passes per example of each evaluation attack (AutoAttack: on the points
+#: still robust; its totals are an upper-end guess).
+EVAL_PASSES = {"fgsm": 1, "pgd20": 20, "pgd100": 100, "cw20": 20, "cw100": 100,
+               "aa-fast": 1000, "aa": 7000}
+#: Measured: forward+backward passes per second of one small_cnn on 8×8 digits, one CPU
+#: thread (this project's 2-core CI machine); used only until a cell of the study finished.
+REFERENCE_RATE = {("small_cnn", "digits"): 9000.0}
+
+
+def cell_cost(cell: Cell) -> dict[str, Any]:
+    """Gradient passes (forward + backward of one image) a cell needs: training (attack steps
+    + the update, per epoch), the per-epoch validation attack, the final test and the
+    evaluation. A rough measure of work, the same unit for every cell of one model."""
+    from spat.train.config import config_from_dict
+
+    cfg = config_from_dict(cell.config, source=cell.key).resolved()
+    n_train, n_test = DATASET_SIZES.get(cfg.dataset, (0, 0))
+    val = int(cfg.val_size * n_train) if cfg.val_size < 1 else int(cfg.val_size)
+    train_n = n_train - val
+    if cfg.train_subset is not None:
+        train_n = min(train_n, cfg.train_subset)
+    epochs = int(cfg.epochs or 0)
+    adv = 0 if cfg.method == "standard" else int(cfg.steps or 0)
+    train_passes = epochs * train_n * (adv + 1)
+    val_passes = epochs * val * (cfg.val_steps + 1)
+    test_n = min(n_test, cfg.test_subset or n_test)
+    test_passes = test_n * (cfg.test_steps + 1)
+    ev = cell.eval
+    eval_n = min(n_test, ev["n_examples"] or n_test)
+    eval_passes = eval_n * (1 + sum(EVAL_PASSES[a] * ev["restarts"] for a in ev["attacks"]))
+    return {"train_images": epochs * train_n, "passes": train_passes + val_passes
+            + test_passes + eval_passes, "model": cfg.model, "dataset": cfg.dataset,
+            "known_size": cfg.dataset in DATASET_SIZES}
+
+
+def _measured_rate(cells: list[Cell]) -> float | None:
+    """Passes per second per worker from this study's finished cells (their records)."""
+    total_p, total_s = 0.0, 0.0
+    for c in cells:
+        rec = Path(c.run_dir) / "study_cell.json"
+        try:
+            d = json.loads(rec.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if d.get("seconds") and d.get("stages") and "new" in d["stages"]:
+            total_p += cell_cost(c)["passes"]
+            total_s += float(d["seconds"])
+    return total_p / total_s if total_s > 0 else None
+
+
+def dry_run(spec: StudySpec, workers: int, threads: int, log: Log = print) -> list[Cell]:
+    """List the cells, their state and an estimate of their cost."""
+    from spat.study.cell import cell_state
+
+    cells = plan_cells(spec)
+    rate = _measured_rate(cells)
+    rows, todo_passes, unknown = [], 0.0, False
+    for c in cells:
+        try:
+            state = cell_state(c.__dict__)
+        except SpatError as e:
+            state = f"CONFLICT: {e}"
+        cost = cell_cost(c)
+        r = rate or REFERENCE_RATE.get((cost["model"], cost["dataset"]))
+        if r is not None:
+            r *= threads  # a little optimistic: threads do not scale perfectly
+        if state != "done":
+            todo_passes += cost["passes"]
+            unknown |= r is None or not cost["known_size"]
+        est = f"~{_dur(cost['passes'] / r)}" if r and cost["known_size"] else "?"
+        rows.append((c.key, c.run_dir, state, cost["train_images"], cost["passes"], est))
+    log(f"study {spec.name}: {len(cells)} cells ({len(spec.datasets)} datasets × "
+        f"{len(spec.variants)} variants × {len(spec.seeds)} seeds) in {spec.study_dir}")
+    w = max(len(r[0]) for r in rows)
+    log(f"  {'cell':<{w}}  {'state':<8} {'train images':>12} {'passes':>12}  estimate")
+    for key, _, state, imgs, passes, est in rows:
+        log(f"  {key:<{w}}  {state:<8} {imgs:>12,} {passes:>12,.0f}  {est}")
+    todo = sum(1 for r in rows if r[2] != "done")
+    rate_all = rate or next((REFERENCE_RATE.get((cell_cost(c)["model"], c.dataset))
+                             for c in cells), None)
+    if todo and rate_all and not unknown:
+        total = todo_passes / (rate_all * threads) / workers
+        basis = "measured on this study" if rate else "reference rate of a 2-core CPU machine"
+        log(f"{todo} cells to run on {workers} workers × {threads} threads: about "
+            f"{_dur(total)} ({basis}; passes = forward+backward of one image)")
+    elif todo:
+        log(f"{todo} cells to run; no time estimate for this model/data until one cell "
+            f"finishes (then --dry-run uses its measured rate)")
+    else:
+        log("every cell is done; spat study aggregates again")
+    return cells
+
+
+def _dur(s: float) -> str:
+    if not math.isfinite(s):
+        return "?"
+    s = int(round(s))
+    if s >= 3600:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
+
+
+def run_study(spec: StudySpec, *, engine: str | None = None, workers: int | None = None,
+              threads: int | None = None, aggregate_only: bool = False, figures: bool = True,
+              progress: bool | None = None, log: Log = print) -> dict[str, Any]:
+    """Run the missing cells of ``spec`` and aggregate. Returns ``{files, records, failed,
+    plan}``; cells that fail are reported (the others still run and are aggregated)."""
+    from spat.study.aggregate import aggregate, read_cell
+    from spat.study.cell import cell_state
+    from spat.study.pool import StudyProgress, plan_pool, run_local
+    from spat.study.report import write_outputs
+
+    cells = plan_cells(spec)
+    kind = engine or spec.engine.kind
+    plan = plan_pool(cells, workers or spec.engine.workers, threads or spec.engine.threads)
+    states = {c.key: cell_state(c.__dict__) for c in cells}  # conflicts stop us here
+    todo = [c for c in cells if states[c.key] != "done"]
+    study_dir = spec.study_dir
+    study_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = str(study_dir / "logs")
+    records: list[dict[str, Any]] = []
+    if todo and not aggregate_only:
+        log(f"study {spec.name}: {len(todo)} of {len(cells)} cells to run "
+            f"({len(cells) - len(todo)} done) — "
+            + (plan.text() if kind == "local" else
+               f"submitit ({spec.engine.cluster}), {plan.workers} at a time × "
+               f"{plan.threads} threads")
+            + f"; logs in {log_dir}/")
+        bar = StudyProgress(len(cells), len(cells) - len(todo), log=log, terminal=progress)
+        try:
+            if kind == "local":
+                records = run_local(todo, plan, log_dir, log=log, progress=bar)
+            elif kind == "submitit":
+                from spat.study.engine import run_submitit
+
+                records = run_submitit(todo, spec.engine, study_dir / "submitit", log_dir,
+                                       workers=plan.workers, threads=plan.threads, log=log,
+                                       progress=bar)
+            else:
+                raise SpatError(f"unknown engine {kind!r} (valid: local, submitit)")
+        finally:
+            bar.close()
+        for rec in records:
+            if not rec.get("error"):
+                _save_record(rec)
+    results = [read_cell(c) for c in cells]
+    aggs, metrics = aggregate(spec, results)
+    files = write_outputs(spec, aggs, metrics, results, figures=figures)
+    failed = [r for r in records if r.get("error")]
+    return {"files": files, "records": records, "failed": failed, "plan": plan,
+            "results": results, "aggregates": aggs, "metrics": metrics}
+
+
+def _save_record(rec: dict[str, Any]) -> None:
+    """``RUN/study_cell.json``: what the last study session did to this cell, and how long
+    it took (``--dry-run`` estimates from it)."""
+    from spat.utils.io import atomic_write_text
+
+    run = Path(rec["run_dir"])
+    if run.is_dir():
+        atomic_write_text(run / "study_cell.json",
+                          json.dumps({**rec, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+                                     indent=2))

@@ -1,0 +1,319 @@
+"""The study file (TOML) and the cells it declares.
+
+::
+
+    [study]
+    name = "digits_small"          # folder under out_dir
+    out_dir = "runs/studies"       # relative paths: relative to the current directory
+    datasets = ["digits"]
+    seeds = [0, 1, 2]
+    baseline = "pgd_at"            # the variant the paired differences are taken against
+
+    [train]                        # spat train settings shared by every cell
+    epochs = 5
+    train_subset = 500
+
+    [variants.pgd_at]              # a name plus any spat train settings
+    method = "pgd_at"
+    [variants.spat_s16]
+    method = "spat"
+    cosine_scale = 16
+
+    [eval]                         # the evaluation of every cell
+    attacks = ["fgsm", "pgd20"]
+    n_examples = 200
+    which = "best"
+
+    [engine]                       # optional: how cells run
+    kind = "local"                 # or "submitit"
+
+Everything is validated before the first cell runs: an unknown key, a wrong type or a bad
+setting is one line naming the file and the field (exit 2). Every cell's training config goes
+through :func:`spat.train.config.config_from_dict` and :meth:`TrainConfig.resolved`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spat.errors import SpatError
+from spat.train.config import FIELD_NAMES, TrainConfig, config_from_dict
+
+#: Settings a study sets itself for each cell (not allowed in [train] or a variant).
+CELL_FIELDS = ("dataset", "seed", "out_dir", "name", "resume")
+STUDY_KEYS = {"name": str, "out_dir": str, "datasets": list, "seeds": list, "baseline": str,
+              "description": str}
+EVAL_KEYS = {"attacks": list, "n_examples": int, "which": str, "seed": int, "batch_size": int,
+             "restarts": int, "sanity_examples": int, "eps": float, "analyze": bool}
+ENGINE_KEYS = {"kind": str, "workers": int, "threads": int, "cluster": str, "partition": str,
+               "timeout_min": int, "cpus_per_job": int, "gpus_per_job": int, "mem_gb": int,
+               "array_parallelism": int}
+ENGINES = ("local", "submitit")
+CLUSTERS = ("slurm", "local", "debug")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """The evaluation of every cell (``spat eval`` settings) and whether to analyse."""
+
+    attacks: tuple[str, ...] = ("fgsm", "pgd20", "pgd100", "cw20")
+    n_examples: int | None = None
+    which: str = "best"
+    seed: int = 0
+    batch_size: int = 500
+    restarts: int = 1
+    sanity_examples: int = 0
+    eps: float | None = None
+    analyze: bool = True
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """How cells run: ``local`` (a pool of ``workers`` × ``threads``) or ``submitit``
+    (``cluster`` slurm, local or debug; one job per cell)."""
+
+    kind: str = "local"
+    workers: int | None = None
+    threads: int | None = None
+    cluster: str = "slurm"
+    partition: str | None = None
+    timeout_min: int = 240
+    cpus_per_job: int | None = None
+    gpus_per_job: int = 0
+    mem_gb: int | None = None
+    array_parallelism: int | None = None
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the grid: its directory and fully validated training config."""
+
+    dataset: str
+    variant: str
+    seed: int
+    run_dir: str
+    config: dict[str, Any]  # TrainConfig fields (not resolved: device "auto" stays)
+    eval: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        return f"{self.dataset}/{self.variant}/seed{self.seed}"
+
+    def train_config(self) -> TrainConfig:
+        return config_from_dict(self.config, source=self.key)
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A parsed, validated study file."""
+
+    path: str
+    name: str
+    out_dir: str
+    datasets: tuple[str, ...]
+    seeds: tuple[int, ...]
+    variants: dict[str, dict[str, Any]]
+    baseline: str
+    train: dict[str, Any] = field(default_factory=dict)
+    eval: EvalSpec = field(default_factory=EvalSpec)
+    engine: EngineSpec = field(default_factory=EngineSpec)
+    description: str = ""
+
+    @property
+    def study_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+def _type_name(t: type) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+            list: "a list", dict: "a table"}[t]
+
+
+def _check_table(src: str, where: str, table: Any, keys: dict[str, type]) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise SpatError(f"{src}: [{where}] must be a table")
+    for k, v in table.items():
+        if k not in keys:
+            raise SpatError(f"{src}: unknown key {where}.{k} (valid: {', '.join(keys)})")
+        want = keys[k]
+        ok = (isinstance(v, want) and not (want is int and isinstance(v, bool))) or \
+             (want is float and isinstance(v, int) and not isinstance(v, bool))
+        if not ok:
+            raise SpatError(f"{src}: {where}.{k} must be {_type_name(want)}, got {v!r}")
+    return dict(table)
+
+
+_FIELD_TYPES: dict[str, Any] = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+
+
+def _check_train_settings(src: str, where: str, table: Any) -> dict[str, Any]:
+    """Keys must be TrainConfig fields (not the per-cell ones) with values of their type."""
+    if not isinstance(table, dict):
+        raise SpatError(f"{src}: [{where}] must be a table")
+    for k, v in table.items():
+        if k in CELL_FIELDS:
+            raise SpatError(f"{src}: {where}.{k} is set by the study for each cell "
+                            f"(use [study] datasets/seeds/out_dir)")
+        if k not in FIELD_NAMES:
+            raise SpatError(f"{src}: unknown training setting {where}.{k} "
+                            f"(valid: any spat train setting: {', '.join(FIELD_NAMES)})")
+        t = str(_FIELD_TYPES[k])
+        if isinstance(v, dict | list):
+            raise SpatError(f"{src}: {where}.{k} must be a single value, got {v!r}")
+        if "bool" in t and not isinstance(v, bool) and v is not None:
+            raise SpatError(f"{src}: {where}.{k} must be true or false, got {v!r}")
+        if ("int" in t or "float" in t) and "bool" not in t and not isinstance(v, str):
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise SpatError(f"{src}: {where}.{k} must be a number, got {v!r}")
+            if "float" not in t and isinstance(v, float):
+                if k == "val_size":
+                    continue
+                raise SpatError(f"{src}: {where}.{k} must be an integer, got {v!r}")
+        if t.startswith("str") and not isinstance(v, str):
+            raise SpatError(f"{src}: {where}.{k} must be a string, got {v!r}")
+        if isinstance(v, str) and "str" not in t:
+            if k in ("eps", "step_size"):
+                from spat.train.config import parse_fraction
+
+                try:
+                    table = {**table, k: parse_fraction(v)}
+                except SpatError as e:
+                    raise SpatError(f"{src}: {where}.{k}: {e}") from None
+            else:
+                raise SpatError(f"{src}: {where}.{k} must be a number, got {v!r}")
+    return dict(table)
+
+
+def parse_study(data: dict[str, Any], src: str) -> StudySpec:
+    """Validate the TOML document ``data`` (from file ``src``) into a :class:`StudySpec`."""
+    allowed = ("study", "train", "variants", "eval", "engine")
+    for k in data:
+        if k not in allowed:
+            raise SpatError(f"{src}: unknown table [{k}] (valid: {', '.join(allowed)})")
+    if "study" not in data:
+        raise SpatError(f"{src}: missing [study] table (name, datasets, seeds, baseline)")
+    st = _check_table(src, "study", data["study"], STUDY_KEYS)
+    for req in ("name", "datasets", "seeds"):
+        if req not in st:
+            raise SpatError(f"{src}: missing study.{req}")
+    name = st["name"]
+    if not _NAME.match(name):
+        raise SpatError(f"{src}: study.name must be a plain folder name (letters, digits, "
+                        f"_ . + -), got {name!r}")
+    datasets = st["datasets"]
+    from spat.data import dataset_names
+
+    if not datasets or not all(isinstance(d, str) for d in datasets):
+        raise SpatError(f"{src}: study.datasets must be a non-empty list of dataset names")
+    for d in datasets:
+        if d not in dataset_names():
+            raise SpatError(f"{src}: study.datasets: unknown dataset {d!r} "
+                            f"(valid: {', '.join(dataset_names())})")
+    if len(set(datasets)) != len(datasets):
+        raise SpatError(f"{src}: study.datasets lists a dataset twice")
+    seeds = st["seeds"]
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                            for s in seeds):
+        raise SpatError(f"{src}: study.seeds must be a non-empty list of integers >= 0")
+    if len(set(seeds)) != len(seeds):
+        raise SpatError(f"{src}: study.seeds lists a seed twice")
+    train = _check_train_settings(src, "train", data.get("train", {}))
+    variants_raw = data.get("variants")
+    if not isinstance(variants_raw, dict) or not variants_raw:
+        raise SpatError(f"{src}: missing [variants.<name>] tables (at least one variant)")
+    variants: dict[str, dict[str, Any]] = {}
+    for vname, vtab in variants_raw.items():
+        if not _NAME.match(vname):
+            raise SpatError(f"{src}: variant name {vname!r} must be a plain folder name")
+        variants[vname] = _check_train_settings(src, f"variants.{vname}", vtab)
+    baseline = st.get("baseline", next(iter(variants)))
+    if baseline not in variants:
+        raise SpatError(f"{src}: study.baseline {baseline!r} is not a variant "
+                        f"(valid: {', '.join(variants)})")
+    ev = _check_table(src, "eval", data.get("eval", {}), EVAL_KEYS)
+    if "attacks" in ev:
+        from spat.evaluation.attacks import parse_attacks
+
+        if not all(isinstance(a, str) for a in ev["attacks"]):
+            raise SpatError(f"{src}: eval.attacks must be a list of attack names")
+        try:
+            ev["attacks"] = tuple(parse_attacks(ev["attacks"]))
+        except SpatError as e:
+            raise SpatError(f"{src}: eval.attacks: {e}") from None
+    if ev.get("which", "best") not in ("best", "last"):
+        raise SpatError(f"{src}: eval.which must be 'best' or 'last', got {ev['which']!r}")
+    for k, low in (("n_examples", 1), ("batch_size", 1), ("restarts", 1),
+                   ("sanity_examples", 0), ("seed", 0)):
+        if k in ev and ev[k] < low:
+            raise SpatError(f"{src}: eval.{k} must be >= {low}, got {ev[k]}")
+    if "eps" in ev:
+        ev["eps"] = float(ev["eps"])
+        if not 0 <= ev["eps"] <= 1:
+            raise SpatError(f"{src}: eval.eps must be in [0, 1], got {ev['eps']}")
+    eng = _check_table(src, "engine", data.get("engine", {}), ENGINE_KEYS)
+    if eng.get("kind", "local") not in ENGINES:
+        raise SpatError(f"{src}: engine.kind must be one of {', '.join(ENGINES)}, "
+                        f"got {eng['kind']!r}")
+    if eng.get("cluster", "slurm") not in CLUSTERS:
+        raise SpatError(f"{src}: engine.cluster must be one of {', '.join(CLUSTERS)}, "
+                        f"got {eng['cluster']!r}")
+    for k in ("workers", "threads", "timeout_min", "cpus_per_job", "mem_gb",
+              "array_parallelism"):
+        if k in eng and eng[k] < 1:
+            raise SpatError(f"{src}: engine.{k} must be >= 1, got {eng[k]}")
+    if "gpus_per_job" in eng and eng["gpus_per_job"] < 0:
+        raise SpatError(f"{src}: engine.gpus_per_job must be >= 0, got {eng['gpus_per_job']}")
+    spec = StudySpec(path=src, name=name, out_dir=st.get("out_dir", "runs/studies"),
+                     datasets=tuple(datasets), seeds=tuple(seeds), variants=variants,
+                     baseline=baseline, train=train, eval=EvalSpec(**ev),
+                     engine=EngineSpec(**eng), description=st.get("description", ""))
+    plan_cells(spec)  # validates every cell's config now
+    return spec
+
+
+def load_study(path: str | Path) -> StudySpec:
+    """Read and validate a study file (see the module docstring)."""
+    p = Path(path)
+    if not p.is_file():
+        raise SpatError(f"study file not found: {p}")
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise SpatError(f"study file {p} is not valid TOML: {e}") from None
+    except UnicodeDecodeError:
+        raise SpatError(f"study file {p} is not UTF-8 text") from None
+    return parse_study(data, str(p))
+
+
+def plan_cells(spec: StudySpec) -> list[Cell]:
+    """Every cell of the grid (dataset-major, then variant, then seed), each config validated
+    (``TrainConfig.resolved()``); a bad setting names the file, the variant and the field."""
+    cells = []
+    ev = dataclasses.asdict(spec.eval)
+    ev["attacks"] = list(ev["attacks"])
+    for ds in spec.datasets:
+        for vname, vset in spec.variants.items():
+            for seed in spec.seeds:
+                parent = spec.study_dir / ds / vname
+                values = {**spec.train, **vset, "dataset": ds, "seed": seed,
+                          "out_dir": str(parent), "name": f"seed{seed}"}
+                src = f"{spec.path}: variants.{vname} (dataset {ds}, seed {seed})"
+                try:
+                    cfg = config_from_dict(values, source=src)
+                    cfg.resolved()
+                except SpatError as e:
+                    msg = str(e)
+                    raise SpatError(msg if msg.startswith(spec.path) else f"{src}: {msg}") \
+                        from None
+                except TypeError as e:
+                    raise SpatError(f"{src}: {e}") from None
+                cells.append(Cell(dataset=ds, variant=vname, seed=seed,
+                                  run_dir=str(parent / f"seed{seed}"), config=cfg.to_dict(),
+                                  eval=ev))
+    return cells
