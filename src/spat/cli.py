@@ -1,17 +1,22 @@
 """``spat`` command line: thin argparse front-ends, each subcommand one library call.
 
-``main(argv) -> int``; user errors print one line ``spat: error: ...`` and return 2.
+``main(argv) -> int``; user errors print one line ``spat: error: ...`` and return 2; an
+unexpected exception prints one line ``spat: error: internal error: ...`` and returns 1
+(``--debug`` shows its traceback instead).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from spat.errors import SpatError
+from spat.utils.log import configure as configure_logging
 
 EXIT_USAGE = 2
 
@@ -47,11 +52,11 @@ def _int_or_fraction(text: str) -> float:
     return int(v) if v.is_integer() and v >= 1 else v
 
 
-def _amp(text: str) -> bool | None:
-    table = {"on": True, "off": False, "auto": None}
-    if text not in table:
-        raise argparse.ArgumentTypeError(f"invalid --amp {text!r} (valid: on, off, auto)")
-    return table[text]
+def _switch(text: str) -> str:
+    """``auto``/``on``/``off`` of the fast-path options (--amp, --channels-last, --compile)."""
+    if text not in ("auto", "on", "off"):
+        raise argparse.ArgumentTypeError(f"invalid value {text!r} (valid: auto, on, off)")
+    return text
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
@@ -121,8 +126,15 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("runtime and output")
     g.add_argument("--seed", type=int, help="random seed (default 0)")
     g.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N, mps")
-    g.add_argument("--amp", type=_amp, help="bf16 autocast: on, off or auto (auto: on for CUDA)")
-    g.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile")
+    g.add_argument("--amp", type=_switch, metavar="{auto,on,off}",
+                   help="bf16 autocast of the training step (default auto: on for CUDA and for "
+                   "a CPU with native bf16, AVX512-BF16/AMX; evaluation is always fp32)")
+    g.add_argument("--channels-last", dest="channels_last", type=_switch,
+                   metavar="{auto,on,off}", help="NHWC memory format (default auto: on for CPU "
+                   "and CUDA)")
+    g.add_argument("--compile", type=_switch, nargs="?", const="on", metavar="{auto,on,off}",
+                   help="torch.compile the training model (default auto: off; a bare --compile "
+                   "means on)")
     g.add_argument("--deterministic", action=argparse.BooleanOptionalAction,
                    help="deterministic kernels")
     g.add_argument("--out-dir", dest="out_dir", help="parent folder of run directories "
@@ -133,13 +145,23 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     g.add_argument("--no-progress", dest="no_progress", action="store_true",
                    help="no progress bar")
+    g.add_argument("--tensorboard", action="store_true", help="also log losses, learning "
+                   "rate, accuracies and the validation confusion matrix to RUN/tensorboard/ "
+                   "(needs the tensorboard package; metrics.jsonl stays the record)")
+    g.add_argument("--threads", type=int, help="CPU threads of this process (default: "
+                   "OMP_NUM_THREADS if set, else the free cores: affinity minus load average)")
     p.set_defaults(func=cmd_train)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from spat.utils.threads import apply_threads
+
+    apply_threads(getattr(args, "threads", None))
     from spat.experiment import train
     from spat.train.config import FIELD_NAMES, config_from_dict, load_toml
     from spat.train.distributed import init_distributed, shutdown_distributed
+    from spat.utils.log import info as log_info
+    from spat.utils.log import quiet as log_quiet
 
     values: dict[str, Any] = {}
     if getattr(args, "config", None):
@@ -148,10 +170,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_dict(values, source=getattr(args, "config", None) or "command line")
     dist = init_distributed(cfg.device)
     try:
-        log = print if dist.is_main else (lambda s: None)
+        log = log_info if dist.is_main else (lambda s: None)
         summary = train(cfg, resume=getattr(args, "resume", None),
                         overwrite=getattr(args, "overwrite", False),
-                        progress=not getattr(args, "no_progress", False), dist=dist, log=log)
+                        progress=not (getattr(args, "no_progress", False) or log_quiet()),
+                        dist=dist, log=log, explicit=set(values))
     finally:
         shutdown_distributed(dist)
     if dist.is_main:
@@ -188,32 +211,95 @@ def build_parser() -> argparse.ArgumentParser:
     from spat import __version__
 
     parser.add_argument("--version", action="version", version=f"spat {__version__}")
+    parser.add_argument(DEBUG_FLAG, action="store_true", help="show the traceback of an "
+                        "unexpected error (accepted anywhere on the command line)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for add in SUBCOMMANDS:
         add(sub)
     for module in COMMAND_MODULES:
         importlib.import_module(module).add_parsers(sub)
+    _add_verbosity(parser, "")
+    for command in sub.choices.values():  # accepted after the subcommand too
+        _add_verbosity(command, "_sub")
     return parser
+
+
+def _add_verbosity(p: argparse.ArgumentParser, suffix: str) -> None:
+    # separate dests before and after the subcommand: argparse would otherwise let the
+    # subcommand's default overwrite a -q given before it
+    p.add_argument("-q", "--quiet", dest=f"quiet{suffix}", action="count", default=0,
+                   help="only warnings and errors (no progress, no status lines)")
+    p.add_argument("-v", "--verbose", dest=f"verbose{suffix}", action="count", default=0,
+                   help="also debug detail")
+
+
+def _verbosity(args: argparse.Namespace) -> int:
+    """-v count minus -q count, before and after the subcommand together."""
+    return (getattr(args, "verbose", 0) + getattr(args, "verbose_sub", 0)
+            - getattr(args, "quiet", 0) - getattr(args, "quiet_sub", 0))
 
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_train_parser]
 #: Modules that add their own subcommands: each has ``add_parsers(subparsers)``, and every parser
 #: it adds sets ``func=<callable(args) -> int>``.
-COMMAND_MODULES = ("spat.evaluation.command", "spat.analysis.command")
+COMMAND_MODULES = ("spat.evaluation.command", "spat.analysis.command",
+                   "spat.export.command", "spat.study.command")
+
+
+#: Exit code of an unexpected exception (a bug in spat): 1, distinct from a user error's 2.
+EXIT_INTERNAL = 1
+DEBUG_FLAG = "--debug"
+
+
+def _take_debug(argv: list[str]) -> tuple[bool, list[str]]:
+    """``--debug`` anywhere before a ``--`` (before or after the subcommand), removed; or the
+    environment variable ``SPAT_DEBUG=1``."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    debug = DEBUG_FLAG in argv[:end]
+    rest = [a for a in argv[:end] if a != DEBUG_FLAG] + argv[end:]
+    return debug or os.environ.get("SPAT_DEBUG", "") not in ("", "0"), rest
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``spat`` with ``argv``; returns the exit code.
+
+    0: success. 2: a user error (bad option or value, a missing, corrupted or refused file, an
+    output path that cannot be written), printed as one line ``spat: error: ...``. 1: an
+    unexpected exception (a bug), printed as one line ``spat: error: internal error: <type>:
+    <message> (run with --debug for the traceback)``; ``--debug`` (anywhere on the command line)
+    or ``SPAT_DEBUG=1`` lets it propagate with its traceback instead. 130: interrupted.
+    """
+    debug, args_list = _take_debug(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(args_list)
+    configure_logging(_verbosity(args))
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
     try:
         return int(args.func(args) or 0)
     except SpatError as e:
-        sys.stderr.write(f"spat: error: {e}\n")
+        if debug:
+            traceback.print_exc()
+        sys.stderr.write(f"spat: error: {_one_line(e)}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:
         sys.stderr.write("spat: interrupted\n")
         return 130
+    except OSError as e:  # the environment: a full disk, a permission, a path that is a file
+        if debug:
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        sys.stderr.write(f"spat: error: {e.strerror or _one_line(e)}{where}\n")
+        return EXIT_USAGE
+    except Exception as e:
+        if debug:
+            raise
+        sys.stderr.write(f"spat: error: internal error: {type(e).__name__}: "
+                         f"{_one_line(e)[:300]} (run with {DEBUG_FLAG} for the traceback)\n")
+        return EXIT_INTERNAL
 

@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +30,32 @@ from spat.data import DataBundle, DatasetInfo, Split, load_dataset
 from spat.errors import SpatError
 from spat.methods import ThreatModel, build_method
 from spat.models import build_model
-from spat.train.config import TrainConfig, config_from_dict
+from spat.train.config import FIELD_NAMES, TrainConfig, config_from_dict
 from spat.train.distributed import SINGLE, DistContext
 from spat.utils.io import atomic_write_text
+from spat.utils.log import info as log_info
+from spat.utils.progress import counting_bar
 from spat.utils.rng import seed_everything
 
 Log = Callable[[str], None]
 
 
 def resolve_device(name: str, dist: DistContext = SINGLE) -> torch.device:
-    """``auto``: CUDA when present (the rank's local GPU under torchrun), else CPU."""
+    """``auto``: CUDA when present (the rank's local GPU under torchrun), else CPU.
+
+    Valid names: auto, cpu, cuda, cuda:N, mps; anything else (or a device that is not there)
+    is a one-line :class:`SpatError`.
+    """
+    valid = "auto, cpu, cuda, cuda:N, mps"
+    if not isinstance(name, str) or not (name in ("auto", "cpu", "cuda", "mps") or (
+            name.startswith("cuda:") and name[5:].isdigit())):
+        raise SpatError(f"unknown device {name!r} (valid: {valid})")
+    if name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise SpatError(f"device {name!r} requested but no CUDA GPU is available")
+        if int(name[5:]) >= torch.cuda.device_count():
+            raise SpatError(f"device {name!r} requested but there are only "
+                            f"{torch.cuda.device_count()} CUDA device(s)")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
@@ -171,82 +187,164 @@ def default_run_name(cfg: TrainConfig) -> str:
     return f"{stamp}_{cfg.dataset}_{cfg.model}_{cfg.method}_s{cfg.seed}"
 
 
-#: Settings that ``--resume`` takes from the command line; everything else comes from the run.
-RESUME_OVERRIDES = ("device", "epochs", "out_dir", "name")
+#: Settings that ``spat train --resume RUN`` may change: optimisation (the NaN remedy is a lower
+#: ``--lr``), length, evaluation effort and runtime. Each change is applied, written to the run's
+#: config.json and recorded in RUN/resumes.jsonl. The other settings define the run (data,
+#: network, method, threat model, seed, batch): changing one on resume is refused.
+RESUME_OVERRIDES = ("epochs", "lr", "schedule", "momentum", "weight_decay", "nesterov",
+                    "device", "amp", "channels_last", "compile", "deterministic", "data_dir",
+                    "download", "val_steps", "test_steps", "test_subset", "eval_batch_size",
+                    "tensorboard")
+#: Options that only place a new run (ignored on resume: the run is where it is).
+_PLACEMENT = ("out_dir", "name")
+#: One JSON line per resume: when, from which epoch, which settings changed (old → new).
+RESUMES_FILE = "resumes.jsonl"
 
 
-def _resume_config(run_dir: Path, cli: TrainConfig, log: Log) -> TrainConfig:
-    """The saved config of ``run_dir`` with the command line's device and (longer) epochs."""
+def _resume_config(run_dir: Path, cli: TrainConfig, log: Log,
+                   explicit: Collection[str] | None = None
+                   ) -> tuple[TrainConfig, dict[str, dict[str, Any]]]:
+    """The saved config of ``run_dir`` with the overrides the command line gives explicitly.
+
+    ``explicit``: the settings the user gave (command line or ``--config``); ``None`` (a library
+    call) means those that differ from :class:`TrainConfig`'s defaults. Returns the config and
+    the changes ``{field: {"from": saved, "to": new}}``. A change of a setting outside
+    :data:`RESUME_OVERRIDES` is a one-line :class:`SpatError`.
+    """
+    from spat.validation import read_json_object
+
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
         raise SpatError(f"cannot resume {run_dir}: it is not a run directory ({cfg_path} not "
                         f"found)")
-    try:
-        raw = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SpatError(f"cannot resume: {cfg_path} is corrupted ({type(e).__name__}: "
-                        f"{' '.join(str(e).split())})") from None
-    if not isinstance(raw, dict):
-        raise SpatError(f"cannot resume: {cfg_path} does not hold a JSON object")
+    raw = read_json_object(cfg_path, what="run config")
     saved = config_from_dict(raw, source=str(cfg_path))
-    defaults = TrainConfig()
-    ignored = [f.name for f in dataclasses.fields(TrainConfig)
-               if f.name not in RESUME_OVERRIDES
-               and getattr(cli, f.name) != getattr(defaults, f.name)
-               and getattr(cli, f.name) != getattr(saved, f.name)]
-    if ignored:
-        log(f"note: --resume continues with the run's saved settings; ignoring "
-            f"{', '.join(ignored)} from the command line")
-    epochs = saved.epochs
-    if cli.epochs is not None and saved.epochs is not None and cli.epochs < saved.epochs:
-        log(f"note: the run has {saved.epochs} epochs; --epochs {cli.epochs} is ignored "
-            f"(--resume can only extend a run)")
-    elif cli.epochs is not None:
-        epochs = cli.epochs
-    return dataclasses.replace(saved, device=cli.device, epochs=epochs)
+    if explicit is None:
+        defaults = TrainConfig()
+        explicit = [f.name for f in dataclasses.fields(TrainConfig)
+                    if getattr(cli, f.name) != getattr(defaults, f.name)]
+    given = {k for k in explicit if k in FIELD_NAMES and k not in _PLACEMENT}
+    changed = sorted(k for k in given if getattr(cli, k) != getattr(saved, k))
+    fixed = [k for k in changed if k not in RESUME_OVERRIDES]
+    if fixed:
+        what = ", ".join(f"{k} ({getattr(saved, k)!r} → {getattr(cli, k)!r})" for k in fixed)
+        raise SpatError(f"cannot change {what} when resuming {run_dir}: these settings define "
+                        f"the run its checkpoints belong to (changeable on resume: "
+                        f"{', '.join(k for k in RESUME_OVERRIDES if k in FIELD_NAMES)}); start a "
+                        f"new run instead")
+    changes = {k: {"from": getattr(saved, k), "to": getattr(cli, k)} for k in changed}
+    cfg = dataclasses.replace(saved, device=cli.device,
+                              **{k: getattr(cli, k) for k in changed if k != "device"})
+    if changes:
+        log("resuming with changed settings: " + ", ".join(
+            f"{k} {c['from']!r} → {c['to']!r}" for k, c in changes.items()))
+    return cfg, changes
+
+
+def _record_resume(run_dir: Path, raw_config: dict[str, Any], cfg: TrainConfig,
+                   changes: dict[str, dict[str, Any]], from_epoch: int) -> None:
+    """Write the changed settings into config.json and one line into RUN/resumes.jsonl."""
+    from spat.utils.io import append_jsonl
+
+    persisted = {k: getattr(cfg, k) for k in changes if k != "device"}
+    if any(raw_config.get(k) != v for k, v in persisted.items()):
+        atomic_write_text(run_dir / "config.json",
+                          json.dumps({**raw_config, **persisted}, indent=2))
+    append_jsonl(run_dir / RESUMES_FILE, {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "from_epoch": from_epoch,
+        "changes": changes, "argv": sys.argv, "pid": os.getpid(),
+    })
+
+
+def _run_content(run_dir: Path) -> list[Path]:
+    """What a run directory holds besides a lock file."""
+    from spat.utils.lock import LOCK_NAME
+
+    return [c for c in run_dir.iterdir() if c.name != LOCK_NAME]
 
 
 def _check_new_run_dir(run_dir: Path, overwrite: bool) -> None:
+    from spat.validation import check_output_dir
+
+    check_output_dir(run_dir.parent, "--out-dir")
     if run_dir.exists() and not run_dir.is_dir():
         raise SpatError(f"run directory {run_dir} exists and is not a directory")
-    if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
+    if run_dir.is_dir() and _run_content(run_dir) and not overwrite:
         raise SpatError(f"run directory {run_dir} already exists "
                         f"(use --resume {run_dir} to continue it or --overwrite to replace it)")
 
 
-def _create_run_dir(run_dir: Path, files: dict[str, str]) -> None:
-    """Create ``run_dir`` holding ``files`` (name -> text) atomically.
+class _Claim:
+    """The run directory this process holds: its lock, and whether it created the folder.
 
-    The files are written in a temporary sibling folder which is renamed into place, so a crash
-    leaves either no run directory or a complete one. An existing run directory (``--overwrite``
-    was checked by the caller) is moved aside first and deleted only afterwards.
+    On exit the lock is released; a folder this process created and left empty (a refusal
+    between the claim and the first file) is removed, so a refusal leaves nothing behind.
     """
-    parent = run_dir.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = parent / f".{run_dir.name}.{secrets.token_hex(4)}.tmp"
-    tmp.mkdir()
+
+    def __init__(self) -> None:
+        self.lock: Any = None
+        self.created: Path | None = None
+
+    def take(self, run_dir: Path, *, new: bool, overwrite: bool = False) -> None:
+        """Claim ``run_dir``: for a new run ``mkdir`` (atomic: of two processes racing for
+        one name, one creates it) then the lock; for a resume the lock alone."""
+        from spat.utils.lock import FolderLock
+
+        if new:
+            _check_new_run_dir(run_dir, overwrite)
+            run_dir.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.mkdir(run_dir)
+                self.created = run_dir
+            except FileExistsError:
+                pass
+        elif not run_dir.is_dir():
+            raise SpatError(f"cannot resume {run_dir}: it is not a run directory (no such "
+                            f"folder)")
+        self.lock = FolderLock(run_dir, "the run").acquire()
+        if new and _run_content(run_dir) and not overwrite:  # another process won the race
+            raise SpatError(f"run directory {run_dir} already exists "
+                            f"(use --resume {run_dir} to continue it or --overwrite to replace "
+                            f"it)")
+
+    def __enter__(self) -> _Claim:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.lock is not None:
+            self.lock.release()
+        if self.created is not None:
+            try:
+                self.created.rmdir()  # only if still empty
+            except OSError:
+                pass
+
+
+def _create_run_dir(run_dir: Path, files: dict[str, str]) -> None:
+    """Fill the claimed (locked) ``run_dir`` with ``files`` (name -> text).
+
+    With ``--overwrite`` the old content is moved aside first and deleted afterwards. Each file
+    is written atomically, ``config.json`` last: a folder without it is not a run (resume and
+    eval refuse it), so a crash in between never leaves something that looks complete.
+    """
     old: Path | None = None
+    content = _run_content(run_dir)
+    if content:
+        old = run_dir.parent / f".{run_dir.name}.old.{secrets.token_hex(4)}.tmp"
+        old.mkdir()
+        for c in content:
+            os.rename(c, old / c.name)
     try:
-        for name, text in files.items():
-            atomic_write_text(tmp / name, text)
-        if run_dir.exists():
-            old = parent / f".{run_dir.name}.old.{secrets.token_hex(4)}.tmp"
-            os.rename(run_dir, old)
-        os.rename(tmp, run_dir)
+        for name in sorted(files, key=lambda n: n == "config.json"):
+            atomic_write_text(run_dir / name, files[name])
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not run_dir.exists():
-            os.rename(old, run_dir)  # put the old run back
-            old = None
+        for name in files:
+            (run_dir / name).unlink(missing_ok=True)
+        if old is not None:  # put the old run back
+            for c in old.iterdir():
+                os.rename(c, run_dir / c.name)
+            old.rmdir()
         raise
-    try:
-        fd = os.open(parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -271,7 +369,35 @@ def train(
     overwrite: bool = False,
     progress: bool = True,
     dist: DistContext = SINGLE,
-    log: Log = print,
+    log: Log = log_info,
+    explicit: Collection[str] | None = None,
+) -> dict[str, Any]:
+    """Train a model as ``cfg`` says (or resume the run at ``resume``); returns the summary.
+
+    The run directory is claimed for the whole call: a new one is created with ``mkdir`` (of
+    two processes racing for one name exactly one gets it) and ``RUN/.lock`` (pid, host) is held
+    until the call ends, so a second ``spat train`` or ``--resume`` of the same run stops at
+    once with one line naming the holder; a lock left by a dead process is taken over.
+    ``resume`` with settings in ``explicit`` (the ones the user gave; ``None``: those differing
+    from the defaults) applies those of :data:`RESUME_OVERRIDES` (lr, schedule, epochs, ...),
+    writes them to config.json and records them in RUN/resumes.jsonl; changing any other
+    setting on resume is refused.
+    """
+    with _Claim() as claim:
+        return _train(cfg, resume=resume, overwrite=overwrite, progress=progress, dist=dist,
+                      log=log, explicit=explicit, claim=claim)
+
+
+def _train(
+    cfg: TrainConfig,
+    *,
+    resume: str | Path | None,
+    overwrite: bool,
+    progress: bool,
+    dist: DistContext,
+    log: Log,
+    explicit: Collection[str] | None,
+    claim: _Claim,
 ) -> dict[str, Any]:
     """Train a model as ``cfg`` says (or resume the run at ``resume``); returns the summary.
 
@@ -290,17 +416,25 @@ def train(
         raise SpatError("--resume and --overwrite exclude each other (resume continues a run, "
                         "overwrite replaces it)")
     run_dir: Path
+    changes: dict[str, dict[str, Any]] = {}
     if resume is not None:
         run_dir = Path(resume)
         given = cfg
-        cfg = dist.on_main(lambda: _resume_config(run_dir, given, log))
+        dist.on_main(lambda: claim.take(run_dir, new=False))
+        cfg, changes = dist.on_main(lambda: _resume_config(run_dir, given, log, explicit))
     cfg = cfg.resolved()
+    if resume is None:
+        from spat.validation import check_output_dir
+
+        check_output_dir(cfg.out_dir, "--out-dir")  # before the data is loaded
+    if cfg.tensorboard:
+        from spat.utils.tensorboard import require_tensorboard
+
+        require_tensorboard()  # before anything is written
     device = resolve_device(cfg.device, dist)
     seed_everything(cfg.seed, deterministic=cfg.deterministic)
     data = load_data(cfg)
-    model = model_for(cfg, data.info).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = model_for(cfg, data.info).to(device)  # the Trainer applies channels_last
     method = method_for(cfg)
     if resume is None:
         # one name for all ranks (the default name holds the time)
@@ -318,20 +452,28 @@ def train(
                     f"of {cfg.epochs})")
         else:
             log(f"resuming {run_dir}: no checkpoint yet, starting from epoch 1")
+        if cfg.epochs is not None and cfg.epochs < trainer.start_epoch:
+            raise SpatError(f"--epochs {cfg.epochs} is fewer than the {trainer.start_epoch} "
+                            f"epochs {run_dir} has already trained")
         trainer.prepare_resume()
 
-        def record_epochs() -> None:  # --epochs extended the run
-            saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-            if saved.get("epochs") != cfg.epochs:
-                saved["epochs"] = cfg.epochs
-                atomic_write_text(run_dir / "config.json", json.dumps(saved, indent=2))
+        def record() -> None:  # changed settings into config.json, the session into resumes
+            from spat.validation import read_json_object
 
-        dist.on_main(record_epochs)
+            raw = read_json_object(run_dir / "config.json", what="run config")
+            _record_resume(run_dir, raw, cfg, changes, trainer.start_epoch)
+
+        dist.on_main(record)
     else:
         files = {"config.json": json.dumps(cfg.to_dict(), indent=2),
-                 "env.json": json.dumps(environment(device), indent=2),
+                 "env.json": json.dumps({**environment(device),
+                                         "fast_path": trainer.fast_path.to_dict()}, indent=2),
                  "data.json": json.dumps(_data_record(data), indent=2)}
-        dist.on_main(lambda: _create_run_dir(run_dir, files))
+        def create() -> None:
+            claim.take(run_dir, new=True, overwrite=overwrite)
+            _create_run_dir(run_dir, files)
+
+        dist.on_main(create)
     dist.barrier()
     assert cfg.epochs is not None
     if resume is not None and trainer.start_epoch >= cfg.epochs:
@@ -356,8 +498,12 @@ def train(
         idx = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))
         idx = idx[: cfg.test_subset]
         test = Split(images=test.images[idx], labels=test.labels[idx])
-    preds = evaluate_split(model, test, cfg, device, cfg.test_steps,
-                           seed=cfg.seed + 12345, dist=dist)
+    log(f"test: clean and PGD-{cfg.test_steps} on {len(test)} examples, best checkpoint "
+        f"{best.name}")
+    with counting_bar(f"test PGD-{cfg.test_steps}", -(-len(test) // dist.world_size),
+                      progress and dist.is_main) as advance:
+        preds = evaluate_split(model, test, cfg, device, cfg.test_steps,
+                               seed=cfg.seed + 12345, dist=dist, on_batch=advance)
     if not dist.is_main:
         return {}
     attack = next(iter(preds.adversarial))
@@ -380,13 +526,18 @@ def train(
 
 
 def _read_summary(run_dir: Path) -> dict[str, Any] | None:
-    """``summary.json`` of a run, or None when it is missing or unreadable."""
+    """``summary.json`` of a run, or None when it is missing, unreadable or not a valid
+    summary (then the final test runs again and rewrites it)."""
+    from spat.validation import check_summary, read_json_object
+
     path = run_dir / "summary.json"
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+    if not path.is_file():
         return None
-    return summary if isinstance(summary, dict) else None
+    try:
+        return check_summary(read_json_object(path, what="run summary"), str(path))
+    except SpatError as e:
+        log_info(f"note: {e}; the final test runs again")
+        return None
 
 
 def _data_record(data: DataBundle) -> dict[str, Any]:
@@ -402,22 +553,24 @@ def load_run(path: str | os.PathLike[str], which: str = "best", device: str | to
     Returns ``(model, config, state)``; loading uses safetensors for weights and
     ``weights_only=True`` for the rest, so a checkpoint can never execute code.
     """
+    from spat.validation import check_dataset_info, check_state, read_json_object
+
     folder = ckpt.resolve(path, which)
     state = ckpt.load_state(folder)
+    where = str(folder / ckpt.STATE)
     if not isinstance(state.get("config"), dict):
-        raise SpatError(f"checkpoint state {folder / ckpt.STATE} holds no training config")
-    cfg = config_from_dict(state["config"], source=str(folder / ckpt.STATE))
+        raise SpatError(f"checkpoint state {where} holds no training config")
+    check_state(state, where, for_resume=False)
+    cfg = config_from_dict(state["config"], source=where)
+    try:
+        cfg = cfg.resolved()  # ranges and names too (a resolved config stays as it is)
+    except SpatError as e:
+        raise SpatError(f"{where}: training config: {e}") from None
     run_dir = folder.parent.parent
     data_json = run_dir / "data.json"
     if data_json.exists():
-        try:
-            d = json.loads(data_json.read_text(encoding="utf-8"))
-            info = DatasetInfo(**{f.name: (tuple(d[f.name]) if isinstance(d[f.name], list)
-                                           else d[f.name])
-                                  for f in dataclasses.fields(DatasetInfo)})
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-            raise SpatError(f"{data_json} is corrupted ({type(e).__name__}: "
-                            f"{' '.join(str(e).split())})") from None
+        info = check_dataset_info(read_json_object(data_json, what="run data description"),
+                                  DatasetInfo, str(data_json))
     else:
         info = load_dataset(cfg.dataset, data_dir=cfg.data_dir).info
     model = model_for(cfg, info)

@@ -112,11 +112,14 @@ class TrainConfig:
     # runtime
     seed: int = 0
     device: str = "auto"
-    amp: bool | None = None  # bf16 autocast; None: on for CUDA
-    compile: bool = False
+    # fast path, "auto" | "on" | "off" (spat.utils.hardware; resolved per device in env.json)
+    amp: str = "auto"  # bf16 autocast of the training step; auto: CUDA, or a CPU with native bf16
+    channels_last: str = "auto"  # NHWC memory format; auto: on for CPU and CUDA
+    compile: str = "auto"  # torch.compile; auto: off (measured not to pay; see benchmarks)
     deterministic: bool = False
     out_dir: str = "runs"
     name: str | None = None
+    tensorboard: bool = False  # also write TensorBoard event files to RUN/tensorboard/
 
     # ------------------------------------------------------------------
     def defaults(self) -> DatasetDefaults:
@@ -143,6 +146,7 @@ class TrainConfig:
             batch_size=d.batch_size if self.batch_size is None else self.batch_size,
             lr=d.lr if self.lr is None else self.lr,
             weight_decay=d.weight_decay if self.weight_decay is None else self.weight_decay,
+            **_fast_path_switches(self),
         )
         out.validate()
         return out
@@ -225,13 +229,31 @@ class TrainConfig:
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
 
 
+def _fast_path_switches(cfg: TrainConfig) -> dict[str, str]:
+    """``amp``/``channels_last``/``compile`` as "auto"/"on"/"off" (older configs stored
+    booleans, and ``None`` for auto); an invalid value is a one-line :class:`SpatError`."""
+    from spat.utils.hardware import normalize_switch
+
+    try:
+        return {k: normalize_switch(getattr(cfg, k), k)
+                for k in ("amp", "channels_last", "compile")}
+    except ValueError as e:
+        raise SpatError(str(e)) from None
+
+
 def config_from_dict(d: dict[str, Any], *, source: str = "config") -> TrainConfig:
-    """A :class:`TrainConfig` from a plain dict; unknown keys are a one-line error."""
-    unknown = sorted(set(d) - set(FIELD_NAMES))
-    if unknown:
-        raise SpatError(f"{source}: unknown key(s) {', '.join(unknown)} "
-                        f"(valid: {', '.join(FIELD_NAMES)})")
-    return TrainConfig(**d)
+    """A :class:`TrainConfig` from a plain dict (a TOML file, config.json, a checkpoint), every
+    value type-checked against the field annotations; unknown keys are a one-line error."""
+    from spat.validation import check_fields
+
+    # every value type-checked from the dataclass's annotations (``epochs = 2.5``, ``name = 5``,
+    # ``deterministic = "yes"`` are refused naming the file and the field); ranges: validate()
+    return TrainConfig(**check_fields(d, TrainConfig, where=source, legacy=_LEGACY_TYPES))
+
+
+#: Types that older runs' config.json/state.pt hold for a field (converted in ``resolved()``).
+_LEGACY_TYPES: dict[str, Any] = {"amp": bool | None, "compile": bool | None,
+                                 "channels_last": bool | None}
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -243,6 +265,9 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise SpatError(f"config file {p} is not valid TOML: {e}") from None
+    except (UnicodeDecodeError, OSError) as e:
+        raise SpatError(f"config file {p} is unreadable ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:160]})") from None
     if "train" in data and isinstance(data["train"], dict):
         data = {**{k: v for k, v in data.items() if k != "train"}, **data["train"]}
     return data

@@ -44,7 +44,9 @@ from spat.evaluation.core import Predictions, predict_under_attacks
 from spat.train.config import TrainConfig
 from spat.train.distributed import SINGLE, DistContext
 from spat.train.optim import lr_factor, make_optimizer
+from spat.utils.hardware import resolve_fast_path
 from spat.utils.io import append_jsonl, atomic_write_text
+from spat.utils.log import info as log_info
 from spat.utils.rng import get_rng_state, set_rng_state
 
 Log = Callable[[str], None]
@@ -101,6 +103,7 @@ def predict_sharded(
     device: torch.device,
     seed: int,
     dist: DistContext = SINGLE,
+    on_batch: Callable[[int], None] | None = None,
 ) -> Predictions:
     """:func:`predict_under_attacks` on ``split``, each rank on its shard, gathered on all ranks.
 
@@ -116,13 +119,13 @@ def predict_sharded(
     gen = torch.Generator(device=device).manual_seed(gen_seed)
     if not dist.enabled:
         return predict_under_attacks(model, split, attacks, batch_size=batch_size,
-                                     device=device, generator=gen)
+                                     device=device, generator=gen, on_batch=on_batch)
     n = len(split)
     order = shard_order(n, shuffle=False, generator=None, rank=dist.rank,
                         world_size=dist.world_size)
     shard = Split(images=split.images[order], labels=split.labels[order])
     local = predict_under_attacks(model, shard, attacks, batch_size=batch_size, device=device,
-                                  generator=gen)
+                                  generator=gen, on_batch=on_batch)
     per_rank = len(shard)
 
     def gather(t: torch.Tensor) -> torch.Tensor:
@@ -144,14 +147,15 @@ def predict_sharded(
 
 def evaluate_split(
     model: nn.Module, split: Split, cfg: TrainConfig, device: torch.device, steps: int, seed: int,
-    dist: DistContext = SINGLE,
+    dist: DistContext = SINGLE, on_batch: Callable[[int], None] | None = None,
 ) -> Predictions:
     """Clean + PGD-``steps`` predictions on ``split`` (training ε), reproducible by ``seed``;
-    sharded over the ranks of ``dist`` and gathered (see :func:`predict_sharded`)."""
+    sharded over the ranks of ``dist`` and gathered (see :func:`predict_sharded`).
+    ``on_batch(k)`` after each of this rank's batches (progress)."""
     assert cfg.eps is not None
     attack = pgd(cfg.eps, steps=steps, norm=cfg.norm)
     return predict_sharded(model, split, [attack], batch_size=cfg.eval_batch_size,
-                           device=device, seed=seed, dist=dist)
+                           device=device, seed=seed, dist=dist, on_batch=on_batch)
 
 
 def read_metrics(path: Path) -> list[tuple[dict[str, Any], str]]:
@@ -206,7 +210,7 @@ class Trainer:
         run_dir: Path | None,
         dist: DistContext = SINGLE,
         progress: bool = True,
-        log: Log = print,
+        log: Log = log_info,
     ) -> None:
         assert cfg.epochs is not None and cfg.batch_size is not None and cfg.lr is not None
         assert cfg.weight_decay is not None
@@ -215,6 +219,11 @@ class Trainer:
                             f"processes ({dist.world_size}); the batch size is global")
         self.cfg, self.data, self.method, self.device = cfg, data, method, device
         self.run_dir, self.dist, self.progress, self.log = run_dir, dist, progress, log
+        # the fast path (bf16 autocast, channels_last, compile): "auto" resolved for this
+        # device and CPU, with reasons (recorded in env.json by spat.experiment.train)
+        self.fast_path = resolve_fast_path(cfg.amp, cfg.channels_last, cfg.compile, device)
+        if self.fast_path.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         self.model = model
         self.train_model: nn.Module = model
         if dist.enabled:
@@ -226,7 +235,7 @@ class Trainer:
             self.train_model = DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None
             )
-        if cfg.compile:
+        if self.fast_path.compile:
             self.train_model = torch.compile(self.train_model)
         self.optimizer = make_optimizer(model, lr=cfg.lr, momentum=cfg.momentum,
                                         weight_decay=cfg.weight_decay, nesterov=cfg.nesterov,
@@ -239,7 +248,7 @@ class Trainer:
         self.start_epoch = 0
         self.best_val = -math.inf
         self.best_epoch = -1
-        self.amp = bool(cfg.amp) if cfg.amp is not None else device.type == "cuda"
+        self.amp = self.fast_path.amp
         self.history: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ state
@@ -270,9 +279,13 @@ class Trainer:
         on every rank.
         """
         from spat.experiment import check_compatible
+        from spat.validation import check_optimizer_fits, check_state
+
+        where = str(folder / ckpt.STATE)
 
         def read() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
             state = ckpt.load_state(folder)
+            check_state(state, where, for_resume=True)  # types, RNG shapes, finite buffers
             weights = ckpt.load_weights(folder)
             check_compatible(self.model, weights, state, folder, cfg=self.cfg,
                              num_classes=self.data.info.num_classes)
@@ -280,11 +293,18 @@ class Trainer:
 
         state, weights = self.dist.on_main(read)
         self.model.load_state_dict(weights)
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:  # what the schema cannot see (group sizes, RNG internals) fails here, in one line
+            self.optimizer.load_state_dict(state["optimizer"])
+            check_optimizer_fits(self.optimizer, where)
+            set_rng_state(state["rng"])
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
+            if isinstance(e, SpatError):
+                raise
+            raise SpatError(f"{where}: the optimizer or random-generator state is corrupted "
+                            f"({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
         self.start_epoch = int(state["epoch"]) + 1
         self.best_val = float(state["best_val_robust_acc"])
         self.best_epoch = int(state["best_epoch"])
-        set_rng_state(state["rng"])
         saved_world = int(state.get("world_size", 1))
         if saved_world != self.dist.world_size:
             self.log(f"note: the checkpoint was written by {saved_world} process(es), this run "
@@ -327,6 +347,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ epochs
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """bf16 autocast of the training step (adversary and outer loss) when the fast path
+        says so; the losses, attack objectives and cosine head compute in float32 inside it.
+        Validation and the final test run outside it, in float32."""
         if not self.amp:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
@@ -361,7 +384,7 @@ class Trainer:
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
             x = augment_batch(x, self.data.info.augment, aug_gen)
-            if dev.type == "cuda":
+            if self.fast_path.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with self._autocast():
                 out = self.method(self.train_model, x, y, generator=attack_gen)
@@ -409,10 +432,18 @@ class Trainer:
     def _check_finite(self, first_bad: torch.Tensor, epoch: int) -> None:
         bad = int(self.dist.all_reduce_min(first_bad).item())
         if bad < self.steps_per_epoch:
+            run = self.run_dir if self.run_dir is not None else "RUN"
+            lower = f"{self.cfg.lr / 2:g}" if self.cfg.lr else "<lower>"
+            if epoch > 0 and self.run_dir is not None:  # epoch `epoch` (0-based) was saved
+                kept = (f"its last good checkpoint ({ckpt.epoch_tag(epoch)}) is kept; continue "
+                        f"with a lower learning rate: spat train --resume {run} --lr {lower}")
+            else:
+                kept = (f"no checkpoint was written yet; start again with a lower learning "
+                        f"rate: spat train --resume {run} --lr {lower}" if self.run_dir is not None
+                        else "lower the learning rate")
             raise NonFiniteLoss(
                 f"non-finite training loss (NaN or inf) at epoch {epoch + 1}, step {bad + 1}; "
-                f"the run stopped and its last good checkpoint is kept (try a lower lr or "
-                f"--amp off)"
+                f"the run stopped and {kept} (or try --amp off)"
             )
 
     def validate(self, epoch: int) -> dict[str, Any]:
@@ -432,13 +463,25 @@ class Trainer:
             "val_adv_confusion": preds.confusion(name, k).tolist(),
         }
 
+    def _tensorboard(self) -> Any:
+        """The TensorBoard writer of ``--tensorboard`` (rank 0 with a run directory), else
+        None; on resume its purge step is the first epoch trained again."""
+        if not getattr(self.cfg, "tensorboard", False) or not self.dist.is_main \
+                or self.run_dir is None:
+            return None
+        from spat.utils.tensorboard import TensorBoardLog
+
+        return TensorBoardLog(self.run_dir,
+                              purge_step=self.start_epoch + 1 if self.start_epoch else None)
+
     def fit(self) -> list[dict[str, Any]]:
         """Train epochs ``start_epoch .. epochs-1``; returns the per-epoch metric records
         (on resume, those of the earlier epochs first)."""
         cfg = self.cfg
         assert cfg.epochs is not None
         bar = _Progress(self.progress and self.dist.is_main, self.steps_per_epoch)
-        with bar:
+        tb = self._tensorboard()
+        with bar, contextlib.closing(tb) if tb is not None else contextlib.nullcontext():
             for epoch in range(self.start_epoch, cfg.epochs):
                 bar.start(epoch, cfg.epochs)
                 stats = self.train_epoch(epoch, bar.update)
@@ -468,6 +511,8 @@ class Trainer:
                 # checkpoint; a kill in between leaves a record that resume removes.
                 if self.dist.is_main and self.run_dir is not None:
                     append_jsonl(self.run_dir / METRICS, record)
+                if tb is not None:
+                    tb.epoch(record, self.data.info.class_names)
                 self._save(epoch, is_best, val_acc)
                 bar.end_epoch(record)
                 self.dist.barrier()
@@ -526,6 +571,6 @@ class _Progress:
         elif self._plain:
             train = {k: record[f"train_{k}"] for k in ("loss", "adv_acc", "clean_acc")
                      if record.get(f"train_{k}") is not None}
-            print(f"{self._title}  {self._live_text(train)}{extra}  "
-                  f"({record['train_seconds']:.1f} s, {record['train_images_per_s']:.0f} img/s)",
-                  flush=True)
+            log_info(f"{self._title}  {self._live_text(train)}{extra}  "
+                     f"({record['train_seconds']:.1f} s, "
+                     f"{record['train_images_per_s']:.0f} img/s)")
