@@ -35,10 +35,11 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 from spat.errors import SpatError
-from spat.utils.io import atomic_write_text
+from spat.utils.io import atomic_write_bytes, atomic_write_text
 
 WEIGHTS = "model.safetensors"
 STATE = "state.pt"
@@ -102,7 +103,8 @@ def save_checkpoint(
     tmp = _fresh_dir(root, f".{tag}.")
     try:
         cpu = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
-        save_file(cpu, str(tmp / WEIGHTS))
+        # through the atomic writer: safetensors' save_file creates mode 600, not 0o666 & ~umask
+        atomic_write_bytes(tmp / WEIGHTS, safetensors_bytes(cpu))
         torch.save(state, tmp / STATE)
         for f in (WEIGHTS, STATE):
             _fsync_path(tmp / f)
@@ -246,8 +248,10 @@ def load_state(folder: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def load_weights(folder: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """The model weights of a checkpoint folder (safetensors: data only, never code)."""
-    path = Path(folder) / WEIGHTS
+    """The model weights of a checkpoint folder, or of a safetensors file given by its path
+    (data only, never code)."""
+    path = Path(folder)
+    path = path if path.is_file() else path / WEIGHTS
     if not path.exists():
         raise SpatError(f"checkpoint weights missing: {path}")
     try:

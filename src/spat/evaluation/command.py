@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import textwrap
 import time
+from typing import Any
 
 from spat.errors import SpatError
 from spat.evaluation.attacks import ATTACK_KEYS, CHOICES, DEFAULT_ATTACKS
@@ -69,17 +70,33 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         description="Evaluate a trained run (or a checkpoint folder) on its test set: clean "
         "accuracy and accuracy under each attack, per class and as a per-example worst case, "
         "with sanity checks against gradient masking. Prints a table; writes report.json and "
-        "predictions.npz.",
+        "predictions.npz. Any other classifier of [0,1] images: --model package.module:factory "
+        "[--weights FILE] --dataset NAME (or --model official-spat/official-trades --weights "
+        "an official SPAT/TRADES checkpoint, or --model a portable file from spat export).",
         epilog=_epilog(), formatter_class=_Formatter,
     )
-    p.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT",
-                   help="a run directory (from spat train) or a checkpoint folder")
+    p.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT", nargs="?", default=None,
+                   help="a run directory (from spat train) or a checkpoint folder (or --model)")
+    g = p.add_argument_group("a model that is not a spat run (instead of RUN)")
+    g.add_argument("--model", default=None,
+                   help="package.module:attr (an nn.Module, a class or a no-argument factory "
+                   "mapping [0,1] images to logits), official-trades / official-spat (with "
+                   "--weights: the official TRADES/SPAT WideResNet or ResNet-18 checkpoint), or "
+                   "a portable model file written by spat export")
+    g.add_argument("--weights", default=None,
+                   help="weights for --model: safetensors or a torch state-dict file (read "
+                   "with weights_only=True; never unpickles code)")
+    g.add_argument("--dataset", default=None, help="dataset whose test split is evaluated "
+                   "(required with --model)")
+    g.add_argument("--cosine-scale", dest="cosine_scale", type=float, default=8.0,
+                   help="scale s of official-spat's cosine head: the attacked logits are s·z")
     p.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS),
                    help=f"comma-separated, from: {', '.join(ATTACK_KEYS)} (see below)")
     p.add_argument("--eps", type=_fraction, default=None,
-                   help="ε in [0,1] pixel units, accepts 8/255 (default: the run's training ε)")
+                   help="ε in [0,1] pixel units, accepts 8/255 (default: the run's training ε; "
+                   "with --model the dataset's default training ε)")
     p.add_argument("--norm", choices=("linf", "l2"), type=str.lower, default=None,
-                   help="threat model (default: the run's)")
+                   help="threat model (default: the run's; linf with --model)")
     p.add_argument("--n-examples", dest="n_examples", type=int, default=None,
                    help="evaluate the first N of a permutation of the test set seeded by --seed "
                    "(default: the whole test set, in order)")
@@ -95,7 +112,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="seed of the subset, of the random starts and of AutoAttack")
     p.add_argument("--which", choices=("best", "last"), default="best",
                    help="checkpoint of a run directory: best by validation, or last")
-    p.add_argument("--out", default=None, help="output folder (default: RUN/eval)")
+    p.add_argument("--out", default=None, help="output folder (default: RUN/eval; with "
+                   "--model ./eval-<model>-<dataset>)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="reuse attacks saved by an earlier run with the same settings and "
                    "continue an interrupted AutoAttack")
@@ -125,16 +143,45 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise SpatError(f"--{name} must be >= {low}, got {value}")
     out = Console(highlight=False)
     t0 = time.perf_counter()
-    report, out_dir = evaluate_run(
-        args.run, which=args.which, out=args.out, attacks=keys, eps=args.eps, norm=args.norm,
-        n_examples=args.n_examples, seed=args.seed, restarts=args.restarts,
-        step_size=args.step_size, batch_size=args.batch_size, device=args.device,
-        data_dir=args.data_dir, resume=args.resume, sanity_examples=args.sanity_examples,
-        progress=not args.no_progress, console=Console(stderr=True),
-        log=lambda s: out.print(s, markup=False),
-    )
+    if args.model is not None or args.run is None:
+        report, out_dir = _eval_model(args, keys, out)
+    else:
+        for flag in ("weights", "dataset"):
+            if getattr(args, flag) is not None:
+                raise SpatError(f"--{flag} goes with --model, not with a run directory")
+        report, out_dir = evaluate_run(
+            args.run, which=args.which, out=args.out, attacks=keys, eps=args.eps, norm=args.norm,
+            n_examples=args.n_examples, seed=args.seed, restarts=args.restarts,
+            step_size=args.step_size, batch_size=args.batch_size, device=args.device,
+            data_dir=args.data_dir, resume=args.resume, sanity_examples=args.sanity_examples,
+            progress=not args.no_progress, console=Console(stderr=True),
+            log=lambda s: out.print(s, markup=False),
+        )
     print_report(report, out)
     out.print(f"wrote {out_dir / REPORT_FILE}", markup=False)
     out.print(f"      {out_dir / PREDICTIONS_FILE}", markup=False)
     out.print(f"evaluation took {time.perf_counter() - t0:.1f} s", markup=False)
     return 0
+
+
+def _eval_model(args: argparse.Namespace, keys: list[str], out: Any) -> tuple[Any, Any]:
+    """``spat eval --model ...``: one call of :func:`spat.evaluation.external.evaluate_model`."""
+    from rich.console import Console
+
+    from spat.evaluation.external import evaluate_model
+
+    if args.model is None:
+        raise SpatError("give a run directory, or --model (with --dataset)")
+    if args.run is not None:
+        raise SpatError("give either a run directory or --model, not both")
+    if args.dataset is None:
+        raise SpatError("--model needs --dataset (the test split to evaluate on)")
+    return evaluate_model(
+        args.model, dataset=args.dataset, weights=args.weights, data_dir=args.data_dir,
+        out=args.out, attacks=keys, eps=args.eps, norm=args.norm or "linf",
+        n_examples=args.n_examples, seed=args.seed, restarts=args.restarts,
+        step_size=args.step_size, batch_size=args.batch_size, device=args.device,
+        cosine_scale=args.cosine_scale, resume=args.resume,
+        sanity_examples=args.sanity_examples, progress=not args.no_progress,
+        console=Console(stderr=True), log=lambda s: out.print(s, markup=False),
+    )

@@ -60,6 +60,29 @@ def select_subset(n_total: int, n_examples: int | None, seed: int) -> torch.Tens
     return torch.randperm(n_total, generator=g)[:n_examples]
 
 
+def as_split(data: Split | tuple[torch.Tensor, torch.Tensor]) -> Split:
+    """A :class:`~spat.data.Split` from a split or from plain tensors ``(x, y)`` (x float in
+    [0, 1] or uint8, shape (N, C, H, W); y integer class indices, shape (N,)), on the CPU."""
+    if isinstance(data, Split):
+        return data
+    if not (isinstance(data, (tuple, list)) and len(data) == 2
+            and all(isinstance(t, torch.Tensor) for t in data)):
+        raise SpatError("the data to evaluate must be a spat Split or a pair of tensors (x, y)")
+    x, y = data
+    if x.dim() != 4 or y.dim() != 1 or x.shape[0] != y.shape[0]:
+        raise SpatError(f"expected x of shape (N, C, H, W) and y of shape (N,), got "
+                        f"{tuple(x.shape)} and {tuple(y.shape)}")
+    if y.is_floating_point() or y.is_complex():
+        raise SpatError("labels y must be integer class indices")
+    x = x.detach().cpu()
+    if x.dtype != torch.uint8:
+        x = x.float()
+        if x.numel() and not (float(x.min()) >= 0.0 and float(x.max()) <= 1.0):
+            raise SpatError(f"images must be in [0, 1] (got values in [{float(x.min()):.4g}, "
+                            f"{float(x.max()):.4g}]); the model normalises inside itself")
+    return Split(images=x, labels=y.detach().cpu().to(torch.int64))
+
+
 def model_digest(model: nn.Module) -> str:
     """sha256 of the model's structure (``repr``) and every tensor of its ``state_dict``."""
     h = hashlib.sha256(repr(model).encode())
@@ -175,7 +198,7 @@ class _Progress:
 
 def evaluate(
     model: nn.Module,
-    split: Split,
+    split: Split | tuple[torch.Tensor, torch.Tensor],
     *,
     eps: float,
     attacks: Sequence[str] | str = DEFAULT_ATTACKS,
@@ -199,8 +222,11 @@ def evaluate(
     """Evaluate ``model`` on (a seeded subset of) ``split`` under ``attacks``.
 
     Args:
-        model: maps images in [0, 1] to logits (on ``device``); attacked in eval mode.
-        split: the examples (``spat.data.Split``), e.g. ``load_data(cfg).test``.
+        model: any ``nn.Module`` that maps images in [0, 1] to logits (on ``device``);
+            attacked in eval mode.
+        split: the examples: a ``spat.data.Split`` (e.g. ``load_data(cfg).test``) or plain
+            tensors ``(x, y)``, x float (N, C, H, W) in [0, 1] (or uint8 0..255), y (N,) class
+            indices.
         eps: radius of the threat ball in [0, 1] pixel units.
         attacks: keys of :data:`spat.evaluation.attacks.CHOICES` (a list or "a,b"); clean is
             always evaluated. They run (and accumulate) in the canonical order
@@ -231,6 +257,7 @@ def evaluate(
     """
     t_start = time.perf_counter()
     log = log or (lambda s: None)
+    split = as_split(split)
     keys = parse_attacks(attacks if isinstance(attacks, str) else list(attacks))
     norm = norm.lower()
     if norm not in aa_mod.AA_NORMS:

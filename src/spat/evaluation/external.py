@@ -1,0 +1,112 @@
+"""Evaluate a model that is not a spat run (``spat eval --model ...``): load it with
+:func:`spat.models.external.load_model`, evaluate it on a dataset's test split with the same
+protocol as a run (:func:`spat.evaluation.evaluate`), write ``report.json`` and
+``predictions.npz``."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from spat.errors import SpatError
+from spat.evaluation.attacks import DEFAULT_ATTACKS
+from spat.evaluation.protocol import Log, evaluate
+from spat.evaluation.report import EvalReport
+from spat.evaluation.run import STATE_SUBDIR
+
+
+def default_out(model: str | nn.Module, dataset: str) -> Path:
+    """``./eval-<model name>-<dataset>``: the output folder when ``--out`` is not given."""
+    name = model if isinstance(model, str) else type(model).__name__
+    stem = re.sub(r"[^\w.-]+", "_", Path(name).stem if Path(name).suffix else name).strip("_.")
+    return Path(f"eval-{stem or 'model'}-{dataset}")
+
+
+def check_out_dir(out: Path) -> None:
+    """An output folder may exist (a rerun reuses finished attacks) but may not be a file."""
+    if out.exists() and not out.is_dir():
+        raise SpatError(f"--out {out} exists and is not a folder; give another --out")
+
+
+def evaluate_model(
+    model: str | os.PathLike[str] | nn.Module,
+    *,
+    dataset: str,
+    weights: str | os.PathLike[str] | None = None,
+    data_dir: str | None = None,
+    out: str | os.PathLike[str] | None = None,
+    attacks: Sequence[str] | str = DEFAULT_ATTACKS,
+    eps: float | None = None,
+    norm: str = "linf",
+    n_examples: int | None = None,
+    seed: int = 0,
+    restarts: int = 1,
+    step_size: float | None = None,
+    batch_size: int = 500,
+    device: str = "auto",
+    cosine_scale: float = 8.0,
+    resume: bool = True,
+    sanity_examples: int = 100,
+    progress: bool = True,
+    console: Any = None,
+    log: Log | None = None,
+) -> tuple[EvalReport, Path]:
+    """Evaluate any classifier of [0, 1] images on ``dataset``'s test split.
+
+    ``model``: an ``nn.Module``, a ``package.module:factory`` spec, ``official-trades`` /
+    ``official-spat`` (with ``weights``), or a portable spat model file (see
+    :func:`spat.models.external.load_model`). ``eps`` defaults to the dataset's training ε
+    (:data:`spat.train.config.DATASET_DEFAULTS`; 0.031 for CIFAR, as the official SPAT/TRADES
+    code; give ``8/255`` for RobustBench's threat model). Output in ``out`` (default
+    ``./eval-<model>-<dataset>``). Returns the report and the output folder.
+    """
+    from spat.data import load_dataset
+    from spat.evaluation.attacks import parse_attacks
+    from spat.experiment import environment, resolve_device
+    from spat.models.external import architecture_name, load_model, read_portable_metadata
+    from spat.train.config import DATASET_DEFAULTS
+
+    keys = parse_attacks(attacks if isinstance(attacks, str) else list(attacks))
+    dev = resolve_device(device)
+    out_dir = Path(out) if out is not None else default_out(
+        model if isinstance(model, nn.Module) else os.fspath(model), dataset)
+    check_out_dir(out_dir)
+    if isinstance(model, nn.Module):
+        net, spec = model.to(dev).eval(), type(model).__name__
+        meta = None
+    else:
+        spec = os.fspath(model)
+        net = load_model(spec, weights, cosine_scale=cosine_scale, device=dev)
+        meta = read_portable_metadata(spec) if Path(spec).is_file() else None
+    data = load_dataset(dataset, data_dir=data_dir)
+    info = data.info
+    defaults = DATASET_DEFAULTS.get(info.name)
+    if eps is None:
+        if defaults is None:
+            raise SpatError(f"give --eps: dataset {dataset!r} has no default ε")
+        eps = defaults.eps
+    metadata = {
+        "model": spec,
+        "weights": None if weights is None else str(weights),
+        "run_dir": None,
+        "checkpoint": None,
+        "dataset": info.name,
+        "architecture": (meta or {}).get("architecture", architecture_name(net)),
+        "head": (meta or {}).get("head"),
+        "method": None,
+        "environment": environment(dev),
+    }
+    report = evaluate(
+        net, data.test, eps=float(eps), attacks=keys, norm=norm, n_examples=n_examples,
+        seed=seed, restarts=restarts, step_size=step_size, batch_size=batch_size, device=dev,
+        class_names=list(info.class_names), state_dir=out_dir / STATE_SUBDIR, resume=resume,
+        sanity_examples=sanity_examples, progress=progress, console=console, log=log,
+        metadata=metadata,
+    )
+    report.save(out_dir)
+    return report, out_dir
