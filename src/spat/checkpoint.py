@@ -184,25 +184,61 @@ def clean_stale(root: str | os.PathLike[str]) -> list[str]:
     return removed
 
 
+#: What ``--which`` accepts (``spat eval``, ``spat analyze``, ``spat compare``): one rule.
+WHICH_HELP = ("checkpoint of a run directory: best (by validation robust accuracy; the last one "
+              "while the run has no best yet), last, or a folder name epoch_NNNN")
+
+
+def check_which(which: str) -> str:
+    """``which`` if it names a checkpoint (best, last or epoch_NNNN), else a one-line
+    :class:`SpatError` listing the valid forms."""
+    if which in ("best", "last") or TAG_RE.fullmatch(which):
+        return which
+    raise SpatError(f"unknown checkpoint {which!r} for --which (valid: best, last, epoch_NNNN)")
+
+
+def available(root: str | os.PathLike[str]) -> list[str]:
+    """The complete checkpoint folders (``epoch_NNNN`` holding weights) in ``root``, oldest
+    first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(c.name for c in root.iterdir()
+                  if TAG_RE.fullmatch(c.name) and (c / WEIGHTS).is_file())
+
+
 def resolve(path: str | os.PathLike[str], which: str = "best") -> Path:
     """The checkpoint folder for a run directory, a ``checkpoints/`` folder or a folder itself.
 
-    ``which`` ("best", "last" or a folder name ``epoch_NNNN``) picks the checkpoint when given a
-    run or checkpoints folder; "best" falls back to "last" when the run has no best pointer yet.
+    ``which`` ("best", "last" or a folder name ``epoch_NNNN``, see :func:`check_which`) picks
+    the checkpoint when given a run or checkpoints folder; "best" falls back to "last" when the
+    run has no best pointer yet. A pointer naming a folder that is gone (pruned, deleted) and an
+    ``epoch_NNNN`` that is not there are one-line errors naming the checkpoints that exist.
     """
+    check_which(which)
     p = Path(path)
     if (p / WEIGHTS).exists():
         return p
     for root in (p / "checkpoints", p):
-        if root.is_dir():
-            if TAG_RE.fullmatch(which):
-                if (root / which / WEIGHTS).exists():
-                    return root / which
+        if not root.is_dir():
+            continue
+        have = available(root)
+        listed = ", ".join(have) or "none"
+        if TAG_RE.fullmatch(which):
+            if which in have:
+                return root / which
+            if have:
+                raise SpatError(f"checkpoint {which} not found in {root} (available: {listed})")
+            continue
+        for name in (which, "last") if which == "best" else (which,):
+            tag = read_pointer(root, name)
+            if tag is None:
                 continue
-            for name in (which, "last") if which == "best" else (which,):
-                tag = read_pointer(root, name)
-                if tag is not None and (root / tag / WEIGHTS).exists():
-                    return root / tag
+            if tag in have:
+                return root / tag
+            raise SpatError(f"{root / (name + '.json')} names checkpoint {tag}, which is missing "
+                            f"from {root} (pruned or deleted?); available: {listed} (pick one "
+                            f"with --which epoch_NNNN)")
     raise SpatError(f"no checkpoint found at {p} (expected a run directory or a folder holding "
                     f"{WEIGHTS})")
 

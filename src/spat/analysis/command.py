@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from spat.checkpoint import WHICH_HELP, check_which
 from spat.errors import SpatError
 
 
@@ -19,7 +20,7 @@ def _positive_int(text: str) -> int:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--which", default="best", help="checkpoint: best, last or epoch_NNNN")
+    p.add_argument("--which", default="best", help=WHICH_HELP)
     p.add_argument("--attack", default=None, help="attack whose flows are analysed (default: "
                    "PGD-20, else the first PGD in the predictions)")
     p.add_argument("--max-examples", dest="max_examples", type=_positive_int, default=None,
@@ -77,6 +78,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     """Run ``spat analyze``."""
     from spat.analysis.analyze import collect, write_analysis
 
+    check_which(args.which)
     run = Path(args.run)
     if not run.is_dir():
         raise SpatError(f"run directory {run} not found")
@@ -114,6 +116,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """Run ``spat compare``."""
     from spat.analysis.compare import compare_runs, default_compare_dir, parse_labels
 
+    check_which(args.which)
     for r in args.runs:
         if not Path(r).is_dir():
             raise SpatError(f"run directory {r} not found")

@@ -7,6 +7,7 @@ import textwrap
 import time
 from typing import Any
 
+from spat.checkpoint import WHICH_HELP, check_which
 from spat.errors import SpatError
 from spat.evaluation.attacks import ATTACK_KEYS, CHOICES, DEFAULT_ATTACKS
 
@@ -110,8 +111,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "cuda:N, mps")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the subset, of the random starts and of AutoAttack")
-    p.add_argument("--which", choices=("best", "last"), default="best",
-                   help="checkpoint of a run directory: best by validation, or last")
+    p.add_argument("--which", default="best", help=WHICH_HELP)
     p.add_argument("--out", default=None, help="output folder (default: RUN/eval; with "
                    "--model ./eval-<model>-<dataset>)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
@@ -124,6 +124,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="where the dataset is (default: the run's data_dir)")
     p.add_argument("--no-progress", dest="no_progress", action="store_true",
                    help="no progress bars")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write the accuracies to the run's TensorBoard folder "
+                   "(RUN/tensorboard/, at the checkpoint's epoch; needs the tensorboard package)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads of this process (default: OMP_NUM_THREADS if set, else "
+                   "the free cores: affinity minus load average)")
     p.set_defaults(func=cmd_eval)
 
 
@@ -134,7 +140,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from spat.evaluation.attacks import parse_attacks
     from spat.evaluation.report import PREDICTIONS_FILE, REPORT_FILE, print_report
     from spat.evaluation.run import evaluate_run
+    from spat.utils.threads import apply_threads
 
+    apply_threads(args.threads)
+    check_which(args.which)
     keys = parse_attacks(args.attacks)
     for name, value, low in (("n-examples", args.n_examples, 1), ("restarts", args.restarts, 1),
                              ("batch-size", args.batch_size, 1),
@@ -149,14 +158,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
         for flag in ("weights", "dataset"):
             if getattr(args, flag) is not None:
                 raise SpatError(f"--{flag} goes with --model, not with a run directory")
-        report, out_dir = evaluate_run(
-            args.run, which=args.which, out=args.out, attacks=keys, eps=args.eps, norm=args.norm,
-            n_examples=args.n_examples, seed=args.seed, restarts=args.restarts,
-            step_size=args.step_size, batch_size=args.batch_size, device=args.device,
-            data_dir=args.data_dir, resume=args.resume, sanity_examples=args.sanity_examples,
-            progress=not args.no_progress, console=Console(stderr=True),
-            log=lambda s: out.print(s, markup=False),
-        )
+        from spat.train.distributed import init_distributed, shutdown_distributed
+        from spat.utils.log import info, quiet
+
+        dist = init_distributed(args.device)  # under torchrun: one shard per rank
+        try:
+            report, out_dir = evaluate_run(
+                args.run, which=args.which, out=args.out, attacks=keys, eps=args.eps,
+                norm=args.norm, n_examples=args.n_examples, seed=args.seed,
+                restarts=args.restarts, step_size=args.step_size, batch_size=args.batch_size,
+                device=args.device, data_dir=args.data_dir, resume=args.resume,
+                sanity_examples=args.sanity_examples,
+                progress=not (args.no_progress or quiet()) and dist.is_main,
+                console=Console(stderr=True), log=info if dist.is_main else lambda s: None,
+                dist=dist, tensorboard=args.tensorboard,
+            )
+        finally:
+            shutdown_distributed(dist)
+        if not dist.is_main:
+            return 0
     print_report(report, out)
     out.print(f"wrote {out_dir / REPORT_FILE}", markup=False)
     out.print(f"      {out_dir / PREDICTIONS_FILE}", markup=False)

@@ -42,10 +42,16 @@ from spat.evaluation.attacks import (
 )
 from spat.evaluation.core import Predictions, predict_under_attacks
 from spat.evaluation.report import SCHEMA, EvalReport, summarize
+from spat.evaluation.sharding import combine, predict_sharded_batches, shard_index
+from spat.train.distributed import SINGLE, DistContext
 from spat.utils.io import atomic_write_text
 
 Log = Callable[[str], None]
 CACHE_FORMAT = "spat.eval-cache/1"
+#: How white-box random starts are seeded (recorded in each attack's settings, so results saved
+#: under another rule are not reused): one generator per batch of ``batch_size``, seeded by
+#: (attack seed, batch number), so the result does not depend on how batches are sharded.
+PER_BATCH_SEEDING = "per batch: _derived_seed(attack seed, 'batch-<b>')"
 
 
 def select_subset(n_total: int, n_examples: int | None, seed: int) -> torch.Tensor:
@@ -120,15 +126,20 @@ def _generator(device: torch.device, seed: int) -> torch.Generator:
 class _Cache:
     """Finished results as ``<root>/<key>-<fingerprint digest>.json`` (atomic writes)."""
 
-    def __init__(self, root: Path | None, resume: bool, log: Log) -> None:
+    def __init__(self, root: Path | None, resume: bool, log: Log,
+                 dist: DistContext = SINGLE) -> None:
         self.root = root
         self.resume = resume
         self.log = log
+        self.dist = dist  # under torchrun rank 0 reads and writes, and tells the others
 
     def path(self, key: str, fp: dict[str, Any], suffix: str = ".json") -> Path | None:
         return None if self.root is None else self.root / f"{key}-{_digest(fp)}{suffix}"
 
     def get(self, key: str, label: str, fp: dict[str, Any]) -> dict[str, Any] | None:
+        return self.dist.on_main(lambda: self._get(key, label, fp))
+
+    def _get(self, key: str, label: str, fp: dict[str, Any]) -> dict[str, Any] | None:
         path = self.path(key, fp)
         if path is None or not self.resume:
             return None
@@ -157,7 +168,7 @@ class _Cache:
 
     def put(self, key: str, fp: dict[str, Any], result: dict[str, Any]) -> None:
         path = self.path(key, fp)
-        if path is not None:
+        if path is not None and self.dist.is_main:
             atomic_write_text(path, json.dumps({"format": CACHE_FORMAT, "fingerprint": fp,
                                                 "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                                 "result": result}))
@@ -218,6 +229,7 @@ def evaluate(
     console: Any = None,
     log: Log | None = None,
     metadata: dict[str, Any] | None = None,
+    dist: DistContext = SINGLE,
 ) -> EvalReport:
     """Evaluate ``model`` on (a seeded subset of) ``split`` under ``attacks``.
 
@@ -251,6 +263,10 @@ def evaluate(
         progress: show rich progress bars (on ``console``, default stderr).
         log: receives one-line messages (reuse, recomputation); default: nothing.
         metadata: extra top-level fields of the report (run directory, config, ...).
+        dist: under torchrun, every rank calls this and attacks its batches of the examples
+            (:mod:`spat.evaluation.sharding`); every rank returns the whole report, which for
+            the white-box attacks equals a one-process evaluation's. Rank 0 alone reads and
+            writes saved results and runs the two attack-based sanity checks.
 
     Returns:
         An :class:`EvalReport` (JSON document in ``.data``, predictions in ``.predictions``).
@@ -264,6 +280,9 @@ def evaluate(
         raise SpatError(f"unknown norm {norm!r} (valid: {', '.join(aa_mod.AA_NORMS)})")
     if not (eps > 0 and eps < float("inf")):
         raise SpatError(f"eps must be > 0, got {eps}")
+    if norm == "linf" and eps > 1:  # [0,1] pixel units: an L∞ ball of radius > 1 is everything
+        raise SpatError(f"eps must be in (0, 1] for linf (pixel units in [0, 1]; 8/255 is "
+                        f"written 8/255 or 0.031), got {eps}")
     if batch_size < 1:
         raise SpatError(f"batch size must be >= 1, got {batch_size}")
     if restarts < 1:
@@ -278,7 +297,7 @@ def evaluate(
     index = select_subset(len(split), n_examples, seed)
     sub = Split(images=split.images[index], labels=split.labels[index])
     n = len(sub)
-    cache = _Cache(Path(state_dir) if state_dir is not None else None, resume, log)
+    cache = _Cache(Path(state_dir) if state_dir is not None else None, resume, log, dist)
     warnings: list[str] = []
     checks: list[sanity.Check] = []
 
@@ -287,7 +306,13 @@ def evaluate(
     x0, y0 = next(batches(Split(images=sub.images[:128], labels=sub.labels[:128]), 128,
                           device=device))
     with attack_mode(model), torch.no_grad():
-        num_classes = int(model(x0[:1]).shape[1])
+        out0 = model(x0)
+        num_classes = int(out0.shape[1])
+    if not bool(torch.isfinite(out0).all()):  # a broken model: attacking it means nothing
+        bad = int((~torch.isfinite(out0)).any(dim=1).sum())
+        raise SpatError(f"the model's outputs on clean test images are not finite (NaN or inf "
+                        f"for {bad} of {len(x0)} examples); its weights are broken, nothing to "
+                        f"evaluate")
     checks.append(sanity.check_deterministic(model, x0))
     checks.append(sanity.check_logits(model, x0))
     checks.append(sanity.check_gradients(model, x0, y0))
@@ -319,6 +344,7 @@ def evaluate(
                 spec = white_box_spec(key, eps, norm, restarts=restarts, step_size=step_size)
                 settings = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
                 settings["seed"] = _derived_seed(seed, key)
+                settings["random_start"] = PER_BATCH_SEEDING
             fp = {**common, "attack": key, "settings": settings}
             saved = cache.get(key, name, fp)
             if saved is not None:
@@ -329,15 +355,16 @@ def evaluate(
             t0 = time.perf_counter()
             if choice.kind == "autoattack":
                 result = _run_autoattack(model, sub, key, name, choice.version or "standard",
-                                         eps, norm, seed, batch_size, device, cache, fp, prog)
+                                         eps, norm, seed, batch_size, device, cache, fp, prog,
+                                         dist)
             else:
-                update = prog.task(name, n)
-                gen = _generator(device, settings["seed"])
-                p = predict_under_attacks(model, sub, [spec], batch_size=batch_size,
-                                          device=device, generator=gen,
-                                          on_batch=lambda k, u=update: u(advance=k))
-                result = {"details": {}, "warnings": [],
-                          "predictions": p.adversarial[name].tolist()}
+                update = prog.task(name, n if not dist.enabled else
+                                   len(shard_index(n, batch_size, dist)))
+                adv = predict_sharded_batches(
+                    model, sub, spec, batch_size=batch_size, device=device, dist=dist,
+                    seed_of=lambda b, s0=settings["seed"]: _derived_seed(s0, f"batch-{b}"),
+                    on_batch=lambda k, u=update: u(advance=k))
+                result = {"details": {}, "warnings": [], "predictions": adv.tolist()}
             result.update(key=key, name=name, kind=choice.kind, settings=settings,
                           seconds=time.perf_counter() - t0)
             cache.put(key, fp, result)
@@ -351,11 +378,15 @@ def evaluate(
         # ---- attack-based sanity checks on a small subset --------------------------------
         m = min(sanity_examples, n)
         if m > 0:
-            checks.append(_eps_sweep(model, sub, m, eps, norm, seed, batch_size, device,
-                                     num_classes, cache, common, prog, log))
-            checks.append(_black_box(model, sub, m, preds, outcomes, eps, norm, seed,
-                                     batch_size, device, square_queries, cache, common, prog,
-                                     log))
+            # small (m examples): rank 0 runs them, with its own (non-collective) cache, and
+            # the others receive the result
+            own = _Cache(cache.root, cache.resume, log)
+            checks.append(dist.on_main(lambda: _eps_sweep(
+                model, sub, m, eps, norm, seed, batch_size, device, num_classes, own, common,
+                prog, log)))
+            checks.append(dist.on_main(lambda: _black_box(
+                model, sub, m, preds, outcomes, eps, norm, seed, batch_size, device,
+                square_queries, own, common, prog, log)))
         else:
             checks.append(sanity.Check("eps_sweep", None, "skipped (--sanity-examples 0)"))
             checks.append(sanity.Check("black_box", None, "skipped (--sanity-examples 0)"))
@@ -368,6 +399,7 @@ def evaluate(
 
     data = _build(preds, outcomes, names, checks, warnings, index, len(split), eps, norm, seed,
                   restarts, step_size, batch_size, device, sanity_examples, metadata)
+    data["settings"]["processes"] = dist.world_size
     data["timing"] = {"total_seconds": time.perf_counter() - t_start,
                       "attack_seconds": {o["name"]: o["seconds"] for o in outcomes}}
     return EvalReport(data=data, predictions=preds, checks=checks, warnings=warnings)
@@ -379,12 +411,19 @@ def _full_batch(sub: Split, device: torch.device) -> tuple[torch.Tensor, torch.T
 
 def _run_autoattack(model: nn.Module, sub: Split, key: str, name: str, version: str,
                     eps: float, norm: str, seed: int, batch_size: int, device: torch.device,
-                    cache: _Cache, fp: dict[str, Any], prog: _Progress) -> dict[str, Any]:
-    state = cache.path(key, fp, ".aa-state.json")
+                    cache: _Cache, fp: dict[str, Any], prog: _Progress,
+                    dist: DistContext = SINGLE) -> dict[str, Any]:
+    # Under torchrun each rank runs the official algorithm on its batches of the examples
+    # (see spat.evaluation.sharding); an interrupted sharded run starts its AutoAttack over.
+    state = cache.path(key, fp, ".aa-state.json") if not dist.enabled else None
     if state is not None and not cache.resume and state.exists():
         state.unlink()
     if state is not None and cache.resume and state.exists():
         cache.log(f"{name}: continuing the interrupted run from {state}")
+    n_all = len(sub)
+    mine = shard_index(n_all, batch_size, dist)
+    if dist.enabled:
+        sub = Split(images=sub.images[mine], labels=sub.labels[mine])
     x, y = _full_batch(sub, device)
     tasks: dict[str, Callable[..., None]] = {}
 
@@ -396,22 +435,30 @@ def _run_autoattack(model: nn.Module, sub: Split, key: str, name: str, version: 
     r = aa_mod.run_autoattack(model, x, y, eps=eps, norm=norm, version=version, seed=seed,
                               batch_size=batch_size, device=device, state_path=state,
                               progress=on_progress)
-    n = int(y.shape[0])
-    counts = {"clean": int((r.broken_by != 0).sum())}
+    predictions, broken_by = r.predictions, r.broken_by
+    max_perturbation = r.max_perturbation
+    if dist.enabled:
+        predictions = combine(predictions, mine, n_all, dist)
+        broken_by = combine(broken_by, mine, n_all, dist)
+        if max_perturbation is not None:
+            max_perturbation = -float(dist.all_reduce_min(
+                torch.tensor([-float(max_perturbation)], dtype=torch.float64))[0])
+    n = n_all
+    counts = {"clean": int((broken_by != 0).sum())}
     for i, s in enumerate(r.sub_attacks, start=1):
-        counts[s] = int(((r.broken_by == -1) | (r.broken_by > i)).sum())
+        counts[s] = int(((broken_by == -1) | (broken_by > i)).sum())
     details = {
         "sub_attacks": r.sub_attacks,
         "robust_accuracy_after": {aa_mod.LABELS[s]: counts[s] / n for s in r.sub_attacks},
         "robust_count_after": counts,
         "sub_attack_seconds": {aa_mod.LABELS[s]: v for s, v in r.seconds.items()},
-        "max_perturbation": r.max_perturbation,
+        "max_perturbation": max_perturbation,
         "resumed": r.resumed,
-        "autoattack": r.settings,
+        "autoattack": {**r.settings, "shards": dist.world_size},
     }
     if state is not None and state.exists():
         state.unlink()
-    return {"predictions": r.predictions.tolist(), "details": details, "warnings": r.warnings}
+    return {"predictions": predictions.tolist(), "details": details, "warnings": r.warnings}
 
 
 def _eps_sweep(model: nn.Module, sub: Split, m: int, eps: float, norm: str, seed: int,

@@ -12,6 +12,7 @@ from spat.errors import SpatError
 from spat.evaluation.attacks import DEFAULT_ATTACKS
 from spat.evaluation.protocol import Log, evaluate
 from spat.evaluation.report import EvalReport
+from spat.train.distributed import SINGLE, DistContext
 
 #: Subfolder of the output folder holding finished attacks and AutoAttack's running state.
 STATE_SUBDIR = "attacks"
@@ -44,10 +45,17 @@ def evaluate_run(
     progress: bool = True,
     console: Any = None,
     log: Log | None = None,
+    dist: DistContext = SINGLE,
+    tensorboard: bool = False,
 ) -> tuple[EvalReport, Path]:
     """Evaluate the ``which`` checkpoint of the run (or checkpoint folder) at ``path`` on its
     dataset's test split and write ``report.json`` and ``predictions.npz`` to ``out``
     (default ``RUN/eval``). ε and norm default to the run's training values.
+
+    Under torchrun (``dist``) every rank calls this and attacks its shard of the examples
+    (:mod:`spat.evaluation.sharding`); rank 0 reads the checkpoint and broadcasts the weights,
+    and alone writes. ``tensorboard``: also write the accuracies to ``RUN/tensorboard/`` at the
+    checkpoint's epoch (:mod:`spat.utils.tensorboard`).
 
     Returns the report and the output folder.
     """
@@ -55,8 +63,18 @@ def evaluate_run(
     from spat.experiment import environment, load_data, load_run, resolve_device
 
     keys = parse_attacks(attacks if isinstance(attacks, str) else list(attacks))
-    dev = resolve_device(device)
-    model, cfg, state = load_run(path, which=which, device=dev)
+    if tensorboard:
+        from spat.utils.tensorboard import require_tensorboard
+
+        require_tensorboard()
+    dev = resolve_device(device, dist)
+
+    def load() -> tuple[Any, Any, dict[str, Any]]:  # rank 0 reads, every rank gets it
+        model, cfg, state = load_run(path, which=which, device="cpu")
+        return model, cfg, {k: v for k, v in state.items() if k not in ("optimizer", "rng")}
+
+    model, cfg, state = dist.on_main(load)
+    model.to(dev)
     folder = Path(state["folder"])
     run = run_dir_of(folder)
     out_dir = Path(out) if out is not None else run / "eval"
@@ -88,7 +106,16 @@ def evaluate_run(
         seed=seed, restarts=restarts, step_size=step_size, batch_size=batch_size, device=dev,
         class_names=list(info.class_names), state_dir=out_dir / STATE_SUBDIR, resume=resume,
         sanity_examples=sanity_examples, progress=progress, console=console, log=log,
-        metadata=metadata,
+        metadata=metadata, dist=dist,
     )
-    report.save(out_dir)
+    if dist.is_main:
+        report.save(out_dir)
+        if tensorboard:
+            from spat.utils.tensorboard import TensorBoardLog
+
+            tb = TensorBoardLog(run)
+            try:
+                tb.eval_report(report.data, metadata["epoch"] or 0)
+            finally:
+                tb.close()
     return report, out_dir
