@@ -68,7 +68,12 @@ def evaluate_model(
     from spat.data import load_dataset
     from spat.evaluation.attacks import parse_attacks
     from spat.experiment import environment, resolve_device
-    from spat.models.external import architecture_name, load_model, read_portable_metadata
+    from spat.models.external import (
+        architecture_name,
+        head_name,
+        load_model,
+        read_portable_metadata,
+    )
     from spat.train.config import DATASET_DEFAULTS
 
     keys = parse_attacks(attacks if isinstance(attacks, str) else list(attacks))
@@ -85,6 +90,10 @@ def evaluate_model(
         meta = read_portable_metadata(spec) if Path(spec).is_file() else None
     data = load_dataset(dataset, data_dir=data_dir)
     info = data.info
+    shape = [info.channels, info.height, info.width]
+    if meta is not None and meta.get("input_shape") not in (None, shape):
+        raise SpatError(f"{spec} takes inputs of shape {meta['input_shape']} but {info.name} "
+                        f"images are {shape}")
     defaults = DATASET_DEFAULTS.get(info.name)
     if eps is None:
         if defaults is None:
@@ -97,7 +106,7 @@ def evaluate_model(
         "checkpoint": None,
         "dataset": info.name,
         "architecture": (meta or {}).get("architecture", architecture_name(net)),
-        "head": (meta or {}).get("head"),
+        "head": (meta or {}).get("head", head_name(net)),
         "method": None,
         "environment": environment(dev),
     }

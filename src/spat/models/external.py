@@ -269,6 +269,11 @@ def architecture_name(model: nn.Module) -> str:
     return type(model).__name__
 
 
+def head_name(model: nn.Module) -> str | None:
+    """``"cosine"`` or ``"linear"`` for a spat :class:`Classifier`, else ``None``."""
+    return model_info(model)["head"] if isinstance(model, Classifier) else None
+
+
 def model_info(model: nn.Module) -> dict[str, Any]:
     """What a portable file records about a spat :class:`Classifier` (shapes come from the
     weights; names from the caller)."""
