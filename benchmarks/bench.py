@@ -3,6 +3,7 @@ official-style reference (``benchmarks/reference.py``), in one run, on the same 
 and inputs, after checking that both compute the same losses.
 
     PYTHONPATH=src:. python benchmarks/bench.py --device cpu            # CPU, small_cnn 28x28x1
+    PYTHONPATH=src:. python benchmarks/bench.py --device cpu --model resnet18 --batch 32
     PYTHONPATH=src:. python benchmarks/bench.py --device cuda --model preact_resnet18
 
 See ``benchmarks/README.md`` for what is measured and how to read ``benchmarks/RESULTS.md``.
@@ -35,6 +36,7 @@ from spat.evaluation.core import predict_under_attacks  # noqa: E402
 from spat.methods import PGDAT, ThreatModel, spat, trades  # noqa: E402
 from spat.models import build_model  # noqa: E402
 from spat.train.optim import make_optimizer  # noqa: E402
+from spat.utils.hardware import cpu_bf16_support, resolve_fast_path  # noqa: E402
 
 METHODS = ("spat", "trades", "pgd_at")
 HEAD = {"spat": "cosine", "trades": "linear", "pgd_at": "linear"}
@@ -42,6 +44,10 @@ LABEL = {"spat": "SPAT", "trades": "TRADES", "pgd_at": "PGD-AT"}
 NUM_CLASSES = 10
 LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 2e-4
 #: Dense peak throughput (TFLOP/s) of known GPUs: (bf16 tensor core, fp32 non-tensor core).
+#: CPU settings of our step timed side by side: name -> (bf16 autocast, channels_last, compile).
+SETTINGS = {"fp32": (False, False, False), "bf16": (True, False, False),
+            "channels_last": (False, True, False), "bf16+channels_last": (True, True, False),
+            "bf16+channels_last+compile": (True, True, True)}
 GPU_PEAKS = {"H100": (989.4, 66.9), "H200": (989.4, 66.9), "A100": (312.0, 19.5),
              "L40S": (362.1, 91.6), "A10": (125.0, 31.2), "L4": (121.0, 30.3)}
 
@@ -133,7 +139,8 @@ def set_dropout(model: nn.Module, p: float) -> None:
 class OursTrainer:
     """One training step exactly as ``spat.train.loop.Trainer.train_epoch`` runs it: batches of
     the device-resident split (``spat.data.batches``), batched augmentation, channels_last and
-    bf16 autocast on CUDA, the method, ``zero_grad(set_to_none)``, backward, the project's SGD
+    bf16 autocast when the setting says so (the loop's ``auto``: see ``spat.utils.hardware``), the
+    method, ``zero_grad(set_to_none)``, backward, the project's SGD
     (fused on CUDA, foreach on CPU), metrics accumulated on the device without host reads."""
 
     def __init__(self, model: nn.Module, method: Any, split: Split, *, batch: int,
@@ -217,11 +224,40 @@ class RefTrainer:
         self.batch_idx += 1
 
 
+def loop_setting(args: argparse.Namespace, device: torch.device) -> tuple[bool, bool, bool]:
+    """(amp, channels_last, compile) of the training loop's defaults (``auto``) on ``device``,
+    with ``--amp/--no-amp`` and ``--compile`` overriding, as ``spat train`` resolves them."""
+    fp = resolve_fast_path("auto" if args.amp is None else args.amp, "auto",
+                           "on" if args.compile else "off", device)
+    return fp.amp, fp.channels_last, fp.compile
+
+
+def setting_name(setting: tuple[bool, bool, bool]) -> str:
+    return {v: k for k, v in SETTINGS.items()}[setting]
+
+
+def variant_setting(args: argparse.Namespace, device: torch.device, variant: str
+                    ) -> tuple[bool, bool, bool]:
+    """"ours" is the loop's default; "ours:<setting>" one of :data:`SETTINGS`."""
+    if variant == "ours":
+        return loop_setting(args, device)
+    return SETTINGS[variant.split(":", 1)[1]]
+
+
+def train_variants(args: argparse.Namespace, device: torch.device) -> tuple[str, ...]:
+    """The reference and, on a CPU, ours in every ``--cpu-settings`` setting; on CUDA, ours as
+    the loop runs it."""
+    if device.type == "cpu" and args.cpu_settings:
+        return ("reference", *(f"ours:{s}" for s in args.cpu_settings))
+    return ("ours", "reference")
+
+
 def make_trainers(args: argparse.Namespace, device: torch.device, name: str, split: Split,
                   *, steps: int, batch: int, variants: tuple[str, ...] = ("ours", "reference")
                   ) -> dict[str, Any]:
-    """Trainers for ``variants`` ("ours", "reference", "ours+cl": ours with channels_last on a
-    CPU, the loop change suggested in RESULTS.md), all starting from the same weights."""
+    """Trainers for ``variants`` ("reference", "ours": the loop's default setting on
+    ``device``, "ours:<setting>": a setting of :data:`SETTINGS`), all starting from the same
+    weights."""
     model, ref, scale = build_pair(name, args.model, args.seed, device)
     _, _, _, augment = input_spec(args.model)
     out: dict[str, Any] = {}
@@ -231,10 +267,10 @@ def make_trainers(args: argparse.Namespace, device: torch.device, name: str, spl
             out[v] = RefTrainer(ref, loss, split, batch=batch, device=device, augment=augment,
                                 seed=args.seed)
         else:
-            cl = device.type == "cuda" or v == "ours+cl"
+            amp, cl, comp = variant_setting(args, device, v)
             out[v] = OursTrainer(copy.deepcopy(model), ours_method(name, steps), split,
-                                 batch=batch, device=device, augment=augment, amp=args.amp,
-                                 compile_=args.compile, channels_last=cl, seed=args.seed)
+                                 batch=batch, device=device, augment=augment, amp=amp,
+                                 compile_=comp, channels_last=cl, seed=args.seed)
     return out
 
 
@@ -454,9 +490,7 @@ def bench_train(args: argparse.Namespace, device: torch.device, split: Split
     rows = []
     peak = gpu_peak(device)
     for name in args.methods:
-        variants: tuple[str, ...] = ("ours", "reference")
-        if args.cpu_channels_last and device.type == "cpu":
-            variants = ("ours", "reference", "ours+cl")
+        variants = train_variants(args, device)
         trainers = make_trainers(args, device, name, split, steps=args.steps, batch=args.batch,
                                  variants=variants)
         times = time_interleaved({v: tr.step for v, tr in trainers.items()},
@@ -465,6 +499,8 @@ def bench_train(args: argparse.Namespace, device: torch.device, split: Split
             s = C.summary(times[v])
             row: dict[str, Any] = {"method": name, "impl": v, "batch": args.batch,
                                    "steps": args.steps, "times": times[v], **s,
+                                   "setting": None if v == "reference" else
+                                   setting_name(variant_setting(args, device, v)),
                                    "images_per_s": args.batch / s["median"]}
             if v != "reference":
                 ratios = paired_ratios(times[v], times["reference"])
@@ -476,7 +512,7 @@ def bench_train(args: argparse.Namespace, device: torch.device, split: Split
                 sync(device)
                 row["peak_mem_mb"] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
                 row["peak_mem_abs_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-            if not args.compile and not args.no_flops:
+            if not (row["setting"] or "").endswith("compile") and not args.no_flops:
                 flops = count_flops(tr.step)
                 if flops:
                     row["gflop_per_step"] = flops / 1e9
@@ -485,7 +521,7 @@ def bench_train(args: argparse.Namespace, device: torch.device, split: Split
                         row["peak_name"], row["peak_tflops"] = peak
                         row["pct_of_peak"] = 100 * row["achieved_tflops"] / peak[1]
             rows.append(row)
-            print(f"[train] {LABEL[name]:7s} {v:9s} step {C.fmt_time(s)} s  "
+            print(f"[train] {LABEL[name]:7s} {v:31s} step {C.fmt_time(s)} s  "
                   f"{row['images_per_s']:.1f} img/s"
                   + (f"  ratio {row['ratio']['median']:.3f}" if "ratio" in row else ""),
                   flush=True)
@@ -498,7 +534,7 @@ def bench_eval(args: argparse.Namespace, device: torch.device) -> dict[str, Any]
     ``predict_under_attacks`` vs the official-style evaluation loop, same model and batches."""
     split = synthetic_split(args.eval_images, args.model, args.seed + 100)
     model, ref, _ = build_pair("pgd_at", args.model, args.seed, device)
-    if device.type == "cuda":
+    if loop_setting(args, device)[1]:  # the loop's model format; evaluation is always fp32
         model = model.to(memory_format=torch.channels_last)
     spec = pgd(8 / 255, steps=20)
     loader = R.make_loader(split.images, split.labels, batch_size=args.eval_batch,
@@ -547,6 +583,47 @@ def bench_sweep(args: argparse.Namespace, device: torch.device) -> list[dict[str
     return rows
 
 
+def bench_e2e(args: argparse.Namespace) -> dict[str, Any] | None:
+    """``spat train --method spat`` end to end, before (``--amp off --channels-last off``, the
+    CPU path before the fast path existed) and after (the defaults), alternated ``--e2e-rounds``
+    times; the second epoch's ``train_images_per_s`` of each run (the first warms up)."""
+    import os
+    import tempfile
+
+    data = Path(args.data_dir)
+    if (data / "FashionMNIST").is_dir():
+        what = (f"Fashion-MNIST, small_cnn 28×28, {args.e2e_images} training images, batch "
+                f"128, K = 10, {args.threads} thread(s)")
+        ds = ["--dataset", "fashion_mnist", "--data-dir", str(data), "--batch-size", "128",
+              "--train-subset", str(args.e2e_images)]
+    else:
+        what = f"digits (no Fashion-MNIST under {data}), small_cnn 8×8, batch 64, K = 10"
+        ds = ["--dataset", "digits", "--batch-size", "64"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(args.threads, 1)),
+           "MKL_NUM_THREADS": str(max(args.threads, 1))}
+    common = ["--method", "spat", "--steps", "10", "--epochs", "2", "--val-size", "0",
+              "--test-subset", "50", "--test-steps", "1", "--no-progress", "--overwrite"]
+    res: dict[str, Any] = {"what": what, "before": [], "after": [],
+                           "command": "spat train " + " ".join(ds + common[:-2])}
+    with tempfile.TemporaryDirectory(prefix="spat_bench_e2e_") as tmp:
+        for _ in range(args.e2e_rounds):
+            for label, extra in (("before", ["--amp", "off", "--channels-last", "off"]),
+                                 ("after", [])):
+                cmd = [sys.executable, "-m", "spat", "train", *ds, *common, "--out-dir", tmp,
+                       "--name", label, *extra]
+                out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+                if out.returncode != 0:
+                    raise SystemExit(f"end-to-end run failed:\n{out.stderr[-2000:]}")
+                lines = (Path(tmp) / label / "metrics.jsonl").read_text().splitlines()
+                ips = json.loads(lines[-1])["train_images_per_s"]
+                res[label].append(ips)
+                print(f"[e2e] {label:6s} {ips:.0f} img/s", flush=True)
+    ratios = [b / a for a, b in zip(res["before"], res["after"], strict=True)]
+    res["ratios"] = ratios
+    res["ratio_median"] = sorted(ratios)[len(ratios) // 2]
+    return res
+
+
 # ----------------------------------------------------------------------- child processes
 
 
@@ -556,7 +633,7 @@ def child(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     ``epochs:<impl>`` = RSS after each of ``--mem-epochs`` epochs (ours: the real Trainer)."""
     kind, *rest = args.child.split(":")
     if kind == "mem":
-        name, impl = rest
+        name, impl = rest[0], ":".join(rest[1:])
         split = synthetic_split(args.batch * 4, args.model, args.seed)
         tr = make_trainers(args, device, name, split, steps=args.steps, batch=args.batch,
                            variants=(impl,))[impl]
@@ -632,10 +709,10 @@ def bench_memory(args: argparse.Namespace, device: torch.device) -> dict[str, An
     res: dict[str, Any] = {}
     if device.type == "cpu":
         for name in args.methods:
-            for impl in ("ours", "reference"):
+            for impl in train_variants(args, device):
                 r = run_child(f"mem:{name}:{impl}")
                 res[f"{name}:{impl}"] = r
-                print(f"[mem] {LABEL[name]:7s} {impl:9s} peak RSS {r['peak_mb']:.0f} MB "
+                print(f"[mem] {LABEL[name]:7s} {impl:31s} peak RSS {r['peak_mb']:.0f} MB "
                       f"(+{r['delta_mb']:.0f} MB over set-up)", flush=True)
     if args.mem_epochs > 0:
         for impl in ("ours", "reference"):
@@ -662,15 +739,17 @@ def _mb(row: dict[str, Any], memory: dict[str, Any], device: torch.device) -> st
 def report(args: argparse.Namespace, device: torch.device, env: dict[str, Any],
            checks: list[dict[str, Any]], train: list[dict[str, Any]],
            evaluation: dict[str, Any] | None, sweep: list[dict[str, Any]],
-           memory: dict[str, Any]) -> str:
+           memory: dict[str, Any], e2e: dict[str, Any] | None = None) -> str:
     threads = torch.get_num_threads()
     dev = "GPU " + env.get("gpu", "") if device.type == "cuda" else \
         f"CPU ({threads} thread{'s' if threads > 1 else ''})"
     c, h, w, _ = input_spec(args.model)
-    mode = ("bf16 autocast + channels_last" if args.amp else "fp32 + channels_last") \
-        if device.type == "cuda" else "fp32, eager, contiguous (as the loop runs on a CPU)"
-    if args.compile:
-        mode += " + torch.compile"
+    default = setting_name(loop_setting(args, device))
+    if device.type == "cuda":
+        mode = default.replace("+", " + ").replace("bf16", "bf16 autocast")
+    else:
+        mode = (f"each setting below, in the same rounds as the reference; the loop's `auto` on "
+                f"this CPU is **{default}** ({cpu_bf16_support()[1]})")
     lines = [f"## {dev}: {args.model} on {h}x{w}x{c}, batch {args.batch}, K = {args.steps}", ""]
     lines += C.environment_lines(env) + [""]
     lines += [f"Ours: {mode}. Reference: fp32, eager, contiguous, official-style loop "
@@ -703,12 +782,35 @@ def report(args: argparse.Namespace, device: torch.device, env: dict[str, Any],
         tf = f"{r['achieved_tflops']:.4f}" if "achieved_tflops" in r else ""
         if "pct_of_peak" in r:
             tf += f" ({r['pct_of_peak']:.1f}% of {r['peak_name']} {r['peak_tflops']:.0f})"
-        impl = {"ours": "ours", "reference": "reference",
-                "ours+cl": "ours + channels_last (suggested)"}[r["impl"]]
+        impl = "reference" if r["impl"] == "reference" else f"ours, {r['setting']}" + (
+            " (loop's auto)" if r["setting"] == default else "")
         lines.append(f"| {LABEL[r['method']]} | {impl} | {C.fmt_time(r)} | {r['min']:.3f}–"
                      f"{r['max']:.3f} | {r['images_per_s']:.1f} | "
                      f"{50000 / r['images_per_s']:.0f} | {ratio} | "
                      f"{_mb(r, memory, device)} | {gf} | {tf} |")
+    targets = {"spat": 0.35, "trades": 0.40, "mart": 0.40, "pgd_at": 0.55}
+    best = {r["method"]: r for r in train if r["impl"] != "reference"
+            and r["setting"] == default}
+    if best and device.type == "cpu":
+        lines += ["", f"Targets (issue 14; time per image, ours in the loop's default "
+                      f"**{default}** / reference, same cores, same run):", "",
+                  "| method | ours/ref (median [min–max] of paired rounds) | target | met |",
+                  "| --- | --- | --- | --- |"]
+        for name, r in best.items():
+            t = targets.get(name)
+            ok = "yes" if t is not None and r["ratio"]["median"] <= t else "no"
+            lines.append(f"| {LABEL[name]} | {r['ratio']['median']:.3f} [{r['ratio']['min']:.2f}–"
+                         f"{r['ratio']['max']:.2f}] | ≤ {t:.2f} | {ok} |")
+    if e2e:
+        lines += ["", f"### End to end: `spat train --method spat` ({e2e['what']})", "",
+                  f"Images/s of the second epoch from `metrics.jsonl`, runs alternated "
+                  f"(before = `--amp off --channels-last off`, exactly the CPU path before the "
+                  f"fast path; after = the defaults, `auto`). Command: `{e2e['command']}`.", "",
+                  "| round | before img/s | after img/s | after/before |",
+                  "| --- | --- | --- | --- |"]
+        for i, (a, b) in enumerate(zip(e2e["before"], e2e["after"], strict=True)):
+            lines.append(f"| {i + 1} | {a:.0f} | {b:.0f} | {b / a:.2f}× |")
+        lines.append(f"| median | | | **{e2e['ratio_median']:.2f}×** (target ≥ 2×) |")
     if evaluation is not None:
         e = evaluation
         lines += ["", f"### PGD-20 evaluation ({e['images']} images, batch {e['batch']}, "
@@ -774,11 +876,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "oversubscribed machine OpenMP barriers with 2 threads cost more than "
                         "they gain, see RESULTS.md; 0: torch's default)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="bf16 autocast for ours (default: on for CUDA, as the loop)")
+                   help="bf16 autocast for ours (default: as the loop's auto — CUDA, or a "
+                        "CPU with native bf16)")
     p.add_argument("--compile", action="store_true", help="torch.compile our model (the loop's "
                    "--compile)")
-    p.add_argument("--cpu-channels-last", action=argparse.BooleanOptionalAction, default=True,
-                   help="also time ours with channels_last on a CPU (a suggested loop change)")
+    p.add_argument("--cpu-settings", default="fp32,bf16,channels_last,bf16+channels_last",
+                   help=f"settings of ours timed side by side on a CPU (of {', '.join(SETTINGS)}"
+                        f"; --compile adds bf16+channels_last+compile); empty: the loop's "
+                        f"default only")
+    p.add_argument("--e2e", action=argparse.BooleanOptionalAction, default=True,
+                   help="on a CPU: end-to-end `spat train --method spat` epochs, before/after")
+    p.add_argument("--e2e-rounds", type=int, default=2)
+    p.add_argument("--e2e-images", type=int, default=1536)
+    p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"),
+                   help="where FashionMNIST/ is (the end-to-end run; digits if absent)")
     p.add_argument("--eval", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--eval-images", type=int, default=256)
     p.add_argument("--eval-batch", type=int, default=128)
@@ -815,11 +926,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for m in args.methods:
         if m not in METHODS:
             p.error(f"unknown method {m!r} (valid: {', '.join(METHODS)})")
+    args.cpu_settings = [v.strip() for v in args.cpu_settings.split(",") if v.strip()]
+    for v in args.cpu_settings:
+        if v not in SETTINGS:
+            p.error(f"unknown setting {v!r} (valid: {', '.join(SETTINGS)})")
+    if args.compile and "bf16+channels_last+compile" not in args.cpu_settings:
+        args.cpu_settings.append("bf16+channels_last+compile")
     args.sweep_steps = [int(v) for v in args.sweep_steps.split(",")]
     args.sweep_batches = [int(v) for v in args.sweep_batches.split(",")]
     if args.quick:
         args.repeats, args.eval_repeats = min(args.repeats, 3), 1
-        args.sweep, args.memory = False, False
+        args.sweep, args.memory, args.e2e = False, False, False
         args.eval_images = min(args.eval_images, args.eval_batch)
     if args.write is None:
         args.write = not args.quick
@@ -835,8 +952,6 @@ def main(argv: list[str] | None = None) -> int:
         device = torch.device("cuda", torch.cuda.current_device())
     if args.model is None:
         args.model = "small_cnn" if device.type == "cpu" else "preact_resnet18"
-    if args.amp is None:
-        args.amp = device.type == "cuda"
     if args.threads is None:
         args.threads = 1 if device.type == "cpu" else 0
     if args.threads > 0:
@@ -859,13 +974,15 @@ def main(argv: list[str] | None = None) -> int:
     evaluation = bench_eval(args, device) if args.eval else None
     sweep = bench_sweep(args, device) if args.sweep else []
     memory = bench_memory(args, device) if args.memory else {}
+    e2e = bench_e2e(args) if args.e2e and device.type == "cpu" else None
     env["load_average_end"] = C.load_average()
-    text = report(args, device, env, checks, train, evaluation, sweep, memory)
+    text = report(args, device, env, checks, train, evaluation, sweep, memory, e2e)
     print("\n" + text)
     if args.json:
         Path(args.json).write_text(json.dumps(
             {"env": env, "args": vars(args), "checks": checks, "train": train,
-             "eval": evaluation, "sweep": sweep, "memory": memory}, indent=1, default=str))
+             "eval": evaluation, "sweep": sweep, "memory": memory, "e2e": e2e}, indent=1,
+            default=str))
     if args.write:
         key = f"bench {device.type} {args.model} b{args.batch} k{args.steps}"
         if device.type == "cpu":

@@ -237,3 +237,32 @@ def test_fast_path_off_is_plain_fp32_nchw(monkeypatch) -> None:
     assert not trainer.fast_path.amp and not trainer.fast_path.channels_last
     conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous()
+
+
+# ------------------------------------------------------------------ the benchmark
+
+
+def test_benchmark_times_every_cpu_setting_against_the_reference(tmp_path: Path) -> None:
+    """A tiny run of ``benchmarks/bench.py``: one row per CPU setting, each with its paired
+    ratio to the reference, the loop's default marked, and the report's targets table."""
+    import importlib.util
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("_bench_fastpath", REPO / "benchmarks" /
+                                                  "bench.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "b.json"
+    assert bench.main(["--quick", "--batch", "8", "--check-batch", "8", "--steps", "1",
+                       "--methods", "pgd_at", "--repeats", "2", "--no-eval", "--no-flops",
+                       "--cpu-settings", "fp32,bf16+channels_last", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    rows = {r["impl"]: r for r in doc["train"]}
+    assert set(rows) == {"reference", "ours:fp32", "ours:bf16+channels_last"}
+    for impl in ("ours:fp32", "ours:bf16+channels_last"):
+        r = rows[impl]
+        assert len(r["times"]) == 2 and r["ratio"]["median"] > 0
+        assert r["setting"] == impl.split(":", 1)[1]
+    assert doc["e2e"] is None  # --quick skips the end-to-end runs
