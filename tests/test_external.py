@@ -230,6 +230,7 @@ def build():
 
 
 INSTANCE = DigitNet()
+COLOUR = nn.Conv2d(3, 10, 1)  # a model for 3-channel images
 '''
 
 
@@ -295,6 +296,8 @@ def test_eval_model_errors_are_one_line_exit_2(user_module: Path,
         (["--model", "h13a_usernet:build", "--dataset", "digits", "--out", str(a_file)],
          "not a folder"),
         ([], "give a run directory, or --model"),
+        (["--model", "h13a_usernet:COLOUR", "--dataset", "digits", "--out",
+          str(user_module / "o")], "fails on digits images of shape (1, 8, 8)"),
     ]
     for args, message in cases:
         assert main(["eval", *args, "--no-progress"]) == 2

@@ -11,8 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
+from spat.data import Split
 from spat.errors import SpatError
 from spat.evaluation.attacks import DEFAULT_ATTACKS
 from spat.evaluation.protocol import Log, evaluate
@@ -94,6 +96,7 @@ def evaluate_model(
     if meta is not None and meta.get("input_shape") not in (None, shape):
         raise SpatError(f"{spec} takes inputs of shape {meta['input_shape']} but {info.name} "
                         f"images are {shape}")
+    _probe(net, data.test, dev, spec, info.name)
     defaults = DATASET_DEFAULTS.get(info.name)
     if eps is None:
         if defaults is None:
@@ -119,3 +122,20 @@ def evaluate_model(
     )
     report.save(out_dir)
     return report, out_dir
+
+
+def _probe(net: nn.Module, split: Split, device: torch.device, spec: str, dataset: str) -> None:
+    """One forward pass on two test images: a model that does not fit the data (channels, size,
+    output shape) is a one-line error here rather than a traceback inside an attack."""
+    x = split.images[:2].to(device)
+    x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+    try:
+        with torch.no_grad():
+            out = net(x)
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise SpatError(f"{spec} fails on {dataset} images of shape {tuple(x.shape[1:])}: "
+                        f"{' '.join(str(e).split())[:200]}") from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise SpatError(f"{spec} must return logits of shape (N, K); got {got} for N = "
+                        f"{x.shape[0]}")
