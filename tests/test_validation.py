@@ -130,7 +130,7 @@ CASES: dict[str, tuple[Setup, str]] = {
         lambda t, r: ((r / "data.json").write_text(
             (r / "data.json").read_text().replace('"num_classes": 10', '"num_classes": 3')),
             ["eval", str(r), "--no-progress"])[1],
-        "10 classes but the data has 3"),
+        "'class_names' has 10 names for 3 classes"),
 }
 
 

@@ -277,6 +277,10 @@ def load_state(folder: str | os.PathLike[str]) -> dict[str, Any]:
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise SpatError(f"checkpoint state {path} is unreadable or corrupted "
                         f"({' '.join(str(e).split())[:200]})") from None
+    except Exception as e:  # random bytes reach the unpickler's internals: IndexError, KeyError,
+        # struct.error, ... — corrupted data either way (nothing was executed: weights_only)
+        raise SpatError(f"checkpoint state {path} is unreadable or corrupted "
+                        f"({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
     if not isinstance(state, dict):
         raise SpatError(f"checkpoint state {path} is not a dictionary (got "
                         f"{type(state).__name__})")
@@ -285,13 +289,25 @@ def load_state(folder: str | os.PathLike[str]) -> dict[str, Any]:
 
 def load_weights(folder: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """The model weights of a checkpoint folder, or of a safetensors file given by its path
-    (data only, never code)."""
+    (data only, never code).
+
+    The one loader of weights (resume, eval, analyze, compare, export all come here): weights
+    holding NaN or inf are refused with a one-line ``SpatError`` naming the tensor, so no
+    command trains on, evaluates or exports a broken model.
+    """
+    from spat.validation import check_finite_tensors
+
     path = Path(folder)
     path = path if path.is_file() else path / WEIGHTS
     if not path.exists():
         raise SpatError(f"checkpoint weights missing: {path}")
     try:
-        return load_file(str(path), device="cpu")
+        weights = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
         raise SpatError(f"checkpoint weights {path} are unreadable or corrupted "
                         f"({' '.join(str(e).split())[:200]})") from None
+    except Exception as e:  # anything else a corrupted file provokes in the parser
+        raise SpatError(f"checkpoint weights {path} are unreadable or corrupted "
+                        f"({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
+    check_finite_tensors(weights, str(path))
+    return weights

@@ -463,7 +463,8 @@ def _train(
             raw = read_json_object(run_dir / "config.json", what="run config")
             _record_resume(run_dir, raw, cfg, changes, trainer.start_epoch)
 
-        dist.on_main(record)
+        if changes or trainer.start_epoch < (cfg.epochs or 0):  # a re-report writes nothing
+            dist.on_main(record)
     else:
         files = {"config.json": json.dumps(cfg.to_dict(), indent=2),
                  "env.json": json.dumps({**environment(device),

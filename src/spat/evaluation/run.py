@@ -13,6 +13,8 @@ from spat.evaluation.attacks import DEFAULT_ATTACKS
 from spat.evaluation.protocol import Log, evaluate
 from spat.evaluation.report import EvalReport
 from spat.train.distributed import SINGLE, DistContext
+from spat.utils.lock import FolderClaim
+from spat.validation import check_output_dir
 
 #: Subfolder of the output folder holding finished attacks and AutoAttack's running state.
 STATE_SUBDIR = "attacks"
@@ -77,7 +79,7 @@ def evaluate_run(
     model.to(dev)
     folder = Path(state["folder"])
     run = run_dir_of(folder)
-    out_dir = Path(out) if out is not None else run / "eval"
+    out_dir = check_output_dir(Path(out) if out is not None else run / "eval", "--out")
     the_norm = (norm or cfg.norm).lower()
     if eps is None and the_norm != cfg.norm:
         raise SpatError(f"the run was trained with norm {cfg.norm!r}; give --eps for an "
@@ -101,21 +103,29 @@ def evaluate_run(
         "config": cfg.to_dict(),
         "environment": environment(dev),
     }
-    report = evaluate(
-        model, data.test, eps=the_eps, attacks=keys, norm=the_norm, n_examples=n_examples,
-        seed=seed, restarts=restarts, step_size=step_size, batch_size=batch_size, device=dev,
-        class_names=list(info.class_names), state_dir=out_dir / STATE_SUBDIR, resume=resume,
-        sanity_examples=sanity_examples, progress=progress, console=console, log=log,
-        metadata=metadata, dist=dist,
-    )
-    if dist.is_main:
-        report.save(out_dir)
-        if tensorboard:
-            from spat.utils.tensorboard import TensorBoardLog
+    # one writer per output folder: a second `spat eval` of the same run (same --out) stops
+    # with one line naming the first; the folder is removed again if a refusal leaves it empty
+    claim = FolderClaim(out_dir, "the evaluation output")
+    dist.on_main(claim.acquire)
+    try:
+        report = evaluate(
+            model, data.test, eps=the_eps, attacks=keys, norm=the_norm, n_examples=n_examples,
+            seed=seed, restarts=restarts, step_size=step_size, batch_size=batch_size,
+            device=dev, class_names=list(info.class_names), state_dir=out_dir / STATE_SUBDIR,
+            resume=resume, sanity_examples=sanity_examples, progress=progress,
+            console=console, log=log, metadata=metadata, dist=dist,
+        )
+        if dist.is_main:
+            report.save(out_dir)
+            if tensorboard:
+                from spat.utils.tensorboard import TensorBoardLog
 
-            tb = TensorBoardLog(run)
-            try:
-                tb.eval_report(report.data, metadata["epoch"] or 0)
-            finally:
-                tb.close()
+                tb = TensorBoardLog(run)
+                try:
+                    tb.eval_report(report.data, metadata["epoch"] or 0)
+                finally:
+                    tb.close()
+    finally:
+        if dist.is_main:
+            claim.release()
     return report, out_dir

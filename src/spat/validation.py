@@ -1,0 +1,367 @@
+"""One validation layer for everything ``spat`` reads from disk.
+
+Every file a command reads — a TOML/JSON config, a checkpoint's ``state.pt`` contents, a pointer
+file, a run's ``config.json``/``data.json``/``summary.json``, an eval report — goes through the
+small typed checkers here. A failure is a one-line :class:`~spat.errors.SpatError` naming the file
+and the field (``<file>: field 'epochs' must be an integer, got 2.5``), which the CLI prints as
+``spat: error: ...`` with exit code 2. Nothing here writes a file.
+
+The checks are *data-driven*: a dataclass's field annotations (``int``, ``float | None``,
+``str``, ``bool``, ``tuple[str, ...]``) say what each field accepts, so a field added to
+:class:`~spat.train.config.TrainConfig` or :class:`~spat.data.DatasetInfo` is checked without
+touching this module. Ranges and cross-field rules stay with their owners (``validate()``).
+
+Rules (stricter than Python's coercions, because a file that says ``epochs = true`` or
+``deterministic = "yes"`` was not written by ``spat``): ``bool`` accepts only ``true``/``false``;
+``int`` accepts integers (not booleans, not ``2.5``, not ``"3"``); ``float`` accepts finite
+integers and floats (and, for the fields in :data:`FRACTION_FIELDS`, a fraction string such as
+``"8/255"``, as the command line does); ``str`` accepts strings; ``X | None`` also accepts
+``null`` (JSON) — TOML has no null, so there the key is simply left out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import types
+import typing
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spat.errors import SpatError
+
+#: Fields whose value may be written as a fraction string (``"8/255"``): ε and step sizes.
+FRACTION_FIELDS = frozenset({"eps", "step_size"})
+
+
+def one_line(text: object, limit: int = 200) -> str:
+    """``text`` with its whitespace collapsed, cut to ``limit`` characters."""
+    s = " ".join(str(text).split())
+    return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+def _show(value: Any) -> str:
+    return one_line(repr(value), 80)
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a table/object", type(None): "null"}.get(
+        type(value), type(value).__name__)
+
+
+def _parse_fraction(text: str) -> float | None:
+    t = text.strip()
+    try:
+        if "/" in t:
+            a, b = t.split("/", 1)
+            return float(a) / float(b)
+        return float(t)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def check_value(value: Any, annotation: Any, *, where: str, field: str) -> Any:
+    """``value`` checked against a type ``annotation``; returns it (a fraction string parsed).
+
+    Supported annotations: ``bool``, ``int``, ``float``, ``str``, unions with ``None``,
+    ``tuple[X, ...]``/``list[X]`` (a list of X; returned as a tuple for tuples) and ``Any``.
+    Raises a one-line :class:`SpatError` naming ``where`` and ``field``.
+    """
+    def fail(expected: str) -> SpatError:
+        return SpatError(f"{where}: field {field!r} must be {expected}, got {_type_name(value)} "
+                         f"{_show(value)}")
+
+    if annotation is Any:
+        return value
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None:
+            if type(None) in options:
+                return None
+            raise fail(" or ".join(_describe(a) for a in options))
+        inner = [a for a in options if a is not type(None)]
+        errors = []
+        for a in inner:
+            try:
+                return check_value(value, a, where=where, field=field)
+            except SpatError as e:
+                errors.append(e)
+        if len(inner) == 1:
+            raise errors[0]
+        raise fail(" or ".join(_describe(a) for a in options))
+    if origin in (tuple, list):
+        args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+        if not isinstance(value, list | tuple):
+            raise fail(f"a list of {_describe(args[0]) if args else 'values'}")
+        items = [check_value(v, args[0], where=where, field=f"{field}[{i}]") if args else v
+                 for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise fail("true or false")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail("an integer")
+        return value
+    if annotation is float:
+        if isinstance(value, str) and field in FRACTION_FIELDS:
+            parsed = _parse_fraction(value)
+            if parsed is None:
+                raise fail("a number or a fraction such as 8/255")
+            value = parsed
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise fail("a number")
+        if not math.isfinite(value):
+            raise fail("a finite number")
+        return value
+    if annotation is str:
+        if not isinstance(value, str):
+            raise fail("a string")
+        return value
+    if annotation is list:
+        if not isinstance(value, list):
+            raise fail("a list")
+        return value
+    if annotation is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise fail("a table/object")
+        return value
+    raise TypeError(f"check_value: unsupported annotation {annotation!r}")  # a bug, not input
+
+
+def _describe(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin in (tuple, list):
+        args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+        return f"a list of {_describe(args[0]) if args else 'values'}"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+            type(None): "null"}.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    """The resolved annotation of each field of dataclass ``cls`` (works with postponed
+    annotations)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def check_fields(values: Mapping[str, Any], cls: type, *, where: str,
+                 required: bool = False, allow_unknown: bool = False,
+                 legacy: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``values`` checked field by field against dataclass ``cls``'s annotations.
+
+    Unknown keys are an error (listing the valid ones) unless ``allow_unknown`` (then they are
+    dropped); with ``required``, every field without a default must be present. ``legacy``:
+    an older annotation still accepted for a field (files written by an earlier version), the
+    owner converts. Returns the checked values (fraction strings parsed, lists turned into
+    tuples where the field is one).
+    """
+    if not isinstance(values, Mapping):
+        raise SpatError(f"{where}: expected a table/object of settings, got "
+                        f"{_type_name(values)}")
+    types_ = field_types(cls)
+    out: dict[str, Any] = {}
+    unknown = sorted(str(k) for k in values if k not in types_)
+    if unknown and not allow_unknown:
+        raise SpatError(f"{where}: unknown key(s) {', '.join(unknown)} "
+                        f"(valid: {', '.join(types_)})")
+    for key, value in values.items():
+        if key in types_:
+            annotation = types_[key]
+            if legacy and key in legacy:
+                annotation = annotation | legacy[key]
+            out[key] = check_value(value, annotation, where=where, field=key)
+    if required:
+        missing = [f.name for f in dataclasses.fields(cls)
+                   if f.name not in out and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise SpatError(f"{where}: missing field(s) {', '.join(missing)}")
+    return out
+
+
+# ----------------------------------------------------------------------------- JSON files
+def read_json_object(path: str | os.PathLike[str], *, what: str = "file") -> dict[str, Any]:
+    """A JSON file that must hold an object; a missing, unreadable or non-object file is a
+    one-line :class:`SpatError` naming it."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpatError(f"{what} not found: {p}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpatError(f"{what} {p} is unreadable ({type(e).__name__}: {one_line(e)})") from None
+    try:
+        data = json.loads(text, parse_constant=_reject_constant)
+    except (json.JSONDecodeError, ValueError, RecursionError) as e:
+        raise SpatError(f"{what} {p} is corrupted (not JSON: {one_line(e, 120)})") from None
+    if not isinstance(data, dict):
+        raise SpatError(f"{what} {p} is corrupted (expected a JSON object, got "
+                        f"{_type_name(data)})")
+    return data
+
+
+def _reject_constant(name: str) -> float:
+    # NaN/Infinity are not JSON; spat writes them as null. A file holding them was edited.
+    raise ValueError(f"non-standard constant {name}")
+
+
+def require(data: Mapping[str, Any], key: str, annotation: Any, *, where: str,
+            check: Callable[[Any], bool] | None = None, expected: str = "") -> Any:
+    """``data[key]`` checked against ``annotation`` (and ``check``, described by ``expected``)."""
+    if key not in data:
+        raise SpatError(f"{where}: missing field {key!r}")
+    value = check_value(data[key], annotation, where=where, field=key)
+    if check is not None and not check(value):
+        raise SpatError(f"{where}: field {key!r} must be {expected}, got {_show(value)}")
+    return value
+
+
+def check_summary(data: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A run's ``summary.json`` (as ``spat train`` writes it): accuracies in [0, 1], counts ≥ 0."""
+    out = dict(data)
+    for key in ("test_clean_acc", "test_robust_acc"):
+        require(data, key, float, where=where, check=lambda v: 0.0 <= v <= 1.0,
+                expected="in [0, 1]")
+    for key in ("test_examples", "best_epoch", "epochs"):
+        require(data, key, int, where=where, check=lambda v: v >= 0, expected=">= 0")
+    require(data, "test_attack", str, where=where)
+    require(data, "test_eps", float, where=where, check=lambda v: 0.0 <= v <= 1.0,
+            expected="in [0, 1]")
+    require(data, "run_dir", str, where=where)
+    return out
+
+
+def check_dataset_info(data: Mapping[str, Any], cls: type, where: str) -> Any:
+    """A run's ``data.json`` as a ``cls`` (:class:`spat.data.DatasetInfo`): every field present
+    and of its annotated type, sizes ≥ 1, at least 2 classes with one name each, one positive
+    mean/std per channel. Extra keys (split sizes) are allowed."""
+    d = check_fields(data, cls, where=where, required=True, allow_unknown=True)
+
+    def bad(msg: str) -> SpatError:
+        return SpatError(f"{where}: {msg}")
+
+    if d["num_classes"] < 2:
+        raise bad(f"field 'num_classes' must be >= 2, got {d['num_classes']}")
+    for key in ("channels", "height", "width"):
+        if d[key] < 1:
+            raise bad(f"field {key!r} must be >= 1, got {d[key]}")
+    if len(d["class_names"]) != d["num_classes"]:
+        raise bad(f"field 'class_names' has {len(d['class_names'])} names for "
+                  f"{d['num_classes']} classes")
+    for key in ("mean", "std"):
+        if len(d[key]) != d["channels"]:
+            raise bad(f"field {key!r} has {len(d[key])} values for {d['channels']} channels")
+    if any(v <= 0 for v in d["std"]):
+        raise bad(f"field 'std' must be > 0, got {list(d['std'])}")
+    return cls(**{k: d[k] for k in field_types(cls)})
+
+
+# ----------------------------------------------------------------------------- tensors
+def check_finite_tensors(tensors: Mapping[str, torch.Tensor], where: str) -> None:
+    """Refuse NaN or infinite values in any floating-point tensor, naming the first one."""
+    for name, t in tensors.items():
+        if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex()):
+            if t.numel() and not bool(torch.isfinite(t).all()):
+                bad = int((~torch.isfinite(t)).sum())
+                raise SpatError(f"{where}: tensor {name!r} holds {bad} non-finite value(s) "
+                                f"(NaN or inf) of {t.numel()}; these weights cannot be used "
+                                "(resume from an earlier checkpoint or retrain)")
+
+
+def check_state(state: Mapping[str, Any], where: str, *, for_resume: bool) -> None:
+    """A checkpoint's ``state.pt`` contents (see :meth:`spat.train.loop.Trainer.state_dict`).
+
+    For loading a model (eval, analyze, compare) only ``config`` (a table, checked as a
+    training config by the caller), ``epoch`` and ``num_classes`` are needed; to resume,
+    also the optimizer, the random-number-generator states and the counters.
+    """
+    if "config" not in state:
+        raise SpatError(f"{where}: missing field 'config' (the run's training settings)")
+    check_value(state["config"], dict, where=where, field="config")
+    if "epoch" in state or for_resume:
+        require(state, "epoch", int, where=where, check=lambda v: v >= 0, expected=">= 0")
+    if "num_classes" in state:
+        require(state, "num_classes", int | None, where=where,
+                check=lambda v: v is None or v >= 2, expected=">= 2")
+    if not for_resume:
+        return
+    require(state, "best_epoch", int, where=where, check=lambda v: v >= -1, expected=">= -1")
+    v = state.get("best_val_robust_acc")
+    if isinstance(v, bool) or not isinstance(v, int | float) or math.isnan(v):
+        raise SpatError(f"{where}: field 'best_val_robust_acc' must be a number, got "
+                        f"{_type_name(v)} {_show(v)}")
+    if "world_size" in state:
+        require(state, "world_size", int, where=where, check=lambda v: v >= 1, expected=">= 1")
+    opt = require(state, "optimizer", dict, where=where)
+    groups = require(opt, "param_groups", list, where=f"{where}: optimizer")
+    require(opt, "state", dict, where=f"{where}: optimizer")
+    for i, g in enumerate(groups):
+        w = f"{where}: optimizer param_groups[{i}]"
+        check_value(g, dict, where=w, field="group")
+        require(g, "params", list[int], where=w)
+    for pid, entry in opt["state"].items():
+        if not isinstance(entry, dict):
+            raise SpatError(f"{where}: optimizer state of parameter {pid!r} must be a table, "
+                            f"got {_type_name(entry)}")
+        check_finite_tensors({f"optimizer state {pid}.{k}": v for k, v in entry.items()}, where)
+    rng = require(state, "rng", dict, where=where)
+    py = require(rng, "python", dict, where=f"{where}: rng")
+    require(py, "version", int, where=f"{where}: rng.python")
+    _tensor(py, "internal", f"{where}: rng.python", dtype=torch.int64, numel=625)
+    npr = require(rng, "numpy", dict, where=f"{where}: rng")
+    require(npr, "kind", str, where=f"{where}: rng.numpy", check=lambda v: v == "MT19937",
+            expected="'MT19937'")
+    _tensor(npr, "keys", f"{where}: rng.numpy", dtype=torch.int64, numel=624)
+    require(npr, "pos", int, where=f"{where}: rng.numpy", check=lambda v: 0 <= v <= 624,
+            expected="in [0, 624]")
+    require(npr, "has_gauss", int, where=f"{where}: rng.numpy")
+    require(npr, "cached_gaussian", float, where=f"{where}: rng.numpy")
+    _tensor(rng, "torch", f"{where}: rng", dtype=torch.uint8)
+
+
+def _tensor(d: Mapping[str, Any], key: str, where: str, *, dtype: torch.dtype,
+            numel: int | None = None) -> torch.Tensor:
+    if key not in d:
+        raise SpatError(f"{where}: missing field {key!r}")
+    t = d[key]
+    if not isinstance(t, torch.Tensor) or t.dtype != dtype or (numel is not None
+                                                              and t.numel() != numel):
+        got = (f"a {t.dtype} tensor of {t.numel()} values" if isinstance(t, torch.Tensor)
+               else _type_name(t))
+        raise SpatError(f"{where}: field {key!r} must be a {dtype} tensor"
+                        f"{f' of {numel} values' if numel else ''}, got {got}")
+    return t
+
+
+# ----------------------------------------------------------------------------- paths
+def check_output_dir(path: str | os.PathLike[str], option: str) -> Path:
+    """Refuse an output folder that is an existing file, or lies under one (one line)."""
+    p = Path(path)
+    for q in (p, *p.parents):
+        if q.exists() or q.is_symlink():
+            if not q.is_dir():
+                what = "is" if q == p else f"lies under {q}, which is"
+                raise SpatError(f"{option} {p} {what} an existing file, not a folder")
+            break
+    return p
+
+
+def check_optimizer_fits(optimizer: torch.optim.Optimizer, where: str) -> None:
+    """After ``load_state_dict``: every per-parameter buffer has its parameter's shape (torch
+    checks only the number of parameters; a wrong shape would fail at the first step)."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for key, buf in optimizer.state.get(param, {}).items():
+                if isinstance(buf, torch.Tensor) and buf.dim() > 0 and buf.shape != param.shape:
+                    raise SpatError(f"{where}: optimizer buffer {key!r} has shape "
+                                    f"{tuple(buf.shape)} but its parameter has "
+                                    f"{tuple(param.shape)} (the state does not fit this model)")
