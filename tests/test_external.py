@@ -348,3 +348,33 @@ def test_evaluate_takes_any_module_and_plain_tensors():
         evaluate(model, (x * 255, y), eps=0.05, attacks="fgsm", sanity_examples=0)
     with pytest.raises(SpatError, match="shape"):
         evaluate(model, (x[0], y), eps=0.05, attacks="fgsm", sanity_examples=0)
+
+
+def test_eval_official_spat_checkpoint_from_the_command_line(tmp_path: Path):
+    """``spat eval --model official-spat`` end to end on 32x32 colour images (an npz dataset):
+    the report's clean accuracy is the reference forward's."""
+    import numpy as np
+
+    g = np.random.default_rng(0)
+    x_test = g.integers(0, 256, size=(20, 32, 32, 3), dtype=np.uint8)
+    y_test = np.arange(20) % 10
+    data = tmp_path / "colour.npz"
+    np.savez(data, x_train=x_test, y_train=y_test, x_test=x_test, y_test=y_test)
+    sd = official_wrn_state(10, 1, seed=5)
+    weights = tmp_path / "model-wrn-epoch100.pt"
+    torch.save(sd, weights)
+    out = tmp_path / "out"
+    assert main(["eval", "--model", "official-spat", "--weights", str(weights), "--dataset",
+                 "npz", "--data-dir", str(data), "--attacks", "fgsm", "--eps", "8/255",
+                 "--sanity-examples", "0", "--out", str(out), "--no-progress"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    x = torch.from_numpy(x_test).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        ref = reference_wrn(sd, x, 10, 1, cosine=True)
+    correct = int((ref.argmax(1) == torch.from_numpy(y_test)).sum())
+    assert report["clean"]["correct"] == correct
+    saved = np.load(out / "predictions.npz")
+    assert saved["clean"].tolist() == ref.argmax(1).tolist()  # every example's prediction
+    assert report["architecture"] == "wrn10_1" and report["head"] == "cosine"
+    assert report["model"] == "official-spat" and report["eps"] == pytest.approx(8 / 255)
+    assert report["attacks"][0]["correct"] <= correct
