@@ -105,12 +105,6 @@ def instantiate(obj: Any, spec: str = "model") -> nn.Module:
     return model
 
 
-def _check_finite(weights: Mapping[str, torch.Tensor], path: Path) -> None:
-    for k, t in weights.items():
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise SpatError(f"weights file {path} holds non-finite values (NaN or inf) in {k!r}")
-
-
 def read_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """A state dict from a weights file: safetensors (through the shared checkpoint loader,
     :func:`spat.checkpoint.load_weights`), or a torch file read with ``weights_only=True`` (a
@@ -150,7 +144,10 @@ def read_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             raise SpatError(f"{p} does not hold a state dict (name → tensor)")
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
-    _check_finite(sd, p)
+    if not is_safetensors:  # the safetensors loader checked already
+        from spat.validation import check_finite_tensors
+
+        check_finite_tensors(sd, str(p))
     return dict(sd)
 
 
