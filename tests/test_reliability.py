@@ -437,3 +437,30 @@ def test_compare_runs_whose_files_are_symlinks(run: Path, tmp_path: Path, capsys
     assert code == 0, err
     assert "Traceback" not in err
     assert (tmp_path / "cmp" / "comparison.json").is_file()
+
+
+# ----------------------------------------------------------------------------- --download
+def test_failed_download_removes_what_it_wrote_and_keeps_what_was_there(tmp_path: Path,
+                                                                       monkeypatch) -> None:
+    import torchvision.datasets as tvd
+
+    from spat.data.mnist import download_mnist
+
+    root = tmp_path / "data"
+    (root / "MNIST" / "raw").mkdir(parents=True)
+    mine = root / "MNIST" / "raw" / "my-notes.txt"
+    mine.write_text("kept")
+
+    class Offline:  # what torchvision leaves when the network drops mid-way
+        def __init__(self, root: str, train: bool, download: bool) -> None:
+            raw = Path(root) / "MNIST" / "raw"
+            (raw / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b partial")
+            (raw / "train-images-idx3-ubyte").write_bytes(b"\x00" * 1000)  # extracted
+            (Path(root) / "MNIST" / "processed").mkdir()
+            raise RuntimeError("Error downloading train-labels-idx1-ubyte.gz")
+
+    monkeypatch.setattr(tvd, "MNIST", Offline)
+    with pytest.raises(SpatError, match="download of mnist .* failed"):
+        download_mnist(root, "mnist")
+    assert snapshot(root) == {"MNIST": "dir", "MNIST/raw": "dir",
+                              "MNIST/raw/my-notes.txt": hashlib.md5(b"kept").hexdigest()}

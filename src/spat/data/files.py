@@ -121,3 +121,32 @@ def safe_unpickle(path: Path) -> Any:
         raise SpatError(
             f"cannot read {path}: not a valid pickle ({type(e).__name__}: {one_line(e)})"
         ) from e
+
+
+def existing_paths(root: Path) -> set[Path]:
+    """Every file and folder under ``root`` (and ``root`` itself) that exists now."""
+    root = Path(root)
+    if not root.exists():
+        return set()
+    found = {root}
+    for p in root.rglob("*"):
+        found.add(p)
+    return found
+
+
+def remove_new_paths(root: Path, before: set[Path]) -> list[Path]:
+    """Delete what appeared under ``root`` since ``before`` (:func:`existing_paths`): the
+    partial archive and the files extracted from it by a download that failed. Files that were
+    there before are kept. Returns what was removed."""
+    import shutil
+
+    removed = []
+    for p in sorted(existing_paths(root) - before, key=lambda q: len(q.parts)):
+        if not (p.exists() or p.is_symlink()):
+            continue  # inside a folder removed already
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed

@@ -11,7 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from spat.data.files import files_ok, one_line, require_file, verify_md5
+from spat.data.files import (
+    existing_paths,
+    files_ok,
+    one_line,
+    remove_new_paths,
+    require_file,
+    verify_md5,
+)
 from spat.data.types import RawDataset
 from spat.errors import SpatError, unknown_name
 
@@ -97,10 +104,12 @@ def download_mnist(root: str | Path, which: str) -> None:
     from torchvision import datasets
 
     cls = datasets.MNIST if which == "mnist" else datasets.FashionMNIST
+    before = existing_paths(Path(root))
     Path(root).mkdir(parents=True, exist_ok=True)
     try:
         cls(str(root), train=True, download=True)
     except Exception as e:  # network or integrity failures
+        remove_new_paths(Path(root), before)  # the partial archive and its extracts
         raise SpatError(f"download of {which} into {root} failed: {one_line(e)}") from e
 
 

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import numpy as np
 
-from spat.data.files import files_ok, one_line, require_file, verify_md5
+from spat.data.files import (
+    existing_paths,
+    files_ok,
+    one_line,
+    remove_new_paths,
+    require_file,
+    verify_md5,
+)
 from spat.data.types import RawDataset
 from spat.errors import SpatError
 
@@ -54,11 +61,13 @@ def download_svhn(root: str | Path) -> None:
     from torchvision.datasets import SVHN
     from torchvision.datasets.utils import download_url
 
+    before = existing_paths(Path(root))
     try:
         for split in ("train", "test"):
             url, name, md5 = SVHN.split_list[split]
             download_url(url, str(root), name, md5)
     except Exception as e:  # network or integrity failures
+        remove_new_paths(Path(root), before)  # the partial archive and its extracts
         raise SpatError(f"download of svhn into {root} failed: {one_line(e)}") from e
 
 
