@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import textwrap
 import time
 from typing import Any
@@ -153,6 +154,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = Console(highlight=False)
     t0 = time.perf_counter()
     if args.model is not None or args.run is None:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise SpatError("--model evaluates in one process; run it without torchrun (a run "
+                            "directory can be evaluated sharded)")
         report, out_dir = _eval_model(args, keys, out)
     else:
         for flag in ("weights", "dataset"):
@@ -189,7 +193,9 @@ def _eval_model(args: argparse.Namespace, keys: list[str], out: Any) -> tuple[An
     from rich.console import Console
 
     from spat.evaluation.external import evaluate_model
+    from spat.utils.log import info, quiet
 
+    del out  # messages go through spat's logger (-q/-v), as for a run
     if args.model is None:
         raise SpatError("give a run directory, or --model (with --dataset)")
     if args.run is not None:
@@ -202,6 +208,6 @@ def _eval_model(args: argparse.Namespace, keys: list[str], out: Any) -> tuple[An
         n_examples=args.n_examples, seed=args.seed, restarts=args.restarts,
         step_size=args.step_size, batch_size=args.batch_size, device=args.device,
         cosine_scale=args.cosine_scale, resume=args.resume,
-        sanity_examples=args.sanity_examples, progress=not args.no_progress,
-        console=Console(stderr=True), log=lambda s: out.print(s, markup=False),
+        sanity_examples=args.sanity_examples, progress=not (args.no_progress or quiet()),
+        console=Console(stderr=True), log=info,
     )
