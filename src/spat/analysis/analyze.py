@@ -2,7 +2,7 @@
 
 :func:`collect` gathers everything (predictions clean and under each attack on the test split,
 the confusion matrices, class similarities, the per-epoch table) into a :class:`RunAnalysis`;
-:func:`write_analysis` writes its numbers (JSON, CSV), plots (PNG) and ``report.md``.
+:func:`write_analysis` writes its numbers (JSON, CSV), plots (PNG + PDF) and ``report.md``.
 
 Predictions come from ``RUN/eval/predictions.npz`` (written by ``spat eval``; every attack in
 it is used) when that exists; otherwise clean and PGD-20 predictions at the run's ε are computed
@@ -33,6 +33,7 @@ from spat.analysis.similarity import class_mean_features, feature_similarity, he
 from spat.analysis.stats import (
     Concentration,
     RankCorrelation,
+    class_totals,
     concentration,
     directed_flow_matrix,
     directed_flows,
@@ -530,29 +531,35 @@ def write_analysis(ra: RunAnalysis, out_dir: str | os.PathLike[str] | None = Non
         "over_training": ra.training,
     }
     files["analysis.json"] = write_json(out / "analysis.json", analysis)
-    # plots ---------------------------------------------------------------------------------
-    title = f"{ra.label} — {ra.config.get('dataset')} ({len(ra.predictions)} test examples)"
+    # plots (each a PNG and a PDF) ------------------------------------------------------------
+    who = plots.subject(ra.label, ra.config.get("model"), ra.config.get("dataset"),
+                        len(ra.predictions))
+    n_class = class_totals(ra.confusions["clean"])
     for key in ra.attacks:
         files[f"confusion_{slug(key)}.png"] = plots.plot_confusion(
             ra.confusions[key], names, out / f"confusion_{slug(key)}.png", attack=key,
-            title=f"{title}: adversarial confusion under {key}")
+            title=f"{who}: adversarial confusion under {key}")
     files["hard_pairs.png"] = plots.plot_hard_pairs(
         directed_flows(ra.confusions[primary]), names, out / "hard_pairs.png", attack=primary,
-        title=f"{ra.label}: top hard class pairs (true→predicted) under {primary}")
+        title=f"{who}\ntop hard class pairs (true→predicted) under {primary}")
     accs = {("clean" if key == "clean" else key): per_class_accuracy(m)
             for key, m in ra.confusions.items()}
     files["per_class_accuracy.png"] = plots.plot_per_class_accuracy(
-        accs, names, out / "per_class_accuracy.png",
-        title=f"{ra.label}: per-class test accuracy")
+        accs, names, out / "per_class_accuracy.png", n=n_class,
+        title=f"{who}: per-class test accuracy")
     if ra.training:
         files["training.png"] = plots.plot_training(
             ra.training, out / "training.png", num_classes=k,
-            title=f"{ra.label}: training (validation split)")
+            title=f"{plots.subject(ra.label, ra.config.get('model'), ra.config.get('dataset'))}"
+                  ": training (validation split)")
     if ra.similarities:
         corr = {s: ra.correlations[f"{s} / directed"] for s in ra.similarities}
         files["similarity_flow.png"] = plots.plot_similarity_flow(
             ra.similarities, ra.confusions[primary], names, out / "similarity_flow.png",
-            attack=primary, correlations=corr)
+            attack=primary, correlations=corr,
+            title=f"{who}: class similarity vs adversarial flow under {primary}")
+    for name in [f for f in files if f.endswith(".png")]:
+        files[name[:-4] + ".pdf"] = plots.output_paths(files[name])["pdf"]
     files["report.md"] = out / "report.md"
     atomic_write_text(out / "report.md", render_report(ra, files, per_class))
     for name in OPTIONAL_OUTPUTS:  # a stale one from an earlier analysis would mislead
@@ -563,7 +570,7 @@ def write_analysis(ra: RunAnalysis, out_dir: str | os.PathLike[str] | None = Non
 
 #: Outputs that are not always written (no features, no metrics.jsonl).
 OPTIONAL_OUTPUTS = ("similarity_head.csv", "similarity_features.csv", "over_training.csv",
-                    "training.png", "similarity_flow.png")
+                    "training.png", "similarity_flow.png", "training.pdf", "similarity_flow.pdf")
 
 
 def _conc_dict(c: Concentration, names: Sequence[str]) -> dict[str, Any]:
@@ -635,8 +642,11 @@ def render_report(ra: RunAnalysis, files: dict[str, Path], per_class: Sequence[d
     lines += ["## Adversarial confusion", "",
               "Left: each row is the distribution of the predicted class for the test examples "
               "of the true class (diagonal = accuracy). Right: only the misclassified examples "
-              "of each class, diagonal masked (its accuracy is written in the grey cell) — a "
-              "dark cell means that most of that row's errors land on that column.", ""]
+              "of each class, diagonal masked (the number of correct predictions in grey) — a "
+              "dark cell means that most of that row's errors land on that column. The cells "
+              "hold counts and `n=` at the right end of a row is its total, so a dark cell in "
+              "a row with n=1 is one example. Every figure is also written as a PDF next to "
+              "its PNG.", ""]
     for key in ra.attacks:
         lines += img(f"confusion_{slug(key)}.png", f"confusion under {key}")
     lines += ["## Hard class pairs", ""]

@@ -65,8 +65,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     c.add_argument("runs", metavar="RUN", nargs="+", help="run directories (same dataset)")
     c.add_argument("--labels", default=None, help="comma-separated labels, one per run "
                    "(default: the method, e.g. PGD-AT,SPAT)")
-    c.add_argument("--out", default=None, help="output folder (default "
-                   "runs/compare-<timestamp>)")
+    c.add_argument("--out", default=None, help="output folder (default: next to the first "
+                   "run, <parent of RUN_A>/compare-<RUN_A>_vs_<RUN_B>)")
     c.add_argument("--class", dest="class_name", default=None,
                    help="class of the target-distribution plot (default: the most-attacked "
                    "class, the largest mean drop from clean to robust accuracy)")
@@ -77,12 +77,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def cmd_analyze(args: argparse.Namespace) -> int:
     """Run ``spat analyze``."""
     from spat.analysis.analyze import collect, write_analysis
+    from spat.analysis.compare import check_out_dir
 
     check_which(args.which)
     run = Path(args.run)
     if not run.is_dir():
         raise SpatError(f"run directory {run} not found")
-    out = Path(args.out) if args.out else run / "analysis"
+    out = check_out_dir(args.out) if args.out else run / "analysis"
     ra = collect(run, out, which=args.which, attack=args.attack, limit=args.max_examples,
                  batch_size=args.batch_size, device=args.device, data_dir=args.data_dir,
                  features=args.features, recompute=args.recompute, steps=args.steps)
@@ -108,24 +109,31 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     for name, c in ra.correlations.items():
         print(f"  similarity vs flow, {name}: {c.text()}")
     print(f"wrote {len(files)} files to {out}: report.md, analysis.json, CSVs, "
-          f"{sum(1 for f in files if f.endswith('.png'))} PNGs")
+          f"{sum(1 for f in files if f.endswith('.png'))} figures (PNG + PDF)")
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Run ``spat compare``."""
-    from spat.analysis.compare import compare_runs, default_compare_dir, parse_labels
+    from spat.analysis.compare import (
+        check_out_dir,
+        compare_runs,
+        default_compare_dir,
+        parse_labels,
+    )
 
     check_which(args.which)
     for r in args.runs:
         if not Path(r).is_dir():
             raise SpatError(f"run directory {r} not found")
     labels = parse_labels(args.labels, len(args.runs))
-    out = Path(args.out) if args.out else default_compare_dir()
+    out = check_out_dir(args.out if args.out else default_compare_dir(args.runs))
     _, files = compare_runs(args.runs, labels=labels, out_dir=out, attack=args.attack,
                             class_name=args.class_name, which=args.which,
                             limit=args.max_examples, batch_size=args.batch_size,
                             device=args.device, data_dir=args.data_dir,
                             recompute=args.recompute, steps=args.steps)
-    print(f"wrote {', '.join(sorted(files))} to {out}")
+    figures = sum(1 for f in files if f.endswith(".png"))
+    print(f"wrote {', '.join(f for f in files if f.startswith('comparison'))}"
+          + (f" and {figures} figures (PNG + PDF)" if figures else "") + f" to {out}")
     return 0

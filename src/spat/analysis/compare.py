@@ -5,14 +5,16 @@ come from ``RUN/eval/predictions.npz`` or are computed once and cached in ``RUN/
 the runs must be on the same classes. Written to the output folder: ``comparison.md``,
 ``comparison.csv``, ``comparison.json``, ``target_distribution.png`` (where the adversarial
 examples of the most-attacked class go, per run), ``confusion_pair.png`` (the runs'
-misclassified-normalised confusion matrices on one colour scale) and ``per_class_robust.png``.
+misclassified-normalised confusion matrices on one colour scale) and ``per_class_robust.png``
+(each figure also as a PDF). Without an output folder, it is :func:`default_compare_dir`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
-import time
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,16 +32,37 @@ from spat.analysis.analyze import (
     write_csv,
     write_json,
 )
-from spat.analysis.stats import per_class_accuracy
+from spat.analysis.stats import class_totals, per_class_accuracy
 from spat.errors import SpatError
 from spat.utils.io import atomic_write_text
 
 Log = Callable[[str], None]
 
 
-def default_compare_dir() -> Path:
-    """``runs/compare-<YYYYmmdd-HHMMSS>``."""
-    return Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+def default_compare_dir(runs: Sequence[str | os.PathLike[str]]) -> Path:
+    """Where ``spat compare`` writes without ``--out``: next to the first run, named after the
+    runs' directories, ``<parent of RUN_A>/compare-<RUN_A>_vs_<RUN_B>…`` (the same runs give
+    the same folder, so comparing again updates it). A name longer than 100 characters is cut
+    and ends with a hash of all the runs' paths."""
+    if not runs:
+        raise SpatError("compare needs at least one run directory")
+    paths = [Path(r) for r in runs]
+    first = paths[0].resolve() if paths[0].name in ("", ".", "..") else paths[0]
+    parts = [re.sub(r"[^A-Za-z0-9._+-]+", "_", p.resolve().name if p.name in ("", ".", "..")
+                    else p.name).strip("_") or "run" for p in paths]
+    name = "compare-" + "_vs_".join(parts)
+    if len(name) > 100:
+        digest = hashlib.sha256("\0".join(str(p.resolve()) for p in paths).encode())
+        name = name[:90].rstrip("_-.") + "-" + digest.hexdigest()[:8]
+    return first.parent / name
+
+
+def check_out_dir(out: str | os.PathLike[str]) -> Path:
+    """``out`` as a Path; :class:`SpatError` (one line) if it exists and is not a folder."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise SpatError(f"--out {path} exists and is not a folder")
+    return path
 
 
 def parse_labels(text: str | Sequence[str] | None, n: int) -> list[str] | None:
@@ -105,6 +128,7 @@ def compare_runs(
         raise SpatError("compare needs at least one run directory")
     if labels is not None and len(labels) != len(runs):
         raise SpatError(f"--labels gives {len(labels)} labels for {len(runs)} runs")
+    out = check_out_dir(out_dir if out_dir is not None else default_compare_dir(runs))
     analyses = []
     for i, run in enumerate(runs):
         log(f"[{i + 1}/{len(runs)}] {run}")
@@ -137,20 +161,11 @@ def compare_runs(
     for a in analyses:
         all_attacks += [k for k in a.attacks if k not in all_attacks]
     rows = [_row(a, all_attacks, cls) for a in analyses]
-    out = Path(out_dir) if out_dir is not None else default_compare_dir()
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
     pairs = [(a.label, a.confusions[prim]) for a in analyses]
     if plots_too:
-        files["target_distribution.png"] = plots.plot_target_distribution(
-            pairs, names, cls, out / "target_distribution.png", attack=prim,
-            title=f"{analyses[0].config.get('dataset')}: where the misclassified {names[cls]} "
-                  f"examples go under {prim}")
-        files["confusion_pair.png"] = plots.plot_confusion_grid(
-            pairs, names, out / "confusion_pair.png", attack=prim)
-        files["per_class_robust.png"] = plots.plot_per_class_compare(
-            [(a.label, per_class_accuracy(a.confusions[prim])) for a in analyses], names,
-            out / "per_class_robust.png", attack=prim)
+        files.update(_plots(analyses, pairs, names, cls, prim, out))
     header, table = _table(rows, all_attacks, prim, names[cls])
     files["comparison.csv"] = write_csv(out / "comparison.csv", list(rows[0]),
                                         [list(r.values()) for r in rows])
@@ -165,6 +180,33 @@ def compare_runs(
     print_table(header, table, title=f"{analyses[0].config.get('dataset')}: "
                 f"{len(analyses)} runs, flows under {prim}")
     return rows, files
+
+
+def _plots(analyses: Sequence[RunAnalysis], pairs: Sequence[tuple[str, Any]],
+           names: Sequence[str], cls: int, prim: str, out: Path) -> dict[str, Path]:
+    """The comparison's figures (each PNG + PDF), titled with the runs, model(s) and dataset."""
+    models = list(dict.fromkeys(str(a.config.get("model")) for a in analyses))
+    sizes = {len(a.predictions) for a in analyses}
+    who = plots.subject(" vs ".join(a.label for a in analyses), " / ".join(models),
+                        analyses[0].config.get("dataset"),
+                        sizes.pop() if len(sizes) == 1 else None)
+    files = {
+        "target_distribution.png": plots.plot_target_distribution(
+            pairs, names, cls, out / "target_distribution.png", attack=prim,
+            title=f"{who}\nwhere the misclassified examples of class {names[cls]} go under "
+                  f"{prim}"),
+        "confusion_pair.png": plots.plot_confusion_grid(
+            pairs, names, out / "confusion_pair.png", attack=prim,
+            title=f"{who}\nwhere the misclassified examples of each class go under {prim}"),
+        "per_class_robust.png": plots.plot_per_class_compare(
+            [(a.label, per_class_accuracy(a.confusions[prim])) for a in analyses], names,
+            out / "per_class_robust.png", attack=prim,
+            n={a.label: class_totals(a.confusions[prim]) for a in analyses},
+            title=f"{who}\nper-class accuracy under {prim}"),
+    }
+    for name in list(files):
+        files[name[:-4] + ".pdf"] = plots.output_paths(files[name])["pdf"]
+    return files
 
 
 def _target_dist(a: RunAnalysis, attack: str, cls: int) -> dict[str, Any]:
@@ -304,5 +346,5 @@ def _markdown(analyses: Sequence[RunAnalysis], header: Sequence[str],
     return "\n".join(lines)
 
 
-__all__ = ["compare_runs", "default_compare_dir", "most_attacked_class", "parse_labels",
-           "slug"]
+__all__ = ["check_out_dir", "compare_runs", "default_compare_dir", "most_attacked_class",
+           "parse_labels", "slug"]
