@@ -8,7 +8,7 @@ extra ``spat[tensorboard]``) and matplotlib are imported only when a writer is o
 Tags (step = the 1-based epoch; eval results at the evaluated checkpoint's epoch):
 
 * ``lr``; ``train/loss``, ``train/clean_acc``, ``train/adv_acc``, ``train/<part>`` (each loss
-  part of the method, e.g. ``train/ce``, ``train/kl``), ``train/images_per_s``,
+  part of the method, e.g. ``train/loss_nat``, ``train/loss_rob``), ``train/images_per_s``,
   ``train/seconds``; ``val/clean_acc``, ``val/robust_acc``, ``val/seconds`` — each the value of
   the metrics.jsonl field of the same name with ``train_``/``val_`` turned into a folder
   (accuracies as fractions in [0, 1], as in the JSONL);
