@@ -7,6 +7,7 @@ checks, resumable); :func:`evaluate_run` applies it to a run directory. See docs
 
 from spat.evaluation.attacks import ATTACK_KEYS, DEFAULT_ATTACKS, parse_attacks
 from spat.evaluation.core import Predictions, predict_under_attacks
+from spat.evaluation.external import evaluate_model
 from spat.evaluation.protocol import evaluate, select_subset
 from spat.evaluation.report import EvalReport, print_report
 from spat.evaluation.run import evaluate_run
@@ -17,6 +18,7 @@ __all__ = [
     "EvalReport",
     "Predictions",
     "evaluate",
+    "evaluate_model",
     "evaluate_run",
     "parse_attacks",
     "predict_under_attacks",
