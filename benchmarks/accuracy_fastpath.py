@@ -8,7 +8,9 @@ AutoAttack-fast) on the same test images.
 
 Writes ``benchmarks/accuracy_fastpath.json`` (per-seed numbers) and a section of
 ``benchmarks/RESULTS.md`` with mean ± std per setting and the paired difference (fast − fp32)
-with its two-sided 95 % paired t interval (``--no-write`` to skip both).
+with its two-sided 95 % paired t interval (``--no-write`` to skip both). The JSON is rewritten
+after every model, and ``--from-log LOG`` rebuilds the table from the per-model JSON lines this
+script prints (an interrupted run keeps what it finished).
 """
 
 from __future__ import annotations
@@ -96,7 +98,8 @@ def table(args: argparse.Namespace, env: dict[str, Any], runs: list[dict[str, An
         return f"{100 * statistics.fmean(v):.1f} ± {100 * sd:.1f}"
 
     lines = [f"## Accuracy: CPU fast path (bf16 autocast + channels_last) vs fp32, Fashion-MNIST "
-             f"({args.train_subset} training images)", "", *C.environment_lines(env), "",
+             f"({args.train_subset} training images)", "", *C.environment_lines(env),
+             *([f"- note: {env['note']}"] if env.get("note") else []), "",
              f"small_cnn, training adversary K = {args.steps}, η {args.step_size}, ε 0.1; SGD lr "
              f"{args.lr}, batch {args.batch}, {args.epochs} epochs; same seed → same data, same "
              f"initial weights in both settings. Every model is evaluated in fp32 on the same "
@@ -127,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
-    p.add_argument("--methods", default="spat,pgd_at")
+    p.add_argument("--methods", default="spat", help="spat and/or pgd_at")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--train-subset", type=int, default=3000)
     p.add_argument("--test-images", type=int, default=500)
@@ -139,24 +142,46 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=str(ROOT / "benchmarks" / "accuracy_fastpath.json"))
     p.add_argument("--write", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--from-log", default=None,
+                   help="no training: the table from the JSON lines of an earlier run's output")
     args = p.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     env = C.environment(torch.device("cpu"))
     env["command"] = "python benchmarks/accuracy_fastpath.py " + " ".join(sys.argv[1:])
     runs: list[dict[str, Any]] = []
-    for method in args.methods.split(","):
-        for seed in (int(s) for s in args.seeds.split(",")):
-            for setting in SETTINGS:
-                r = train_and_evaluate(args, method, seed, setting)
-                print(json.dumps(r), flush=True)
-                runs.append(r)
+
+    def dump() -> None:
+        if args.write:
+            Path(args.json).write_text(json.dumps({"env": env, "args": vars(args),
+                                                   "runs": runs}, indent=1) + "\n",
+                                       encoding="utf-8")
+
+    if args.from_log:
+        for line in Path(args.from_log).read_text(encoding="utf-8").splitlines():
+            if line.startswith("{"):
+                r = json.loads(line)
+                if r["method"] in args.methods.split(","):
+                    runs.append(r)
+        # keep only seeds finished in both settings (the comparison is paired)
+        done = {(r["method"], r["seed"]) for r in runs if r["setting"] == "fp32"}
+        runs = [r for r in runs if (r["method"], r["seed"]) in done]
+        args.seeds = ",".join(sorted({str(r["seed"]) for r in runs}))
+        env["note"] = ("table rebuilt from the per-model lines printed by an earlier run with "
+                       "the same settings")
+    else:
+        for method in args.methods.split(","):
+            for seed in (int(s) for s in args.seeds.split(",")):
+                for setting in SETTINGS:
+                    r = train_and_evaluate(args, method, seed, setting)
+                    print(json.dumps(r), flush=True)
+                    runs.append(r)
+                    dump()
     env["load_average_end"] = C.load_average()
     text = table(args, env, runs)
     print("\n" + text)
     if args.write:
-        Path(args.json).write_text(json.dumps({"env": env, "args": vars(args), "runs": runs},
-                                              indent=1) + "\n", encoding="utf-8")
+        dump()
         C.write_section("accuracy fastpath fashion_mnist", text)
     return 0
 
