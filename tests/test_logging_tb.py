@@ -165,6 +165,13 @@ def test_quiet_hides_status_keeps_results_verbose_after_subcommand(tmp_path: Pat
     assert main(["eval", str(tmp_path / "runs" / "n"), "--attacks", "fgsm", "--n-examples",
                  "20", "--sanity-examples", "0", "--device", "cpu", "-q"]) == 0
     assert "reusing" not in capsys.readouterr().out
+    # -v adds debug detail (what is computed, with which settings); the default does not
+    base = ["eval", str(tmp_path / "runs" / "n"), "--attacks", "fgsm", "--n-examples", "20",
+            "--sanity-examples", "0", "--device", "cpu", "--no-progress", "--no-resume"]
+    assert main([*base, "-v"]) == 0
+    assert "FGSM: computing on 20 examples (rank 0 of 1), settings {" in capsys.readouterr().out
+    assert main(base) == 0
+    assert "computing on" not in capsys.readouterr().out
 
 
 def test_verbosity_levels() -> None:

@@ -34,6 +34,7 @@ from spat.train.config import FIELD_NAMES, TrainConfig, config_from_dict
 from spat.train.distributed import SINGLE, DistContext
 from spat.utils.io import atomic_write_text
 from spat.utils.log import info as log_info
+from spat.utils.log import logger
 from spat.utils.progress import counting_bar
 from spat.utils.rng import seed_everything
 
@@ -427,6 +428,7 @@ def _train(
         from spat.validation import check_output_dir
 
         check_output_dir(cfg.out_dir, "--out-dir")  # before the data is loaded
+    logger.debug("resolved config: %s", json.dumps(cfg.to_dict(), sort_keys=True))
     if cfg.tensorboard:
         from spat.utils.tensorboard import require_tensorboard
 

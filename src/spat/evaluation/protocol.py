@@ -45,6 +45,7 @@ from spat.evaluation.report import SCHEMA, EvalReport, summarize
 from spat.evaluation.sharding import combine, predict_sharded_batches, shard_index
 from spat.train.distributed import SINGLE, DistContext
 from spat.utils.io import atomic_write_text
+from spat.utils.log import logger
 
 Log = Callable[[str], None]
 CACHE_FORMAT = "spat.eval-cache/1"
@@ -352,6 +353,8 @@ def evaluate(
                     f"from {cache.path(key, fp)}")
                 outcomes.append({**saved, "reused": True})
                 continue
+            logger.debug("%s: computing on %d examples (rank %d of %d), settings %s", name, n,
+                         dist.rank, dist.world_size, json.dumps(settings, sort_keys=True))
             t0 = time.perf_counter()
             if choice.kind == "autoattack":
                 result = _run_autoattack(model, sub, key, name, choice.version or "standard",

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from spat.errors import SpatError
+from spat.utils.log import logger
 
 #: Folder of a run directory holding the event files.
 TB_DIR = "tensorboard"
@@ -103,6 +104,8 @@ class TensorBoardLog:
 
         self.log_dir = Path(run_dir) / TB_DIR
         self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=purge_step)
+        logger.debug("TensorBoard: writing to %s%s", self.log_dir,
+                     f" (events from epoch {purge_step} on discarded)" if purge_step else "")
 
     def epoch(self, record: dict[str, Any], class_names: Sequence[str] | None = None) -> None:
         """Write one metrics.jsonl record (its ``epoch`` is the step) and flush."""
