@@ -360,6 +360,7 @@ def test_compare_cli_end_to_end(tiny_runs: dict[str, Path], tmp_path: Path,
                  "--steps", "2"]) == 0
     text = capsys.readouterr().out
     assert "PGD-AT" in text and "SPAT" in text and "top hard pair" in text
+    assert text.rstrip().endswith(f"and 3 figures (PNG + PDF) to {out}")  # says where it wrote
     for name in ("comparison.md", "comparison.csv", "comparison.json",
                  "target_distribution.png", "confusion_pair.png", "per_class_robust.png"):
         assert (out / name).is_file(), name

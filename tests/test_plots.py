@@ -271,3 +271,5 @@ def test_compare_output_folder(tmp_path: Path, capsys: pytest.CaptureFixture) ->
     assert main(["compare", str(a), str(b), "--out", str(f)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"spat: error: --out {f} exists and is not a folder"]
+    assert main(["analyze", str(a), "--out", str(f)]) == 2
+    assert capsys.readouterr().err.strip() == f"spat: error: --out {f} exists and is not a folder"
