@@ -6,6 +6,8 @@ and ``spat compare``'s output folder."""
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +111,14 @@ def test_every_figure_is_written_as_pdf_and_png(tmp_path: Path) -> None:
         [p.name for p in pngs] + [p.with_suffix(".pdf").name for p in pngs])
     assert plots.output_paths(tmp_path / "x.png") == {"png": tmp_path / "x.png",
                                                       "pdf": tmp_path / "x.pdf"}
+
+
+def test_matplotlib_is_imported_only_to_draw() -> None:
+    code = ("import sys, spat.analysis.plots, spat.analysis.analyze, spat.analysis.compare; "
+            "print('matplotlib' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_the_same_figure_gives_the_same_pdf(tmp_path: Path) -> None:

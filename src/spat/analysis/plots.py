@@ -394,7 +394,8 @@ def plot_per_class_accuracy(accuracies: Mapping[str, np.ndarray], names: Sequenc
     k = len(names)
     labels = list(accuracies)
     per = _as_per_label(n, labels, k)
-    fig = _figure(min(max(6.0, 0.22 * k * max(1, len(labels)) + 2.5), 20.0), 3.6)
+    fig = _figure(min(max(6.0, 0.22 * k * max(1, len(labels)) + 2.5), 20.0),
+                  3.6 if k <= 30 else 4.4)  # many classes: room for the rotated names
     ax = fig.subplots()
     width = 0.8 / max(len(labels), 1)
     x = np.arange(k)
