@@ -7,6 +7,7 @@ from pathlib import Path
 
 from spat.checkpoint import WHICH_HELP, check_which
 from spat.errors import SpatError
+from spat.utils.log import info as log_info
 
 
 def _positive_int(text: str) -> int:
@@ -86,7 +87,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     out = check_out_dir(args.out) if args.out else run / "analysis"
     ra = collect(run, out, which=args.which, attack=args.attack, limit=args.max_examples,
                  batch_size=args.batch_size, device=args.device, data_dir=args.data_dir,
-                 features=args.features, recompute=args.recompute, steps=args.steps)
+                 features=args.features, recompute=args.recompute, steps=args.steps,
+                 log=log_info)
     files = write_analysis(ra, out)
     s = ra.summary()
     print()
@@ -132,7 +134,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                             class_name=args.class_name, which=args.which,
                             limit=args.max_examples, batch_size=args.batch_size,
                             device=args.device, data_dir=args.data_dir,
-                            recompute=args.recompute, steps=args.steps)
+                            recompute=args.recompute, steps=args.steps, log=log_info)
     figures = sum(1 for f in files if f.endswith(".png"))
     print(f"wrote {', '.join(f for f in files if f.startswith('comparison'))}"
           + (f" and {figures} figures (PNG + PDF)" if figures else "") + f" to {out}")
