@@ -32,12 +32,15 @@ from spat.analysis import plots
 from spat.analysis.similarity import class_mean_features, feature_similarity, head_similarity
 from spat.analysis.stats import (
     Concentration,
+    MantelResult,
     RankCorrelation,
     class_totals,
     concentration,
     directed_flow_matrix,
     directed_flows,
     flow_summary,
+    honest_concentration,
+    mantel_spearman,
     offdiag_spearman,
     per_class_accuracy,
     symmetric_flow_matrix,
@@ -92,6 +95,7 @@ class RunAnalysis:
     confusions: dict[str, np.ndarray]
     similarities: dict[str, np.ndarray] = field(default_factory=dict)
     correlations: dict[str, RankCorrelation] = field(default_factory=dict)
+    mantel: dict[str, MantelResult] = field(default_factory=dict)  # same keys, permutation null
     training: list[dict[str, Any]] = field(default_factory=list)
     eval_report: dict[str, Any] | None = None
     checkpoint: str = ""
@@ -114,6 +118,7 @@ class RunAnalysis:
         labels = self.predictions.labels
         worst = self.predictions.robust_all()
         conc = self.concentration_of()
+        hc = honest_concentration(self.confusions[self.primary])
         acc = {k: per_class_accuracy(m) for k, m in self.confusions.items()}
         rows = []
         for i, name in enumerate(self.names):
@@ -130,6 +135,11 @@ class RunAnalysis:
                 "top_target": self.names[t] if t >= 0 else None,
                 "top_target_share_of_errors": _num(conc.top_share[i]),
                 "normalized_entropy": _num(conc.normalized_entropy[i]),
+                "null_top_share": _num(hc.null_top_share[i]),
+                "excess_top_share": _num(hc.excess_top_share[i]),
+                "null_normalized_entropy": _num(hc.null_normalized_entropy[i]),
+                "uniformity_p": _num(hc.p_value[i]),
+                "few_errors": bool(hc.few_errors[i]),
             })
             rows.append(row)
         return rows
@@ -162,8 +172,17 @@ class RunAnalysis:
             "worst_class_robust_acc": _num(float(prim_pc[worst_i])) if worst_i >= 0 else None,
             "worst_class": self.names[worst_i] if worst_i >= 0 else None,
             **{k: v for k, v in fs.items() if k != "accuracy"},
-            "correlations": {k: _corr_dict(v) for k, v in self.correlations.items()},
+            "correlations": {k: {**_corr_dict(v), "mantel_p_value": (
+                _num(self.mantel[k].p_value) if k in self.mantel else None)}
+                for k, v in self.correlations.items()},
         }
+        hc = honest_concentration(self.confusions[self.primary])
+        out.update({"null_top_share": _num(hc.mean_null_top_share),
+                    "excess_top_share": _num(hc.mean_excess_top_share),
+                    "null_normalized_entropy": _num(hc.mean_null_normalized_entropy),
+                    "entropy_deficit": _num(hc.mean_entropy_deficit),
+                    "nonuniform_classes": hc.n_significant, "tested_classes": hc.n_tested,
+                    "few_error_classes": int(hc.few_errors.sum())})
         return out
 
 
@@ -313,10 +332,16 @@ def _progress(total: int, what: str) -> Iterator[Callable[[int], None] | None]:
 
 
 def _load_predictions(path: Path) -> Predictions:
+    from spat.validation import check_prediction_arrays
+
     try:
-        return Predictions.load(path)
-    except (OSError, ValueError, KeyError) as e:
-        raise SpatError(f"cannot read predictions {path}: {e}") from None
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as e:  # not a zip, bad CRC, truncated stream, pickled arrays, ...
+        raise SpatError(f"cannot read predictions {path} ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:160]})") from None
+    check_prediction_arrays(arrays, str(path))
+    return Predictions.load(path)
 
 
 def _head(split: Any, n: int) -> Any:
@@ -375,6 +400,10 @@ def collect(
         model, cfg, state = load_run(run, which=which, device=dev)
     except FileNotFoundError as e:
         raise SpatError(f"cannot load {run}: {e}") from None
+    from spat.analysis.preflight import check_attack, predicted_attacks
+
+    # an unknown --attack is refused before the predictions are computed and cached
+    check_attack(attack, predicted_attacks(run, recompute=recompute, steps=steps), str(run))
     info = state["info"]
     names = [str(n) for n in info.class_names]
     k = len(names)
@@ -390,7 +419,7 @@ def collect(
                                        recompute=recompute, log=log, steps=steps)
     if len(preds) == 0:
         raise SpatError(f"the predictions {source} are empty")
-    if int(preds.labels.max()) >= k or int(preds.clean.max()) >= k:
+    if max(int(t.max()) for t in (preds.labels, preds.clean, *preds.adversarial.values())) >= k:
         raise SpatError(f"the predictions {source} have class indices ≥ {k} (the run has {k} "
                         "classes)")
     confusions = {"clean": preds.confusion(None, k).numpy()}
@@ -413,6 +442,9 @@ def collect(
             sim, directed_flow_matrix(conf, "class"))
         ra.correlations[f"{sname} / symmetric"] = offdiag_spearman(
             sim, symmetric_flow_matrix(conf), symmetric=True)
+        ra.mantel[f"{sname} / directed"] = mantel_spearman(sim, directed_flow_matrix(conf, "class"))
+        ra.mantel[f"{sname} / symmetric"] = mantel_spearman(sim, symmetric_flow_matrix(conf),
+                                                            symmetric=True)
     ra.training = over_training(read_metrics(run), names)
     return ra
 
@@ -631,9 +663,15 @@ def render_report(ra: RunAnalysis, files: dict[str, Path], per_class: Sequence[d
         rows.append(["hardest symmetric pair", f"{ts['pair']}: "
                      f"{pct(ts['share_of_all_errors'])} of all misclassified examples"])
     rows.append(["mean top-target share (over classes)",
-                 f"{pct(s['mean_top_share'])} (uniform: {pct(s['uniform_top_share'])})"])
+                 f"{pct(s['mean_top_share'])} (null for these error counts: "
+                 f"{pct(s['null_top_share'])}; excess over it, classes with ≥ 5 errors: "
+                 f"{pct(s['excess_top_share'])})"])
     rows.append(["mean normalised entropy of wrong classes",
-                 f"{_f3(s['mean_normalized_entropy'])} (uniform: 1.000, one target: 0)"])
+                 f"{_f3(s['mean_normalized_entropy'])} (null for these error counts: "
+                 f"{_f3(s['null_normalized_entropy'])}; uniform 1, one target 0)"])
+    rows.append(["classes whose errors are not uniform (G-test p < 0.05)",
+                 f"{s['nonuniform_classes']} of {s['tested_classes']} with ≥ 5 errors "
+                 f"({s['few_error_classes']} classes with fewer are marked *)"])
     lines += [_md_table(["measure", "value"], rows), ""]
 
     def img(name: str, alt: str) -> list[str]:
@@ -665,22 +703,35 @@ def render_report(ra: RunAnalysis, files: dict[str, Path], per_class: Sequence[d
               f"Target concentration under {prim}: the top wrong class's share of the class's "
               f"misclassified examples (uniform over the {k - 1} wrong classes would be "
               f"{pct(conc.uniform_top_share)}) and the normalised entropy of the wrong-class "
-              "distribution (1 = uniform, 0 = a single target; – = no errors).", ""]
+              "distribution (1 = uniform, 0 = a single target; – = no errors), each beside "
+              "its null: the expectation if the same number of errors went to uniformly random "
+              "wrong classes (one error always gives a 100 % top share). p: G-test of "
+              "uniformity (Monte-Carlo exact). * = fewer than 5 errors: concentration there "
+              "is mostly chance.", ""]
     lines += img("per_class_accuracy.png", "per-class accuracy")
     acc_keys = list(ra.confusions)
     pc_rows = [[r["name"], r["examples"], *[pct(r[f"{a}_acc"]) for a in acc_keys],
-                r["top_target"] or "–", pct(r["top_target_share_of_errors"]),
-                _f3(r["normalized_entropy"])] for r in per_class]
+                r["top_target"] or "–", pct(r["top_target_share_of_errors"])
+                + ("*" if r["few_errors"] else ""), pct(r["null_top_share"]),
+                _f3(r["normalized_entropy"]), _f3(r["null_normalized_entropy"]),
+                "–" if r["uniformity_p"] is None else f"{r['uniformity_p']:.2g}"]
+               for r in per_class]
     lines += [_md_table(["class", "n", *[f"{a} acc" for a in acc_keys], f"top target ({prim})",
-                         "its share of errors", "norm. entropy"], pc_rows), ""]
+                         "its share of errors", "null", "norm. entropy", "null", "p"],
+                        pc_rows), ""]
     lines += ["## Does class similarity predict the flow?", "",
               "Spearman rank correlation between the cosine similarity of classes i and j and "
               f"the share of class i predicted as j under {prim} (directed: all K(K−1) ordered "
               "pairs; symmetric: K(K−1)/2 pairs, both directions combined).", ""]
     lines += img("similarity_flow.png", "similarity vs flow")
     corr_rows = [[name, _f3(c.rho), f"{c.p_value:.2g}" if not math.isnan(c.p_value) else "–",
-                  c.n_pairs] for name, c in ra.correlations.items()]
-    lines += [_md_table(["similarity / flow", "ρ", "p-value", "pairs"], corr_rows), ""]
+                  _p(ra.mantel.get(name)), c.n_pairs] for name, c in ra.correlations.items()]
+    lines += ["The Spearman p-value treats the pairs as independent (they are not: pairs share "
+              "classes, and many flows are tied zeros); the Mantel p-value compares ρ with "
+              "relabelled classes (999 permutations of one matrix's rows and columns together) "
+              "and is the one to trust.", "",
+              _md_table(["similarity / flow", "ρ", "Spearman p", "Mantel p", "pairs"],
+                        corr_rows), ""]
     if ra.training:
         lines += ["## Over training", "",
                   "From `metrics.jsonl`: the validation split under the per-epoch validation "
@@ -695,6 +746,10 @@ def render_report(ra: RunAnalysis, files: dict[str, Path], per_class: Sequence[d
                             tr_rows), ""]
     lines += ["## Files", "", *[f"- `{n}`" for n in sorted(files)], ""]
     return "\n".join(lines)
+
+
+def _p(m: MantelResult | None) -> str:
+    return "–" if m is None or math.isnan(m.p_value) else f"{m.p_value:.2g}"
 
 
 def _f3(v: float | None) -> str:

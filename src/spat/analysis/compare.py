@@ -32,6 +32,8 @@ from spat.analysis.analyze import (
     write_csv,
     write_json,
 )
+from spat.analysis.preflight import preflight_runs
+from spat.analysis.protocol_check import protocol_of, protocol_text, protocol_warnings
 from spat.analysis.stats import class_totals, per_class_accuracy
 from spat.errors import SpatError
 from spat.utils.io import atomic_write_text
@@ -129,6 +131,9 @@ def compare_runs(
     if labels is not None and len(labels) != len(runs):
         raise SpatError(f"--labels gives {len(labels)} labels for {len(runs)} runs")
     out = check_out_dir(out_dir if out_dir is not None else default_compare_dir(runs))
+    # every run, --attack and --class checked before any run's prediction cache is written
+    preflight_runs(runs, which=which, attack=attack, class_name=class_name,
+                   recompute=recompute, steps=steps)
     analyses = []
     for i, run in enumerate(runs):
         log(f"[{i + 1}/{len(runs)}] {run}")
@@ -167,16 +172,32 @@ def compare_runs(
     if plots_too:
         files.update(_plots(analyses, pairs, names, cls, prim, out))
     header, table = _table(rows, all_attacks, prim, names[cls])
+    protocols = [protocol_of(a) for a in analyses]  # same examples, attacks and ε?
+    warnings = protocol_warnings([a.label for a in analyses], protocols)
+    table.append(["evaluated on", *[protocol_text(p) for p in protocols]])
+    for w in warnings:
+        log(f"warning: {w}")
+    if warnings:
+        what = ", ".join(k for k in ("examples", "attacks", "ε")
+                         if any(f"different {k}" in w or f"test {k}" in w or
+                                (k == "ε" and "ε or norm" in w) for w in warnings))
+        table.append(["⚠ not comparable", *([f"{what} differ"] * len(rows))])
+    for r, p in zip(rows, protocols, strict=True):
+        r["protocol"] = protocol_text(p)
+        r["protocol_mismatch"] = bool(warnings)
     files["comparison.csv"] = write_csv(out / "comparison.csv", list(rows[0]),
                                         [list(r.values()) for r in rows])
     files["comparison.json"] = write_json(out / "comparison.json", {
+        "warnings": warnings, "protocols": protocols,
         "attack": prim, "class": names[cls], "class_names": names, "runs": rows,
         "summaries": [a.summary() for a in analyses],
         "target_distribution": {a.label: _target_dist(a, prim, cls) for a in analyses},
     })
     files["comparison.md"] = out / "comparison.md"
-    atomic_write_text(out / "comparison.md", _markdown(analyses, header, table, prim, cls,
-                                                       names, plots_too))
+    atomic_write_text(out / "comparison.md", "".join(f"> **Warning:** {w}\n>\n"
+                                                     for w in warnings)
+                      + ("\n" if warnings else "")
+                      + _markdown(analyses, header, table, prim, cls, names, plots_too))
     print_table(header, table, title=f"{analyses[0].config.get('dataset')}: "
                 f"{len(analyses)} runs, flows under {prim}")
     return rows, files
@@ -244,6 +265,10 @@ def _row(a: RunAnalysis, attacks: Sequence[str], cls: int) -> dict[str, Any]:
         "top_symmetric_share_of_all_errors": ts.get("share_of_all_errors"),
         "mean_top_share": s["mean_top_share"],
         "mean_normalized_entropy": s["mean_normalized_entropy"],
+        "null_top_share": s.get("null_top_share"),
+        "excess_top_share": s.get("excess_top_share"),
+        "null_normalized_entropy": s.get("null_normalized_entropy"),
+        "nonuniform_classes": f"{s.get('nonuniform_classes')}/{s.get('tested_classes')}",
         "focus_class": a.names[cls],
         "focus_class_robust_acc": None if math.isnan(pc[cls]) else float(pc[cls]),
         "focus_class_top_target": _focus_top(a, cls),
@@ -283,6 +308,12 @@ def _table(rows: Sequence[dict[str, Any]], attacks: Sequence[str], prim: str, cl
         ("mean norm. entropy (uniform 1)",
          lambda r: "–" if r["mean_normalized_entropy"] is None
          else f"{r['mean_normalized_entropy']:.3f}"),
+        ("↳ null for these error counts: top share",
+         lambda r: pct(r["null_top_share"])),
+        ("↳ null: norm. entropy", lambda r: "–" if r["null_normalized_entropy"] is None
+         else f"{r['null_normalized_entropy']:.3f}"),
+        ("↳ excess top share (classes ≥ 5 errors)", lambda r: pct(r["excess_top_share"])),
+        ("↳ non-uniform classes (G-test p<0.05)", lambda r: str(r["nonuniform_classes"])),
         (f"{cls_name}: {prim} accuracy", lambda r: pct(r["focus_class_robust_acc"])),
         (f"{cls_name}: top target", lambda r: str(r["focus_class_top_target"] or "–")),
     ]

@@ -37,7 +37,8 @@ def require_submitit() -> Any:
 
 def run_submitit(cells: Sequence[Cell], engine: EngineSpec, folder: Path, log_dir: str, *,
                  workers: int, threads: int, log: Log = print,
-                 progress: StudyProgress | None = None, poll_s: float = 0.5
+                 progress: StudyProgress | None = None, poll_s: float = 0.5,
+                 on_record: Callable[[dict[str, Any]], None] | None = None
                  ) -> list[dict[str, Any]]:
     """One submitit job per cell. On SLURM every job is submitted at once (an array, at most
     ``engine.array_parallelism`` running); with the local or debug cluster at most ``workers``
@@ -88,6 +89,8 @@ def run_submitit(cells: Sequence[Cell], engine: EngineSpec, folder: Path, log_di
                                     f"{' '.join(str(e).split())[:300]}"}
                 rec["job_id"] = str(job.job_id)
                 records.append(rec)
+                if on_record is not None:
+                    on_record(rec)
                 if progress is not None:
                     progress.advance(describe(rec))
                 else:

@@ -144,7 +144,9 @@ def describe(record: dict[str, Any]) -> str:
 
 
 def run_local(cells: Sequence[Cell], plan: PoolPlan, log_dir: str, *, log: Log = print,
-              progress: StudyProgress | None = None) -> list[dict[str, Any]]:
+              progress: StudyProgress | None = None,
+              on_record: Callable[[dict[str, Any]], None] | None = None
+              ) -> list[dict[str, Any]]:
     """Run ``cells`` on a spawned process pool as ``plan`` says; returns one record per cell
     (in completion order). Cells run longest-queue-first in grid order."""
     from spat.study.cell import run_cell
@@ -168,6 +170,8 @@ def run_local(cells: Sequence[Cell], plan: PoolPlan, log_dir: str, *, log: Log =
                 rec = {"key": c.key, "run_dir": c.run_dir, "stages": [],
                        "error": f"worker died: {type(e).__name__}: {e}"}
             records.append(rec)
+            if on_record is not None:
+                on_record(rec)
             if progress is not None:
                 progress.advance(describe(rec))
             else:

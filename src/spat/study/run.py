@@ -149,20 +149,18 @@ def run_study(spec: StudySpec, *, engine: str | None = None, workers: int | None
         bar = StudyProgress(len(cells), len(cells) - len(todo), log=log, terminal=progress)
         try:
             if kind == "local":
-                records = run_local(todo, plan, log_dir, log=log, progress=bar)
+                records = run_local(todo, plan, log_dir, log=log, progress=bar,
+                                    on_record=_save_record)
             elif kind == "submitit":
                 from spat.study.engine import run_submitit
 
                 records = run_submitit(todo, spec.engine, study_dir / "submitit", log_dir,
                                        workers=plan.workers, threads=plan.threads, log=log,
-                                       progress=bar)
+                                       progress=bar, on_record=_save_record)
             else:
                 raise SpatError(f"unknown engine {kind!r} (valid: local, submitit)")
         finally:
             bar.close()
-        for rec in records:
-            if not rec.get("error"):
-                _save_record(rec)
     results = [read_cell(c) for c in cells]
     aggs, metrics = aggregate(spec, results)
     files = write_outputs(spec, aggs, metrics, results, figures=figures)
@@ -177,7 +175,7 @@ def _save_record(rec: dict[str, Any]) -> None:
     from spat.utils.io import atomic_write_text
 
     run = Path(rec["run_dir"])
-    if run.is_dir():
+    if run.is_dir() and not rec.get("error"):
         atomic_write_text(run / "study_cell.json",
                           json.dumps({**rec, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
                                      indent=2))

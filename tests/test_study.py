@@ -1,0 +1,405 @@
+"""`spat study` and the honest statistics: hand-computed nulls and intervals, the study file's
+validation, the worker plan, and small studies (2 variants × 2 seeds on the digits) through the
+local pool, through submitit's local executor, and killed midway then resumed."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spat.analysis import stats
+from spat.errors import SpatError
+from spat.study.pool import plan_pool
+from spat.study.spec import load_study, plan_cells
+from spat.utils import threads as th
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------- nulls by hand
+def _compositions(n: int, m: int):
+    """Every (x_1..x_m) of non-negative integers summing to n."""
+    for bars in itertools.combinations(range(n + m - 1), m - 1):
+        prev, out = -1, []
+        for b in (*bars, n + m - 1):
+            out.append(b - prev - 1)
+            prev = b
+        yield out
+
+
+def _enumerated_nulls(n: int, m: int) -> tuple[float, float]:
+    """E[top share] and E[normalised entropy] by enumerating every composition with its
+    multinomial probability (independent of the library's recursion)."""
+    top = ent = 0.0
+    for xs in _compositions(n, m):
+        p = math.factorial(n) / math.prod(math.factorial(x) for x in xs) / m ** n
+        top += p * max(xs) / n
+        ent += p * -sum(x / n * math.log(x / n) for x in xs if x) / math.log(m)
+    return top, ent
+
+
+def test_null_top_share_and_entropy_by_hand() -> None:
+    m = 9  # K = 10 classes
+    # n = 1: one target, share 1, entropy 0
+    assert stats.null_top_share(1, m) == pytest.approx(1.0)
+    assert stats.null_normalized_entropy(1, m) == pytest.approx(0.0, abs=1e-12)
+    # n = 2: same class with probability 1/9 (share 1, entropy 0), else 1/2 and log 2
+    assert stats.null_top_share(2, m) == pytest.approx(1 / 9 + 8 / 9 * 0.5)
+    assert stats.null_normalized_entropy(2, m) == pytest.approx(8 / 9 * math.log(2) / math.log(9))
+    # n = 3: all three equal 1/81, a pair 24/81, all distinct 56/81
+    assert stats.null_top_share(3, m) == pytest.approx((1 * 3 + 24 * 2 + 56 * 1) / 81 / 3)
+    h21 = -(2 / 3 * math.log(2 / 3) + 1 / 3 * math.log(1 / 3))
+    assert stats.null_normalized_entropy(3, m) == pytest.approx(
+        (24 / 81 * h21 + 56 / 81 * math.log(3)) / math.log(9))
+    # n = 10 (43,758 compositions) and the issue's rounded values for 1, 2, 3, 10 errors
+    top10, ent10 = _enumerated_nulls(10, m)
+    assert stats.null_top_share(10, m) == pytest.approx(top10, rel=1e-9)
+    assert stats.null_normalized_entropy(10, m) == pytest.approx(ent10, rel=1e-9)
+    issue = {1: (1.00, 0.00), 2: (0.56, 0.28), 3: (0.44, 0.43), 10: (0.29, 0.78)}
+    for n, (share, ent) in issue.items():
+        assert round(stats.null_top_share(n, m), 2) == share
+        assert round(stats.null_normalized_entropy(n, m), 2) == ent
+    assert math.isnan(stats.null_top_share(0, m))
+    # large n: the seeded Monte-Carlo branch agrees with the exact one near the switch
+    big = stats.EXACT_MAX_ERRORS
+    assert stats.null_top_share(big + 1, m) == pytest.approx(stats.null_top_share(big, m),
+                                                             abs=2e-3)
+
+
+def test_uniformity_g_test() -> None:
+    x = [3, 1, 0, 0, 0, 0, 0, 0, 0]
+    g = 2 * (3 * math.log(3 * 9 / 4) + 1 * math.log(9 / 4))
+    t = stats.uniformity_test(x)
+    assert t.g == pytest.approx(g)
+    from scipy.stats import chi2
+
+    assert t.p_chi2 == pytest.approx(chi2.sf(g, 8))
+    assert 0 < t.p_value < 1
+    assert stats.uniformity_test([40] + [0] * 8).p_value < 1e-3  # all on one target
+    assert stats.uniformity_test([5] * 9).p_value == 1.0  # perfectly uniform
+    assert math.isnan(stats.uniformity_test([0] * 9).g)
+
+
+def test_honest_concentration_marks_few_errors_and_removes_the_chance_part() -> None:
+    k = 10
+    conf = np.diag(np.full(k, 50.0))
+    for i in range(k):  # each class: one error, so "top share 100 %" by chance alone
+        conf[i, (i + 1) % k] = 1
+    hc = stats.honest_concentration(conf)
+    assert np.allclose(hc.observed.top_share, 1.0)
+    assert np.allclose(hc.null_top_share, 1.0)
+    assert np.allclose(hc.excess_top_share, 0.0)
+    assert hc.few_errors.all() and math.isnan(hc.mean_excess_top_share)
+    conf[0, 1] = 30  # class 0: 30 errors on one target: far above its null
+    hc = stats.honest_concentration(conf)
+    assert not hc.few_errors[0]
+    assert hc.excess_top_share[0] == pytest.approx(1.0 - stats.null_top_share(30, 9))
+    assert hc.mean_excess_top_share == pytest.approx(hc.excess_top_share[0])
+    assert hc.p_value[0] < 1e-3 and hc.n_tested == 1 and hc.n_significant == 1
+    d = hc.to_dict([str(i) for i in range(k)])
+    json.dumps(d)  # JSON-ready
+    assert d["errors"][0] == 30 and d["few_errors"][1] is True
+
+
+def test_mantel_permutation_null() -> None:
+    rng = np.random.default_rng(0)
+    k = 8
+    sim = rng.random((k, k))
+    sim = (sim + sim.T) / 2
+    flow = sim ** 2  # a monotone function of the similarity: ρ = 1
+    r = stats.mantel_spearman(sim, flow, permutations=199)
+    assert r.rho == pytest.approx(1.0)
+    assert r.p_value == pytest.approx(1 / 200)  # no relabelling reaches ρ = 1
+    unrelated = rng.random((k, k))
+    r2 = stats.mantel_spearman(sim, unrelated, permutations=199)
+    assert r2.p_value > 0.05
+    assert r2.rho == pytest.approx(stats.offdiag_spearman(sim, unrelated).rho)
+
+
+def test_paired_intervals_on_a_fixed_table() -> None:
+    variant = [0.52, 0.55, 0.50]
+    baseline = [0.50, 0.51, 0.49]  # differences 0.02, 0.04, 0.01
+    t = stats.paired_t_interval(variant, baseline)
+    sd = math.sqrt(((0.02 - 0.07 / 3) ** 2 + (0.04 - 0.07 / 3) ** 2 + (0.01 - 0.07 / 3) ** 2) / 2)
+    half = 4.302652729749464 * sd / math.sqrt(3)  # t_{0.975, 2}
+    assert (t.mean, t.std, t.n) == (pytest.approx(0.07 / 3), pytest.approx(sd), 3)
+    assert (t.low, t.high) == (pytest.approx(0.07 / 3 - half), pytest.approx(0.07 / 3 + half))
+    # bootstrap of 3 pairs: an all-0.01 (or all-0.04) resample has probability 1/27 > 2.5 %,
+    # so the percentile interval is exactly [min, max] of the differences
+    b = stats.paired_bootstrap_interval(variant, baseline)
+    assert (b.low, b.high) == (pytest.approx(0.01), pytest.approx(0.04))
+    assert stats.paired_bootstrap_interval(variant, baseline) == b  # fixed seed
+    one = stats.t_interval([0.3])
+    assert one.mean == 0.3 and math.isnan(one.low)
+    with pytest.raises(SpatError):
+        stats.paired_t_interval([1, 2], [1, 2, 3])
+
+
+# ----------------------------------------------------------------------------- threads, plan
+def test_thread_count_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert th.default_threads() == (3, "OMP_NUM_THREADS")
+    assert th.resolve_threads(2) == (2, "--threads")
+    with pytest.raises(SpatError):
+        th.resolve_threads(0)
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(th, "busy_cores", lambda: 0)
+    assert th.default_threads()[0] == th.available_cores()
+    monkeypatch.setattr(th, "busy_cores", lambda: 10_000)  # a saturated machine: still 1
+    assert th.default_threads()[0] == 1
+
+
+STUDY = """
+[study]
+name = "{name}"
+out_dir = "{out}"
+datasets = ["digits"]
+seeds = [0, 1]
+baseline = "pgd_at"
+[train]
+train_subset = 200
+epochs = 1
+steps = 2
+val_steps = 2
+test_steps = 2
+test_subset = 50
+deterministic = true
+device = "cpu"
+[variants.pgd_at]
+method = "pgd_at"
+[variants.trades]
+method = "trades"
+[eval]
+attacks = ["fgsm", "pgd20"]
+n_examples = 50
+analyze = {analyze}
+{extra}
+"""
+
+
+def _write(tmp: Path, name: str, analyze: bool = False, extra: str = "") -> Path:
+    p = tmp / f"{name}.toml"
+    p.write_text(STUDY.format(name=name, out=tmp.as_posix(), analyze=str(analyze).lower(),
+                              extra=extra))
+    return p
+
+
+def test_pool_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("spat.study.pool.available_cores", lambda: 8)
+    cells = plan_cells(load_study(_write(tmp_path, "p")))
+    assert len(cells) == 4
+    plan = plan_pool(cells)
+    assert (plan.workers, plan.threads) == (4, 2)  # 4 cells on 8 cores: 4 × 2
+    assert (plan_pool(cells * 3).workers, plan_pool(cells * 3).threads) == (8, 1)
+    assert plan_pool(cells, threads=4).workers == 2
+    with pytest.raises(SpatError, match="oversubscribe"):
+        plan_pool(cells, workers=4, threads=4)
+
+
+@pytest.mark.parametrize("edit, field", [
+    ('[study]\nname = "x"\ndatasets = ["digits"]\nseeds = [0]\ncolour = 1\n'
+     '[variants.a]\nmethod = "pgd_at"', "study.colour"),
+    ('[study]\nname = "x"\ndatasets = ["digits"]\nseeds = "0"\n[variants.a]\nmethod = "pgd_at"',
+     "study.seeds"),
+    ('[study]\nname = "x"\ndatasets = ["digits"]\nseeds = [0]\n[variants.a]\nlearning = 1',
+     "variants.a.learning"),
+    ('[study]\nname = "x"\ndatasets = ["digits"]\nseeds = [0]\n[variants.a]\nepochs = "3"',
+     "variants.a.epochs"),
+    ('[study]\nname = "x"\ndatasets = ["digits"]\nseeds = [0]\n[variants.a]\nmethod = "nope"',
+     "variants.a"),
+    ('[study]\nname = "x"\ndatasets = ["digits"]\nseeds = [0]\nbaseline = "b"\n'
+     '[variants.a]\nmethod = "pgd_at"', "study.baseline"),
+    ('[study]\nname = "x"\ndatasets = ["digits"]\nseeds = [0]\n[train]\nseed = 3\n'
+     '[variants.a]\nmethod = "pgd_at"', "train.seed"),
+    ('[study]\nname = "x"\ndatasets = ["digits"]\nseeds = [0]\n[variants.a]\nmethod = "pgd_at"'
+     '\n[eval]\nattacks = ["pgd7"]', "eval.attacks"),
+    ('[study]\nname = "x"\ndatasets = ["digits"]\nseeds = [0]\n[variants.a]\nmethod = "spat"\n'
+     'head = "linear"', "variants.a"),
+])
+def test_study_file_errors_name_file_and_field(tmp_path: Path, edit: str, field: str) -> None:
+    p = tmp_path / "bad.toml"
+    p.write_text(edit)
+    with pytest.raises(SpatError) as e:
+        load_study(p)
+    msg = str(e.value)
+    assert str(p) in msg and field in msg and "\n" not in msg
+
+
+def test_study_cli_error_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture
+                                            ) -> None:
+    from spat.cli import main
+
+    p = tmp_path / "bad.toml"
+    p.write_text('[study]\nname = "x"\ndatasets = ["digits"]\nseeds = [0]\n'
+                 '[variants.a]\nmethod = "pgd_at"\nepochs = 0\n')
+    assert main(["study", str(p), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("spat: error: ") and "variants.a" in err and "\n" not in err
+
+
+def test_dry_run_lists_cells(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from spat.cli import main
+
+    assert main(["study", str(_write(tmp_path, "dry")), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    for key in ("digits/pgd_at/seed0", "digits/trades/seed1"):
+        assert key in out
+    assert "4 cells" in out and "new" in out
+    assert not (tmp_path / "dry" / "digits").exists()  # nothing ran
+
+
+# ----------------------------------------------------------------------------- studies
+def _table(study_dir: Path) -> list[dict[str, str]]:
+    with open(study_dir / "study.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def pool_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """The reference: 2 variants × 2 seeds through the local pool (2 workers × 1 thread)."""
+    from spat.study.run import run_study
+
+    tmp = tmp_path_factory.mktemp("study")
+    spec = load_study(_write(tmp, "ref"))
+    out = run_study(spec, workers=2, threads=1, progress=False, log=lambda s: None)
+    return spec.study_dir, out
+
+
+def test_study_through_local_pool(pool_study: tuple[Path, dict]) -> None:
+    study_dir, out = pool_study
+    assert not out["failed"], out["failed"]
+    assert [r["stages"] for r in out["records"]] == [["new", "eval"]] * 4
+    assert {r["threads"] for r in out["records"]} == {1}  # each worker got its share
+    for name in ("study.md", "study.csv", "study.json", "study_digits.pdf", "study_digits.png"):
+        assert (study_dir / name).stat().st_size > 0, name
+    doc = json.loads((study_dir / "study.json").read_text())
+    for cell in doc["cells"]:  # every cell is an ordinary run directory
+        run = Path(cell["run_dir"])
+        for f in ("config.json", "summary.json", "eval/report.json", "eval/predictions.npz"):
+            assert (run / f).is_file(), run / f
+        rep = json.loads((run / "eval" / "report.json").read_text())
+        assert cell["metrics"]["clean"] == rep["clean_acc"]
+        assert cell["metrics"]["PGD-20"] == rep["attacks"][1]["accuracy"]
+        assert rep["n_examples"] == 50
+    agg = {(a["variant"]): a for a in doc["aggregates"]}
+    base, var = agg["pgd_at"]["metrics"]["PGD-20"], agg["trades"]["metrics"]["PGD-20"]
+    diffs = [a - b for a, b in zip(var["values"], base["values"], strict=True)]
+    assert var["paired_t"]["mean"] == pytest.approx(np.mean(diffs))
+    assert var["summary"]["mean"] == pytest.approx(np.mean(var["values"]))
+    assert agg["pgd_at"]["metrics"]["PGD-20"]["paired_t"] is None  # the baseline itself
+    md = (study_dir / "study.md").read_text()
+    assert "Paired difference to **pgd_at**" in md and "null" in md
+    # a second run has nothing to do and writes the same table
+    from spat.study.run import run_study
+
+    before = _table(study_dir)
+    (study_dir / "study.csv").unlink()
+    again = run_study(load_study(study_dir.parent / "ref.toml"), progress=False, figures=False,
+                      log=lambda s: None)
+    assert again["records"] == []
+    assert _table(study_dir) == before and len(before) == 2 * len(doc["metrics"])
+
+
+def test_cell_analysis_stage_then_done(pool_study: tuple[Path, dict]) -> None:
+    """A finished cell whose study asks for the per-run analysis gets it (spat analyze's
+    files), and is then done: a rerun does nothing."""
+    from spat.study.cell import cell_state, run_cell
+    from spat.study.pool import dataclasses_asdict
+
+    spec = load_study(pool_study[0].parent / "ref.toml")
+    cell = dataclasses_asdict(plan_cells(spec)[0])
+    cell["eval"]["analyze"] = True
+    assert cell_state(cell) == "analyze"
+    rec = run_cell(cell, threads=1, log_path=str(pool_study[0] / "logs" / "analyze.log"))
+    assert rec["error"] is None and rec["stages"] == ["analyze"]
+    run = Path(cell["run_dir"])
+    assert (run / "analysis" / "report.md").is_file()
+    assert "null" in (run / "analysis" / "report.md").read_text()
+    assert cell_state(cell) == "done"
+    assert run_cell(cell, threads=1)["stages"] == []
+
+
+def test_study_through_submitit_local_executor(tmp_path: Path,
+                                               pool_study: tuple[Path, dict]) -> None:
+    pytest.importorskip("submitit", reason="submitit (the slurm extra) is not installed")
+    from spat.study.run import run_study
+
+    spec = load_study(_write(tmp_path, "sub", extra='[engine]\nkind = "submitit"\n'
+                                                    'cluster = "local"'))
+    out = run_study(spec, workers=2, threads=1, progress=False, figures=False,
+                    log=lambda s: None)
+    assert not out["failed"], out["failed"]
+    assert all(r.get("job_id") for r in out["records"])
+    assert len({r["pid"] for r in out["records"]}) == 4  # one process per job
+    assert _table(spec.study_dir) == _table(pool_study[0])  # same numbers as the pool
+
+
+def test_study_killed_midway_resumes_to_the_same_table(tmp_path: Path,
+                                                       pool_study: tuple[Path, dict]) -> None:
+    from spat.study.run import run_study
+
+    path = _write(tmp_path, "kill")
+    study = tmp_path / "kill"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "spat", "study", str(path), "--workers", "2",
+                             "--threads", "1", "--no-figures"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            if list(study.glob("digits/*/seed*/checkpoints/last.json")):
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the study finished before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)  # the study and its workers, mid-run
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    finished = list(study.glob("digits/*/seed*/eval/report.json"))
+    assert len(finished) < 4
+    out = run_study(load_study(path), workers=2, threads=1, progress=False, figures=False,
+                    log=lambda s: None)
+    assert not out["failed"], out["failed"]
+    assert _table(study) == _table(pool_study[0])
+
+
+def test_compare_warns_when_runs_were_evaluated_differently(tmp_path: Path,
+                                                            pool_study: tuple[Path, dict]
+                                                            ) -> None:
+    import shutil
+
+    from spat.analysis.compare import compare_runs
+    from spat.evaluation.run import evaluate_run
+
+    doc = json.loads((pool_study[0] / "study.json").read_text())
+    a, b = (Path(c["run_dir"]) for c in doc["cells"][:2])
+    rows, _ = compare_runs([a, b], out_dir=tmp_path / "same", plots_too=False, device="cpu",
+                           log=lambda s: None)
+    same = json.loads((tmp_path / "same" / "comparison.json").read_text())
+    assert same["warnings"] == [] and not rows[0]["protocol_mismatch"]
+    other = tmp_path / "other"
+    shutil.copytree(b, other)
+    evaluate_run(other, attacks=["pgd20"], n_examples=40, sanity_examples=0, device="cpu",
+                 progress=False, log=lambda s: None)
+    compare_runs([a, other], out_dir=tmp_path / "diff", plots_too=False, device="cpu",
+                 log=lambda s: None)
+    diff = json.loads((tmp_path / "diff" / "comparison.json").read_text())
+    text = " ".join(diff["warnings"])
+    assert len(diff["warnings"]) == 2 and "50" in text and "40" in text
+    assert "different attacks" in text
+    assert all(r["protocol_mismatch"] for r in diff["runs"])
+    md = (tmp_path / "diff" / "comparison.md").read_text()
+    assert md.startswith("> **Warning:**") and "not comparable" in md
