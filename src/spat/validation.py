@@ -265,6 +265,57 @@ def check_dataset_info(data: Mapping[str, Any], cls: type, where: str) -> Any:
     return cls(**{k: d[k] for k in field_types(cls)})
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def check_metrics_record(rec: Any, where: str) -> dict[str, Any]:
+    """One record of a run's ``metrics.jsonl``: an object with an integer ``epoch`` ≥ 1,
+    numbers (or null) for the losses and accuracies, and ``val_adv_confusion`` (if present) a
+    square matrix of non-negative integer counts."""
+    if not isinstance(rec, dict):
+        raise SpatError(f"{where}: expected a JSON object, got {_type_name(rec)}")
+    require(rec, "epoch", int, where=where, check=lambda v: v >= 1, expected=">= 1")
+    for key, value in rec.items():
+        if (key.startswith(("train_", "val_")) or key == "lr") and key not in (
+                "val_attack", "val_adv_confusion") and value is not None and not _is_number(value):
+            raise SpatError(f"{where}: field {key!r} must be a number, got {_type_name(value)} "
+                            f"{_show(value)}")
+    if rec.get("val_attack") is not None and not isinstance(rec["val_attack"], str):
+        raise SpatError(f"{where}: field 'val_attack' must be a string")
+    conf = rec.get("val_adv_confusion")
+    if conf is not None:
+        ok = (isinstance(conf, list) and len(conf) >= 2
+              and all(isinstance(row, list) and len(row) == len(conf) for row in conf)
+              and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                      for row in conf for v in row))
+        if not ok:
+            raise SpatError(f"{where}: field 'val_adv_confusion' must be a square matrix (K ≥ 2) "
+                            f"of non-negative integer counts")
+    return rec
+
+
+def check_prediction_arrays(arrays: Mapping[str, Any], where: str) -> None:
+    """The arrays of a ``predictions.npz`` (``labels``, ``clean``, ``adv/<attack>``): present,
+    one-dimensional, integer, non-negative and all of one length."""
+    for key in ("labels", "clean"):
+        if key not in arrays:
+            raise SpatError(f"{where}: missing array {key!r}")
+    n = None
+    for key, a in arrays.items():
+        shape = tuple(getattr(a, "shape", ()))
+        kind = getattr(getattr(a, "dtype", None), "kind", "")
+        if len(shape) != 1 or kind not in "iu":
+            raise SpatError(f"{where}: array {key!r} must be a 1-D integer array, got shape "
+                            f"{shape} of kind {kind or type(a).__name__!r}")
+        if n is None:
+            n = shape[0]
+        elif shape[0] != n:
+            raise SpatError(f"{where}: array {key!r} has {shape[0]} entries, 'labels' {n}")
+        if shape[0] and int(a.min()) < 0:
+            raise SpatError(f"{where}: array {key!r} holds a negative class index")
+
+
 # ----------------------------------------------------------------------------- tensors
 def check_finite_tensors(tensors: Mapping[str, torch.Tensor], where: str) -> None:
     """Refuse NaN or infinite values in any floating-point tensor, naming the first one."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from spat.analysis.stats import concentration, directed_flows, symmetric_flows
+from spat.errors import SpatError
 from spat.utils.io import read_jsonl
 
 #: Columns of :func:`over_training`'s rows, in order.
@@ -26,8 +27,13 @@ TRAINING_COLUMNS = (
 
 
 def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The records of ``RUN/metrics.jsonl`` (empty if the file is missing)."""
-    return read_jsonl(Path(run_dir) / "metrics.jsonl")
+    """The records of ``RUN/metrics.jsonl`` (empty if the file is missing; a torn line is
+    skipped); a record of the wrong shape is a one-line ``SpatError`` naming the file."""
+    from spat.validation import check_metrics_record
+
+    path = Path(run_dir) / "metrics.jsonl"
+    return [check_metrics_record(rec, f"{path} record {i + 1}")
+            for i, rec in enumerate(read_jsonl(path))]
 
 
 def over_training(records: Sequence[dict[str, Any]], names: Sequence[str] | None = None
@@ -45,6 +51,10 @@ def over_training(records: Sequence[dict[str, Any]], names: Sequence[str] | None
     for rec in records:
         row: dict[str, Any] = {c: rec.get(c) for c in TRAINING_COLUMNS[:7]}
         conf = rec.get("val_adv_confusion")
+        if conf and names is not None and len(conf) != len(names):
+            raise SpatError(f"metrics.jsonl epoch {rec.get('epoch')}: the validation confusion "
+                            f"matrix is {len(conf)}×{len(conf)} but the run has {len(names)} "
+                            f"classes")
         if conf:
             d = directed_flows(conf)
             s = symmetric_flows(conf)
