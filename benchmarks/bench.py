@@ -709,7 +709,10 @@ def bench_memory(args: argparse.Namespace, device: torch.device) -> dict[str, An
     res: dict[str, Any] = {}
     if device.type == "cpu":
         for name in args.methods:
-            for impl in train_variants(args, device):
+            # every setting for SPAT; the loop's default and the reference for the others
+            impls = train_variants(args, device) if name == "spat" else (
+                "reference", f"ours:{setting_name(loop_setting(args, device))}")
+            for impl in impls:
                 r = run_child(f"mem:{name}:{impl}")
                 res[f"{name}:{impl}"] = r
                 print(f"[mem] {LABEL[name]:7s} {impl:31s} peak RSS {r['peak_mb']:.0f} MB "
