@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -464,3 +465,29 @@ def test_failed_download_removes_what_it_wrote_and_keeps_what_was_there(tmp_path
         download_mnist(root, "mnist")
     assert snapshot(root) == {"MNIST": "dir", "MNIST/raw": "dir",
                               "MNIST/raw/my-notes.txt": hashlib.md5(b"kept").hexdigest()}
+
+
+def test_run_creation_race_keeps_the_two_runs_apart(tmp_path: Path, monkeypatch,
+                                                   capsys) -> None:
+    """The issue's race: both processes pass the existence check, then (git is slow) the other
+    one creates the run and trains. The late one must refuse, not move the other run aside or
+    write into it."""
+    out = tmp_path / "runs"
+    real_env = spat.experiment.environment
+    calls: dict[str, Any] = {"n": 0}
+
+    def slow_git(device):
+        calls["n"] += 1
+        if calls["n"] == 1:  # meanwhile, "the other process" trains a run of the same name
+            assert main(["train", *TINY, "--seed", "1", "--out-dir", str(out),
+                         "--name", "x"]) == 0
+            calls["other"] = snapshot(out / "x")
+        return real_env(device)
+
+    monkeypatch.setattr(spat.experiment, "environment", slow_git)
+    capsys.readouterr()
+    refused(capsys, ["train", *TINY, "--out-dir", str(out), "--name", "x"], "already exists")
+    assert calls["other"] and snapshot(out / "x") == calls["other"]  # the other run untouched
+    assert json.loads((out / "x" / "config.json").read_text())["seed"] == 1
+    assert [json.loads(x)["epoch"] for x in (out / "x" / "metrics.jsonl").read_text()
+            .splitlines()] == [1]

@@ -134,6 +134,9 @@ def read_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         except (RuntimeError, EOFError, OSError, ValueError) as e:
             raise SpatError(f"weights file {p} is unreadable ({' '.join(str(e).split())[:200]})"
                             ) from None
+        except Exception as e:  # random bytes reach the unpickler's internals (IndexError, ...)
+            raise SpatError(f"weights file {p} is unreadable ({type(e).__name__}: "
+                            f"{' '.join(str(e).split())[:160]})") from None
         if isinstance(sd, dict):
             for key in ("state_dict", "model_state_dict", "model"):
                 if isinstance(sd.get(key), dict):
