@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=str(ROOT / "benchmarks" / "accuracy_fastpath.json"))
     p.add_argument("--write", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--from-log", default=None,
-                   help="no training: the table from the JSON lines of an earlier run's output")
+                   help="no training: the table from the per-model JSON lines of earlier runs' "
+                        "output (comma-separated logs, e.g. two runs with different --seeds)")
     args = p.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -158,11 +159,12 @@ def main(argv: list[str] | None = None) -> int:
                                        encoding="utf-8")
 
     if args.from_log:
-        for line in Path(args.from_log).read_text(encoding="utf-8").splitlines():
-            if line.startswith("{"):
-                r = json.loads(line)
-                if r["method"] in args.methods.split(","):
-                    runs.append(r)
+        for log in args.from_log.split(","):
+            for line in Path(log).read_text(encoding="utf-8").splitlines():
+                if line.startswith("{"):
+                    r = json.loads(line)
+                    if r["method"] in args.methods.split(","):
+                        runs.append(r)
         # keep only seeds finished in both settings (the comparison is paired)
         done = {(r["method"], r["seed"]) for r in runs if r["setting"] == "fp32"}
         runs = [r for r in runs if (r["method"], r["seed"]) in done]
