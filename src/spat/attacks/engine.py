@@ -52,6 +52,12 @@ def perturb(
 
     Returns:
         Detached adversarial images x' with ‖x' − x‖ ≤ ε and x' in [0, 1], same dtype/device as x.
+
+    Precision: called inside ``torch.autocast`` (the training loop's bf16 fast path, CUDA or a
+    CPU with native bf16), only the model's convolutions and matrix products run in bf16; the
+    objective is computed in float32 (every objective upcasts the logits), the gradient with
+    respect to x' arrives in x's dtype, and the step and projection are float32, so x' is exactly
+    in the ball and the box. Evaluation never calls this under autocast.
     """
     if steps < 1:
         raise SpatError(f"attack steps must be >= 1, got {steps}")
