@@ -275,13 +275,19 @@ def make_trainers(args: argparse.Namespace, device: torch.device, name: str, spl
 
 
 def time_interleaved(steps: dict[str, Callable[[], None]], *, repeats: int, warmup: int,
-                     device: torch.device) -> dict[str, list[float]]:
+                     device: torch.device, first: dict[str, float] | None = None
+                     ) -> dict[str, list[float]]:
     """Warm each up, then time them in rotating order (AB BA AB …), so drifting background
-    load hits every variant alike. Returns the seconds of each timed call."""
+    load hits every variant alike. Returns the seconds of each timed call; ``first`` receives
+    the seconds of each variant's first (warm-up) call, which includes any compilation."""
     names = list(steps)
-    for _ in range(warmup):
+    for i in range(warmup):
         for n in names:
+            t0 = time.perf_counter()
             steps[n]()
+            sync(device)
+            if i == 0 and first is not None:
+                first[n] = time.perf_counter() - t0
     sync(device)
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(repeats):
@@ -493,12 +499,15 @@ def bench_train(args: argparse.Namespace, device: torch.device, split: Split
         variants = train_variants(args, device)
         trainers = make_trainers(args, device, name, split, steps=args.steps, batch=args.batch,
                                  variants=variants)
+        first: dict[str, float] = {}
         times = time_interleaved({v: tr.step for v, tr in trainers.items()},
-                                 repeats=args.repeats, warmup=args.warmup, device=device)
+                                 repeats=args.repeats, warmup=args.warmup, device=device,
+                                 first=first)
         for v, tr in trainers.items():
             s = C.summary(times[v])
             row: dict[str, Any] = {"method": name, "impl": v, "batch": args.batch,
                                    "steps": args.steps, "times": times[v], **s,
+                                   "first_step_s": first.get(v),
                                    "setting": None if v == "reference" else
                                    setting_name(variant_setting(args, device, v)),
                                    "images_per_s": args.batch / s["median"]}
@@ -804,6 +813,20 @@ def report(args: argparse.Namespace, device: torch.device, env: dict[str, Any],
             ok = "yes" if t is not None and r["ratio"]["median"] <= t else "no"
             lines.append(f"| {LABEL[name]} | {r['ratio']['median']:.3f} [{r['ratio']['min']:.2f}–"
                          f"{r['ratio']['max']:.2f}] | ≤ {t:.2f} | {ok} |")
+    for r in train:
+        if not (r["setting"] or "").endswith("compile") or r.get("first_step_s") is None:
+            continue
+        eager = next((q for q in train if q["method"] == r["method"]
+                      and q["setting"] == "bf16+channels_last"), None)
+        if eager is None or eager.get("first_step_s") is None:
+            continue
+        gain = eager["median"] - r["median"]
+        extra = r["first_step_s"] - eager["first_step_s"]
+        pays = (f"pays off after {extra / gain:.0f} steps" if gain > 0 else
+                "never pays off (the compiled step is not faster)")
+        lines += ["", f"torch.compile ({LABEL[r['method']]}): first step {r['first_step_s']:.1f} s "
+                      f"(compilation) vs {eager['first_step_s']:.1f} s eager; then "
+                      f"{r['median']:.3f} s vs {eager['median']:.3f} s per step: {pays}."]
     if e2e:
         lines += ["", f"### End to end: `spat train --method spat` ({e2e['what']})", "",
                   f"Images/s of the second epoch from `metrics.jsonl`, runs alternated "
