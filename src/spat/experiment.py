@@ -237,7 +237,7 @@ def _resume_config(run_dir: Path, cli: TrainConfig, log: Log,
     cfg = dataclasses.replace(saved, device=cli.device,
                               **{k: getattr(cli, k) for k in changed if k != "device"})
     if changes:
-        log("resuming with changed settings: " + ", ".join(
+        log("settings changed on resume: " + ", ".join(
             f"{k} {c['from']!r} → {c['to']!r}" for k, c in changes.items()))
     return cfg, changes
 
