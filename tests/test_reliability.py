@@ -163,7 +163,7 @@ def _poison_weights(run: Path) -> None:
             save_file(w, str(folder / ckpt.WEIGHTS))
 
 
-@pytest.mark.parametrize("command", ["resume", "eval", "analyze", "compare"])
+@pytest.mark.parametrize("command", ["resume", "eval", "analyze", "compare", "export"])
 def test_nan_weights_are_refused_everywhere(run: Path, tmp_path: Path, capsys,
                                             command: str) -> None:
     _poison_weights(run)
@@ -172,7 +172,9 @@ def test_nan_weights_are_refused_everywhere(run: Path, tmp_path: Path, capsys,
             "eval": ["eval", str(run), *FAST_EVAL],
             "analyze": ["analyze", str(run), *FAST_ANALYZE],
             "compare": ["compare", str(run), str(run), *FAST_ANALYZE, "--out",
-                        str(tmp_path / "cmp")]}[command]
+                        str(tmp_path / "cmp")],
+            "export": ["export", str(run), "--format", "portable", "--out",
+                       str(tmp_path / "cmp")]}[command]
     refused(capsys, argv, "non-finite", "NaN", ckpt.WEIGHTS)
     assert snapshot(run) == before
     assert not (tmp_path / "cmp").exists()
