@@ -162,7 +162,7 @@ def corrupt_state(path: Path, kind: str, rng: random.Random, tmp: Path) -> None:
                    and _parent(state, q)[q[-1]].is_floating_point()]
         if tensors:
             q = rng.choice(tensors)
-            t = _parent(state, q)[q[-1]].clone()
+            t = _parent(state, q)[q[-1]].contiguous().clone()
             t.view(-1)[0] = float("nan")
             _parent(state, q)[q[-1]] = t
         else:
@@ -195,7 +195,7 @@ def corrupt_weights(path: Path, kind: str, rng: random.Random) -> None:
     elif kind == "nan":
         floats = [k for k, v in w.items() if v.is_floating_point()]
         name = rng.choice(floats)
-        w[name] = w[name].clone()
+        w[name] = w[name].contiguous().clone()
         w[name].view(-1)[rng.randrange(w[name].numel())] = rng.choice([float("nan"),
                                                                         float("inf")])
     else:  # swap: wrong shape or dtype, or an extra tensor
@@ -304,7 +304,8 @@ RUN_FILES: dict[str, tuple[Callable[[Path], Path], tuple[str, ...], tuple[str, .
                           ("truncate", "flip", "random", "swap", "delete", "nan"),
                           ("resume", "eval", "analyze", "compare")),
     "report.json": (lambda r: r / "eval" / "report.json", ("truncate", "flip", "swap",
-                                                            "delete"), ("analyze", "compare")),
+                                                            "delete"),
+                    ("analyze", "compare", "export")),
     "predictions.npz": (lambda r: r / "eval" / "predictions.npz", ("truncate", "flip", "swap",
                                                                    "delete", "random"),
                         ("analyze", "compare")),
@@ -313,11 +314,12 @@ RUN_FILES: dict[str, tuple[Callable[[Path], Path], tuple[str, ...], tuple[str, .
 
 def _cases() -> list[tuple[str, str, str, int]]:
     """(file kind, mutation, command, seed): every (kind, mutation, command) combination, with
-    several seeds, cycled until there are at least 200 run-file cases."""
+    several seeds, cycled until there are at least 200 run-file cases (``SPAT_FUZZ_CASES=2000``
+    for a longer hunt; ``SPAT_FUZZ_SEED`` shifts the seeds)."""
     combos = [(k, m, c) for k, (_, ms, cs) in RUN_FILES.items() for m in ms for c in cs]
     cases = []
-    seed = 0
-    while len(cases) < 200:
+    seed = int(os.environ.get("SPAT_FUZZ_SEED", "0"))
+    while len(cases) < max(200, int(os.environ.get("SPAT_FUZZ_CASES", "200"))):
         for k, m, c in combos:
             cases.append((k, m, c, seed))
             seed += 1
@@ -332,7 +334,8 @@ def _argv(command: str, run: Path, tmp: Path) -> list[str]:
             "eval": ["eval", str(run), *FAST_EVAL],
             "analyze": ["analyze", str(run), *FAST_ANALYZE],
             "compare": ["compare", str(run), str(run), *FAST_COMPARE, "--out",
-                        str(tmp / "cmp")]}[command]
+                        str(tmp / "cmp")],
+            "export": ["export", str(run), "--out", str(tmp / "cmp")]}[command]
 
 
 def check_outcome(code: int, err: str) -> None:
@@ -492,4 +495,4 @@ def test_enough_cases() -> None:
     assert len(CASES) >= 200 and total >= 260
     kinds = {k for k, *_ in CASES}
     assert kinds == set(RUN_FILES)
-    assert {c for *_, c, _ in CASES} == {"resume", "eval", "analyze", "compare"}
+    assert {c for *_, c, _ in CASES} == {"resume", "eval", "analyze", "compare", "export"}

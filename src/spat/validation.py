@@ -316,6 +316,38 @@ def check_prediction_arrays(arrays: Mapping[str, Any], where: str) -> None:
             raise SpatError(f"{where}: array {key!r} holds a negative class index")
 
 
+def check_eval_report(report: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A ``spat eval`` ``report.json``: ``eps`` a positive number, accuracies in [0, 1] (or null
+    where an attack did not run), ``attacks`` a list of objects with a string ``key``/``name`` and
+    an accuracy, ``subset`` an object, counts ≥ 0."""
+    def acc(d: Mapping[str, Any], key: str, w: str, *, required: bool = False) -> None:
+        if key in d or required:
+            require(d, key, float | None, where=w,
+                    check=lambda v: v is None or 0.0 <= v <= 1.0, expected="in [0, 1]")
+
+    require(report, "schema", str, where=where)
+    require(report, "eps", float, where=where, check=lambda v: v > 0, expected="> 0")
+    acc(report, "clean_acc", where, required=True)
+    acc(report, "autoattack_acc", where)
+    if "n_examples" in report:
+        require(report, "n_examples", int, where=where, check=lambda v: v >= 0, expected=">= 0")
+    if "subset" in report:
+        sub = require(report, "subset", dict, where=where)
+        for key in ("n_examples", "of"):
+            if key in sub:
+                require(sub, key, int | None, where=f"{where}: subset",
+                        check=lambda v: v is None or v >= 0, expected=">= 0")
+    attacks = require(report, "attacks", list, where=where)
+    for i, a in enumerate(attacks):
+        w = f"{where}: attacks[{i}]"
+        check_value(a, dict, where=w, field="attack")
+        for key in ("key", "name", "kind"):
+            if key in a:
+                require(a, key, str, where=w)
+        acc(a, "accuracy", w)
+    return dict(report)
+
+
 # ----------------------------------------------------------------------------- tensors
 def check_finite_tensors(tensors: Mapping[str, torch.Tensor], where: str) -> None:
     """Refuse NaN or infinite values in any floating-point tensor, naming the first one."""

@@ -199,15 +199,19 @@ def _corr_dict(c: RankCorrelation) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- eval report
 def read_eval_report(run_dir: Path) -> dict[str, Any] | None:
-    """``RUN/eval/report.json`` if it exists and parses (else ``None``)."""
+    """``RUN/eval/report.json`` if it exists and is a valid report (else ``None``: the report
+    only adds optional numbers, so an unreadable or edited one is ignored)."""
+    from spat.utils.log import logger
+    from spat.validation import check_eval_report, read_json_object
+
     path = run_dir / "eval" / "report.json"
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        return check_eval_report(read_json_object(path, what="evaluation report"), str(path))
+    except SpatError as e:
+        logger.warning("ignoring %s", e)
         return None
-    return data if isinstance(data, dict) else None
 
 
 _AA = re.compile(r"auto.?attack|^aa$|^aa[-_ ]", re.IGNORECASE)

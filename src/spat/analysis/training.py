@@ -32,8 +32,12 @@ def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     from spat.validation import check_metrics_record
 
     path = Path(run_dir) / "metrics.jsonl"
-    return [check_metrics_record(rec, f"{path} record {i + 1}")
-            for i, rec in enumerate(read_jsonl(path))]
+    try:
+        records = read_jsonl(path)
+    except (UnicodeDecodeError, OSError) as e:
+        raise SpatError(f"{path} is unreadable ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:160]})") from None
+    return [check_metrics_record(rec, f"{path} record {i + 1}") for i, rec in enumerate(records)]
 
 
 def over_training(records: Sequence[dict[str, Any]], names: Sequence[str] | None = None

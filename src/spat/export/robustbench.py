@@ -176,6 +176,9 @@ def export_run(
             raise SpatError(f"{rep_path} is not readable JSON ({type(e).__name__})") from None
         if not isinstance(doc, dict):
             raise SpatError(f"{rep_path} is not a spat evaluation report")
+        from spat.validation import check_eval_report
+
+        check_eval_report(doc, str(rep_path))  # types and ranges, one line naming the field
         check_full_standard_aa(doc, str(rep_path))
         evaluated = doc.get("checkpoint")
         if evaluated and Path(evaluated).is_dir():
