@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import copy
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -629,7 +630,7 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, Any] | None:
                 print(f"[e2e] {label:6s} {ips:.0f} img/s", flush=True)
     ratios = [b / a for a, b in zip(res["before"], res["after"], strict=True)]
     res["ratios"] = ratios
-    res["ratio_median"] = sorted(ratios)[len(ratios) // 2]
+    res["ratio_median"] = statistics.median(ratios)
     return res
 
 
