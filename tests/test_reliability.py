@@ -218,6 +218,7 @@ def _edit_state(run: Path, fn) -> None:
     (lambda s: s.pop("optimizer"), "resume", ["missing field 'optimizer'"]),
     (lambda s: s["rng"].pop("torch"), "resume", ["rng", "missing field 'torch'"]),
     (lambda s: s.update(epoch="3"), "resume", ["field 'epoch'", "an integer"]),
+    (lambda s: s.update(epoch=4), "resume", ["field 'epoch' says 5", "checkpoint of epoch 1"]),
     (lambda s: s.update(num_classes=1.5), "eval", ["field 'num_classes'"]),
     (lambda s: s["optimizer"]["param_groups"][0].update(params=[0]), "resume",
      ["optimizer or random-generator state is corrupted"]),
@@ -279,7 +280,7 @@ def test_resume_cannot_cut_below_the_trained_epochs(run: Path, capsys) -> None:
     capsys.readouterr()
     before = snapshot(run)
     refused(capsys, ["train", "--resume", str(run), "--epochs", "1"],
-            "--epochs 1 is fewer than the 2 epochs")
+            "to 1 epochs (--epochs): it has already trained 2")
     assert snapshot(run) == before
 
 

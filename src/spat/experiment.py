@@ -449,14 +449,18 @@ def _train(
         folder = dist.on_main(lambda: _last_checkpoint(run_dir))
         if folder is not None:
             trainer.load(folder)
+            if ckpt.tag_epoch(folder.name) != trainer.start_epoch:  # an edited or swapped state
+                raise SpatError(f"{folder / ckpt.STATE}: field 'epoch' says {trainer.start_epoch} "
+                                f"epochs were trained, but it is the checkpoint of epoch "
+                                f"{ckpt.tag_epoch(folder.name)}")
             if trainer.start_epoch < (cfg.epochs or 0):
                 log(f"resuming {run_dir} from {folder.name} (epoch {trainer.start_epoch + 1} "
                     f"of {cfg.epochs})")
         else:
             log(f"resuming {run_dir}: no checkpoint yet, starting from epoch 1")
         if cfg.epochs is not None and cfg.epochs < trainer.start_epoch:
-            raise SpatError(f"--epochs {cfg.epochs} is fewer than the {trainer.start_epoch} "
-                            f"epochs {run_dir} has already trained")
+            raise SpatError(f"cannot resume {run_dir} to {cfg.epochs} epochs (--epochs): it has "
+                            f"already trained {trainer.start_epoch}")
         trainer.prepare_resume()
 
         def record() -> None:  # changed settings into config.json, the session into resumes
