@@ -309,6 +309,15 @@ def test_study_through_local_pool(pool_study: tuple[Path, dict]) -> None:
                       log=lambda s: None)
     assert again["records"] == []
     assert _table(study_dir) == before and len(before) == 2 * len(doc["metrics"])
+    # a cell directory made with other settings is refused, not silently reused
+    from spat.study.cell import cell_state
+    from spat.study.pool import dataclasses_asdict
+
+    cell = dataclasses_asdict(plan_cells(load_study(study_dir.parent / "ref.toml"))[0])
+    assert cell_state(cell) == "done"
+    cell["config"]["epochs"] = 2
+    with pytest.raises(SpatError, match="other settings.*epochs"):
+        cell_state(cell)
 
 
 def test_cell_analysis_stage_then_done(pool_study: tuple[Path, dict]) -> None:

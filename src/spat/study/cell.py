@@ -65,7 +65,8 @@ def cell_state(cell: dict[str, Any]) -> str:
     run = Path(cell["run_dir"])
     saved = _read_json(run / "config.json")
     if saved is None:
-        if run.is_dir() and any(run.iterdir()):
+        # a lock file (or nothing) alone: killed before the run's first file; start again
+        if run.is_dir() and any(not c.name.startswith(".") for c in run.iterdir()):
             raise SpatError(f"{run} exists but holds no readable config.json (remove it to "
                             f"start this cell again)")
         return "new"

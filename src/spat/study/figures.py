@@ -24,7 +24,7 @@ def plot_dataset(aggs: list[Aggregate], metrics: list[str], baseline: str, datas
     import matplotlib.pyplot as plt
 
     ms = [m for m in metrics if m != EXCESS]
-    fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 1.6 * len(ms) * 2), 4.2),
+    fig, axes = plt.subplots(1, 2, figsize=(max(10.0, 1.2 * len(ms) * 2), 4.2),
                              constrained_layout=True)
     width = 0.8 / max(1, len(aggs))
     ax = axes[0]

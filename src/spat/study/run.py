@@ -25,6 +25,9 @@ EVAL_PASSES = {"fgsm": 1, "pgd20": 20, "pgd100": 100, "cw20": 20, "cw100": 100,
 #: Measured: forward+backward passes per second of one small_cnn on 8×8 digits, one CPU
 #: thread (this project's 2-core CI machine); used only until a cell of the study finished.
 REFERENCE_RATE = {("small_cnn", "digits"): 9000.0}
+#: Fixed seconds per cell besides the passes (loading data, checkpoints, the evaluation's
+#: bookkeeping) and for the per-run analysis (its figures), measured on digits.
+CELL_OVERHEAD_S, ANALYZE_S = 3.0, 15.0
 
 
 def cell_cost(cell: Cell) -> dict[str, Any]:
@@ -87,10 +90,11 @@ def dry_run(spec: StudySpec, workers: int, threads: int, log: Log = print) -> li
         if state != "done":
             todo_passes += cost["passes"]
             unknown |= r is None or not cost["known_size"]
-        est = f"~{_dur(cost['passes'] / r)}" if r and cost["known_size"] else "?"
+        extra = 0.0 if rate else CELL_OVERHEAD_S + (ANALYZE_S if c.eval["analyze"] else 0.0)
+        est = f"~{_dur(cost['passes'] / r + extra)}" if r and cost["known_size"] else "?"
         rows.append((c.key, c.run_dir, state, cost["train_images"], cost["passes"], est))
-    log(f"study {spec.name}: {len(cells)} cells ({len(spec.datasets)} datasets × "
-        f"{len(spec.variants)} variants × {len(spec.seeds)} seeds) in {spec.study_dir}")
+    log(f"study {spec.name}: {len(cells)} cells ({len(spec.datasets)} dataset(s) × "
+        f"{len(spec.variants)} variant(s) × {len(spec.seeds)} seed(s)) in {spec.study_dir}")
     w = max(len(r[0]) for r in rows)
     log(f"  {'cell':<{w}}  {'state':<8} {'train images':>12} {'passes':>12}  estimate")
     for key, _, state, imgs, passes, est in rows:
@@ -99,7 +103,8 @@ def dry_run(spec: StudySpec, workers: int, threads: int, log: Log = print) -> li
     rate_all = rate or next((REFERENCE_RATE.get((cell_cost(c)["model"], c.dataset))
                              for c in cells), None)
     if todo and rate_all and not unknown:
-        total = todo_passes / (rate_all * threads) / workers
+        extra = 0.0 if rate else CELL_OVERHEAD_S + (ANALYZE_S if spec.eval.analyze else 0.0)
+        total = (todo_passes / (rate_all * threads) + todo * extra) / workers
         basis = "measured on this study" if rate else "reference rate of a 2-core CPU machine"
         log(f"{todo} cells to run on {workers} workers × {threads} threads: about "
             f"{_dur(total)} ({basis}; passes = forward+backward of one image)")
