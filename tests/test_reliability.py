@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -494,3 +495,36 @@ def test_run_creation_race_keeps_the_two_runs_apart(tmp_path: Path, monkeypatch,
     assert json.loads((out / "x" / "config.json").read_text())["seed"] == 1
     assert [json.loads(x)["epoch"] for x in (out / "x" / "metrics.jsonl").read_text()
             .splitlines()] == [1]
+
+
+def test_two_resumes_of_one_run_do_not_interleave(run: Path, capsys) -> None:
+    """The issue's case: a second `spat train --resume` while the first still trains stops at
+    once; the first finishes alone (metrics epochs [1, 2, 3], no duplicates)."""
+    first = subprocess.Popen(
+        [sys.executable, "-m", "spat", "train", "--resume", str(run), "--epochs", "3",
+         "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = 120.0
+        t0 = time.monotonic()
+        def holder() -> object:  # the record is written once the lock is held
+            try:
+                return json.loads((run / LOCK_NAME).read_text()).get("pid")
+            except (OSError, ValueError):
+                return None
+
+        while holder() != first.pid and first.poll() is None:
+            assert time.monotonic() - t0 < deadline
+            time.sleep(0.02)
+        assert first.poll() is None, "the first resume ended before it was seen holding the lock"
+        refused(capsys, ["train", "--resume", str(run), "--epochs", "3", "--no-progress"],
+                "is in use", f"pid {first.pid}")
+        out = first.communicate(timeout=deadline)[0]
+        assert first.returncode == 0, out
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    epochs = [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
+    assert not (run / LOCK_NAME).exists()
