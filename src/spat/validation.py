@@ -200,18 +200,14 @@ def read_json_object(path: str | os.PathLike[str], *, what: str = "file") -> dic
     except (OSError, UnicodeDecodeError) as e:
         raise SpatError(f"{what} {p} is unreadable ({type(e).__name__}: {one_line(e)})") from None
     try:
-        data = json.loads(text, parse_constant=_reject_constant)
+        data = json.loads(text)  # NaN/Infinity are accepted here (spat eval writes NaN for an
+        # empty class); the typed checks refuse them where a field must be finite
     except (json.JSONDecodeError, ValueError, RecursionError) as e:
         raise SpatError(f"{what} {p} is corrupted (not JSON: {one_line(e, 120)})") from None
     if not isinstance(data, dict):
         raise SpatError(f"{what} {p} is corrupted (expected a JSON object, got "
                         f"{_type_name(data)})")
     return data
-
-
-def _reject_constant(name: str) -> float:
-    # NaN/Infinity are not JSON; spat writes them as null. A file holding them was edited.
-    raise ValueError(f"non-standard constant {name}")
 
 
 def require(data: Mapping[str, Any], key: str, annotation: Any, *, where: str,
