@@ -417,13 +417,13 @@ def test_corrupted_train_config(tmp_path: Path, capsys, mutation: str, seed: int
     cfg.write_bytes(text)
     out = tmp_path / "runs"
     code, err = run_main(capsys, ["train", "--config", str(cfg), "--out-dir", str(out),
-                                  "--no-progress", *TINY_ARGS_IF_MISSING(text)])
+                                  "--no-progress", *_tiny_args_if_missing(text)])
     check_outcome(code, err)
     if code == 2:
         assert not out.exists() or not any(out.iterdir())
 
 
-def TINY_ARGS_IF_MISSING(text: bytes) -> list[str]:  # noqa: N802
+def _tiny_args_if_missing(text: bytes) -> list[str]:
     """A truncated TOML may have lost the tiny settings: keep the run tiny from the command
     line for the keys the file no longer sets (flags override the file only where given)."""
     s = text.decode("utf-8", "replace")
