@@ -105,11 +105,18 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         print(f"  hardest pair ↔ {ts['pair']}: {100 * ts['share_of_all_errors']:.1f}% of all "
               "errors")
     if s["mean_top_share"] is not None:
-        print(f"  mean top-target share {100 * s['mean_top_share']:.1f}% (uniform "
-              f"{100 * s['uniform_top_share']:.1f}%), mean normalised entropy "
-              f"{s['mean_normalized_entropy']:.3f} (uniform 1)")
+        null_e = s.get("null_normalized_entropy")
+        print(f"  mean top-target share {100 * s['mean_top_share']:.1f}% (null for these error "
+              f"counts {100 * (s.get('null_top_share') or 0):.1f}%), mean normalised entropy "
+              f"{s['mean_normalized_entropy']:.3f} (null "
+              + ("–" if null_e is None else f"{null_e:.3f}") + f"); "
+              f"{s.get('nonuniform_classes')} of {s.get('tested_classes')} classes with ≥ 5 "
+              f"errors not uniform (G-test p < 0.05)")
     for name, c in ra.correlations.items():
-        print(f"  similarity vs flow, {name}: {c.text()}")
+        m = ra.mantel.get(name)
+        print(f"  similarity vs flow, {name}: {c.text()}"
+              + (f", Mantel permutation p = {m.p_value:.2g}" if m is not None
+                 and m.p_value == m.p_value else ""))
     print(f"wrote {len(files)} files to {out}: report.md, analysis.json, CSVs, "
           f"{sum(1 for f in files if f.endswith('.png'))} figures (PNG + PDF)")
     return 0
