@@ -4,7 +4,10 @@
 2. ``sequential``: the same cells one after another as ``spat train`` + ``spat eval``
    processes with torch's old default thread count (every process uses all cores);
 3. ``concurrent``: the same cells two at a time, each process with the old default threads
-   (the oversubscription issue 10 reports: several runs started at once on a laptop).
+   (the oversubscription issue 10 reports: several runs started at once on a laptop);
+4. ``concurrent_auto`` (not run by default): two at a time with spat's own default thread count
+   (no ``--threads``: free cores from the affinity mask and the load average), what a user who
+   starts two runs by hand now gets.
 
 Reported: wall seconds, cells per hour and training images per second (epochs × training
 examples of every cell, over the wall time), and the pool's speed-up. Each way writes its own
@@ -68,22 +71,23 @@ def old_default_threads() -> int:
     return int(out.stdout.strip())
 
 
-def _cell_commands(cell: Any, threads: int) -> list[list[str]]:
+def _cell_commands(cell: Any, threads: int | None) -> list[list[str]]:
     cfg = cell.config
-    train = [sys.executable, "-m", "spat", "train", "--no-progress", "--threads", str(threads),
+    flag = [] if threads is None else ["--threads", str(threads)]
+    train = [sys.executable, "-m", "spat", "train", "--no-progress", *flag,
              "--dataset", cfg["dataset"], "--method", cfg["method"], "--seed", str(cfg["seed"]),
              "--epochs", str(cfg["epochs"]), "--train-subset", str(cfg["train_subset"]),
              "--deterministic", "--device", "cpu", "--out-dir", cfg["out_dir"],
              "--name", cfg["name"]]
     ev = cell.eval
     evaluate = [sys.executable, "-m", "spat", "eval", cell.run_dir, "--no-progress",
-                "--threads", str(threads), "--attacks", ",".join(ev["attacks"]),
+                *flag, "--attacks", ",".join(ev["attacks"]),
                 "--n-examples", str(ev["n_examples"]), "--sanity-examples", "0",
                 "--device", "cpu"]
     return [train, evaluate]
 
 
-def _run_cell_processes(cell: Any, threads: int) -> None:
+def _run_cell_processes(cell: Any, threads: int | None) -> None:
     for cmd in _cell_commands(cell, threads):
         subprocess.run(cmd, env=_env(None), check=True, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
@@ -123,10 +127,16 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
             for c in cells:
                 _run_cell_processes(c, old)
             how = f"one after another, {old} threads each (torch's default)"
-        else:
+        elif way == "concurrent":
             with ThreadPoolExecutor(2) as ex:
                 list(ex.map(lambda c: _run_cell_processes(c, old), cells))
             how = f"2 at a time, {old} threads each (torch's default)"
+        elif way == "concurrent_auto":
+            with ThreadPoolExecutor(2) as ex:
+                list(ex.map(lambda c: _run_cell_processes(c, None), cells))
+            how = "2 at a time, spat's default threads (no --threads)"
+        else:
+            raise SystemExit(f"unknown way {way!r}")
         wall = time.perf_counter() - t0
         images = _train_images(cells)
         results.append({"way": way, "how": how, "cells": len(cells), "wall_s": wall,
@@ -151,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--ways", default="pool,sequential,concurrent",
-                   help="comma-separated subset of pool, sequential, concurrent")
+                   help="comma-separated, from pool, sequential, concurrent, concurrent_auto")
     p.add_argument("--work", default="/tmp/spat-study-bench", help="scratch folder")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--quick", action="store_true", help="1 epoch, 300 examples, 100 evaluated")
