@@ -10,11 +10,12 @@ device when the run starts, with the reason recorded in the run's ``env.json`` (
   float32 under autocast, and evaluation attacks (validation, final test, ``spat eval``) never
   run under autocast.
 * ``channels_last`` — NHWC memory format for the model and its inputs. On: CUDA and CPU (oneDNN's
-  convolutions are NHWC-native; measured 1.4× faster for ``small_cnn`` and resnet18 in fp32 on
+  convolutions are NHWC-native; measured 1.4–1.5× faster for ``small_cnn`` and resnet18 in fp32 on
   one core, see ``benchmarks/RESULTS.md``). Off elsewhere (MPS).
-* ``compile`` — ``torch.compile`` of the training model. ``auto`` is off: measured on this
-  project's CPU benchmark, compilation takes longer than it saves in a run of the size a CPU
-  trains, and the attack's eval-mode/``requires_grad`` switches recompile; ``on`` forces it.
+* ``compile`` — ``torch.compile`` of the training model. ``auto`` is off: on this project's CPU
+  benchmark the compiled SPAT step (inductor) was slower than the eager one even after 13–265 s
+  of compilation (the attack switches eval mode and ``requires_grad``, which the compiled graphs
+  guard on); ``on`` forces it.
 """
 
 from __future__ import annotations
