@@ -150,7 +150,7 @@ def resolve_fast_path(amp: object, channels_last: object, compile_: object,
         reasons["compile"] = f"--compile {req['compile']}"
     else:
         use_compile = False
-        reasons["compile"] = ("auto: off (compile time exceeds its gain at the run sizes "
-                              "measured; --compile on to force)")
+        reasons["compile"] = ("auto: off (the compiled step was slower than eager in this "
+                              "project's CPU benchmark; --compile on to force)")
     return FastPath(amp=use_amp, channels_last=use_cl, compile=use_compile,
                     requested=req, reasons=reasons)
