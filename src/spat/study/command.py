@@ -49,15 +49,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def cmd_study(args: argparse.Namespace) -> int:
     """Run ``spat study``; exit 1 when a cell failed (its error is printed)."""
-    from spat.study.pool import plan_pool
-    from spat.study.run import dry_run, run_study
+    from spat.study.run import dry_run, engine_plan, run_study
     from spat.study.spec import load_study, plan_cells
 
     spec = load_study(args.file)
     if args.dry_run:
-        plan = plan_pool(plan_cells(spec), args.workers or spec.engine.workers,
-                         args.threads or spec.engine.threads)
-        print(f"engine {args.engine or spec.engine.kind}: {plan.text()}")
+        kind = args.engine or spec.engine.kind
+        plan = engine_plan(spec, plan_cells(spec), kind, args.workers, args.threads)
+        slurm = kind == "submitit" and spec.engine.cluster == "slurm"
+        print(f"engine {kind}" + (f" ({spec.engine.cluster})" if kind == "submitit" else "")
+              + ": " + (f"{plan.workers} SLURM jobs × {plan.threads} threads" if slurm
+                        else plan.text()))
         dry_run(spec, plan.workers, plan.threads)
         return 0
     out = run_study(spec, engine=args.engine, workers=args.workers, threads=args.threads,

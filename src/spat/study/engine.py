@@ -46,7 +46,12 @@ def run_submitit(cells: Sequence[Cell], engine: EngineSpec, folder: Path, log_di
     submitit = require_submitit()
     from spat.study.cell import run_cell
 
-    ex = submitit.AutoExecutor(folder=str(folder), cluster=engine.cluster)
+    try:
+        ex = submitit.AutoExecutor(folder=str(folder), cluster=engine.cluster)
+    except (RuntimeError, ValueError) as e:
+        raise SpatError(f"submitit cannot use cluster {engine.cluster!r}: "
+                        f"{' '.join(str(e).split())} (without SLURM, set [engine] "
+                        f"cluster = \"local\" to run the jobs as local processes)") from None
     params: dict[str, Any] = {"timeout_min": engine.timeout_min,
                               "cpus_per_task": engine.cpus_per_job or threads,
                               "name": "spat-study"}

@@ -125,6 +125,19 @@ def _dur(s: float) -> str:
     return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
 
 
+def engine_plan(spec: StudySpec, cells: list[Cell], kind: str, workers: int | None = None,
+                threads: int | None = None) -> Any:
+    """Workers × threads: the local pool's rule (W·T ≤ cores here), except for SLURM jobs,
+    which run on the cluster's nodes (threads per job: ``--threads``, ``cpus_per_job`` or 1)."""
+    from spat.study.pool import PoolPlan, plan_pool
+    from spat.utils.threads import available_cores
+
+    if kind == "submitit" and spec.engine.cluster == "slurm":
+        t = threads or spec.engine.threads or spec.engine.cpus_per_job or 1
+        return PoolPlan(workers or spec.engine.workers or len(cells), t, (), available_cores())
+    return plan_pool(cells, workers or spec.engine.workers, threads or spec.engine.threads)
+
+
 def run_study(spec: StudySpec, *, engine: str | None = None, workers: int | None = None,
               threads: int | None = None, aggregate_only: bool = False, figures: bool = True,
               progress: bool | None = None, log: Log = print) -> dict[str, Any]:
@@ -132,12 +145,12 @@ def run_study(spec: StudySpec, *, engine: str | None = None, workers: int | None
     plan}``; cells that fail are reported (the others still run and are aggregated)."""
     from spat.study.aggregate import aggregate, read_cell
     from spat.study.cell import cell_state
-    from spat.study.pool import StudyProgress, plan_pool, run_local
+    from spat.study.pool import StudyProgress, run_local
     from spat.study.report import write_outputs
 
     cells = plan_cells(spec)
     kind = engine or spec.engine.kind
-    plan = plan_pool(cells, workers or spec.engine.workers, threads or spec.engine.threads)
+    plan = engine_plan(spec, cells, kind, workers, threads)
     states = {c.key: cell_state(c.__dict__) for c in cells}  # conflicts stop us here
     todo = [c for c in cells if states[c.key] != "done"]
     study_dir = spec.study_dir
@@ -148,8 +161,10 @@ def run_study(spec: StudySpec, *, engine: str | None = None, workers: int | None
         log(f"study {spec.name}: {len(todo)} of {len(cells)} cells to run "
             f"({len(cells) - len(todo)} done) — "
             + (plan.text() if kind == "local" else
-               f"submitit ({spec.engine.cluster}), {plan.workers} at a time × "
-               f"{plan.threads} threads")
+               f"submitit ({spec.engine.cluster}), "
+               + ("every cell submitted" if spec.engine.cluster == "slurm" else
+                  f"{plan.workers} at a time") + f", {spec.engine.cpus_per_job or plan.threads}"
+               f" thread(s) per job")
             + f"; logs in {log_dir}/")
         bar = StudyProgress(len(cells), len(cells) - len(todo), log=log, terminal=progress)
         try:
