@@ -33,6 +33,10 @@ from spat.study.spec import Cell, StudySpec
 
 CLEAN, WORST_CASE, WORST_CLASS, EXCESS = ("clean", "worst case", "worst class",
                                           "excess top share")
+#: The training run's own validation accuracies (clean and under the per-epoch validation
+#: attack, PGD-10 by default) at its best epoch, read from metrics.jsonl: the numbers to select
+#: settings on, never the test set.
+VAL_CLEAN, VAL_ROBUST = "val_clean_acc", "val_robust_acc"
 
 
 @dataclass
@@ -94,8 +98,35 @@ def read_cell(cell: Cell) -> CellResult:
             res.confusion = preds.confusion(res.primary, len(res.class_names)).numpy()
             hc = honest_concentration(res.confusion)
             m[EXCESS] = hc.mean_excess_top_share
+    m.update(best_epoch_validation(run))
     res.metrics = m
     return res
+
+
+def best_epoch_validation(run: Path) -> dict[str, float]:
+    """``{val_clean_acc, val_robust_acc}`` of the epoch ``summary.json`` calls best (the one
+    the ``best`` checkpoint was saved at), from ``metrics.jsonl``; ``{}`` when either file or
+    that epoch's record is missing."""
+    summary = _read(run / "summary.json")
+    best = (summary or {}).get("best_epoch")
+    if not isinstance(best, int) or isinstance(best, bool):
+        return {}
+    try:
+        lines = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return {}
+    out: dict[str, float] = {}
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and rec.get("epoch") == best:
+            for k in (VAL_CLEAN, VAL_ROBUST):
+                v = rec.get(k)
+                if isinstance(v, int | float) and not isinstance(v, bool):
+                    out[k] = float(v)
+    return out
 
 
 @dataclass
@@ -124,7 +155,7 @@ def metric_order(results: list[CellResult]) -> list[str]:
             if k not in seen:
                 seen.append(k)
     fixed = [CLEAN]
-    tail = [k for k in (WORST_CASE, WORST_CLASS, EXCESS) if k in seen]
+    tail = [k for k in (WORST_CASE, WORST_CLASS, EXCESS, VAL_CLEAN, VAL_ROBUST) if k in seen]
     return [k for k in fixed if k in seen] + [k for k in seen if k not in fixed + tail] + tail
 
 

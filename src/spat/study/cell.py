@@ -87,8 +87,12 @@ def cell_state(cell: dict[str, Any]) -> str:
 
 
 def _analysis_fresh(run: Path) -> bool:
+    """analysis.json is newer than eval/report.json — or the weights are gone (a fresh clone of
+    committed small results: file times are checkout times, and nothing could be recomputed)."""
     a, r = run / "analysis" / "analysis.json", run / "eval" / "report.json"
-    return a.is_file() and r.is_file() and a.stat().st_mtime >= r.stat().st_mtime
+    if not (a.is_file() and r.is_file()):
+        return False
+    return a.stat().st_mtime >= r.stat().st_mtime or not (run / "checkpoints").is_dir()
 
 
 @contextlib.contextmanager
