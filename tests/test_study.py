@@ -205,6 +205,17 @@ def test_pool_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert plan_pool(cells, threads=4).workers == 2
     with pytest.raises(SpatError, match="oversubscribe"):
         plan_pool(cells, workers=4, threads=4)
+    # a node with 2 CUDA GPUs: one worker per GPU, the cores shared among them
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    import dataclasses
+
+    auto = [dataclasses.replace(c, config={**c.config, "device": "auto"}) for c in cells]
+    assert plan_pool(cells).gpus == ()  # the file says device = "cpu"
+    gpu = plan_pool(auto)
+    assert (gpu.workers, gpu.threads, gpu.gpus) == (2, 4, (0, 1))
 
 
 @pytest.mark.parametrize("edit, field", [
@@ -288,6 +299,7 @@ def test_study_through_local_pool(pool_study: tuple[Path, dict]) -> None:
         run = Path(cell["run_dir"])
         for f in ("config.json", "summary.json", "eval/report.json", "eval/predictions.npz"):
             assert (run / f).is_file(), run / f
+        assert json.loads((run / "env.json").read_text())["cpu_threads"] == 1
         rep = json.loads((run / "eval" / "report.json").read_text())
         assert cell["metrics"]["clean"] == rep["clean_acc"]
         assert cell["metrics"]["PGD-20"] == rep["attacks"][1]["accuracy"]
