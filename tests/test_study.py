@@ -276,20 +276,36 @@ def _table(study_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def pool_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """The reference: 2 variants × 2 seeds through the local pool (2 workers × 1 thread)."""
+    """The reference: 2 variants × 2 seeds through the local pool (2 workers × 1 thread).
+
+    Run once per test session, also under pytest-xdist: the first worker that needs it runs it
+    under a file lock in the session's shared temporary folder, the others read its records."""
+    import fcntl
+
     from spat.study.run import run_study
 
-    tmp = tmp_path_factory.mktemp("study")
-    spec = load_study(_write(tmp, "ref"))
-    out = run_study(spec, workers=2, threads=1, progress=False, log=lambda s: None)
-    return spec.study_dir, out
+    base = tmp_path_factory.getbasetemp()
+    # under xdist each worker's base is <session>/popen-gwN; the session folder is shared
+    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / \
+        "spat_study_reference"
+    shared.mkdir(exist_ok=True)
+    with open(shared / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        records = shared / "records.json"
+        if not records.is_file():
+            spec = load_study(_write(shared, "ref"))
+            out = run_study(spec, workers=2, threads=1, progress=False, log=lambda s: None)
+            records.write_text(json.dumps({k: out[k] for k in ("records", "failed")}))
+    return shared / "ref", json.loads(records.read_text())
 
 
 def test_study_through_local_pool(pool_study: tuple[Path, dict]) -> None:
     study_dir, out = pool_study
     assert not out["failed"], out["failed"]
+    assert sorted(r["key"] for r in out["records"]) == [
+        f"digits/{v}/seed{k}" for v in ("pgd_at", "trades") for k in (0, 1)]
     assert [r["stages"] for r in out["records"]] == [["new", "eval"]] * 4
     assert {r["threads"] for r in out["records"]} == {1}  # each worker got its share
     for name in ("study.md", "study.csv", "study.json", "study_digits.pdf", "study_digits.png"):
@@ -315,11 +331,11 @@ def test_study_through_local_pool(pool_study: tuple[Path, dict]) -> None:
     # a second run has nothing to do and writes the same table
     from spat.study.run import run_study
 
-    before = _table(study_dir)
-    (study_dir / "study.csv").unlink()
+    before, stamp = _table(study_dir), (study_dir / "study.csv").stat().st_mtime_ns
     again = run_study(load_study(study_dir.parent / "ref.toml"), progress=False, figures=False,
                       log=lambda s: None)
     assert again["records"] == []
+    assert (study_dir / "study.csv").stat().st_mtime_ns != stamp  # written again (atomically)
     assert _table(study_dir) == before and len(before) == 2 * len(doc["metrics"])
     # a cell directory made with other settings is refused, not silently reused
     from spat.study.cell import cell_state
