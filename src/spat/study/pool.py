@@ -116,7 +116,9 @@ class StudyProgress:
     def advance(self, what: str) -> None:
         self.done += 1
         if self._bar is not None:
-            self._bar.update(self._task, advance=1, last=what)
+            from rich.markup import escape
+
+            self._bar.update(self._task, advance=1, last=escape(what))
             return
         eta = self.eta()
         left = self.total - self.done

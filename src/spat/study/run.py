@@ -74,13 +74,14 @@ def _measured_rate(cells: list[Cell]) -> float | None:
 def dry_run(spec: StudySpec, workers: int, threads: int, log: Log = print) -> list[Cell]:
     """List the cells, their state and an estimate of their cost."""
     from spat.study.cell import cell_state
+    from spat.study.pool import dataclasses_asdict
 
     cells = plan_cells(spec)
     rate = _measured_rate(cells)
     rows, todo_passes, unknown = [], 0.0, False
     for c in cells:
         try:
-            state = cell_state(c.__dict__)
+            state = cell_state(dataclasses_asdict(c))
         except SpatError as e:
             state = f"CONFLICT: {e}"
         cost = cell_cost(c)
@@ -112,7 +113,7 @@ def dry_run(spec: StudySpec, workers: int, threads: int, log: Log = print) -> li
         log(f"{todo} cells to run; no time estimate for this model/data until one cell "
             f"finishes (then --dry-run uses its measured rate)")
     else:
-        log("every cell is done; spat study aggregates again")
+        log("every cell is done; spat study would only aggregate again")
     return cells
 
 
@@ -145,13 +146,13 @@ def run_study(spec: StudySpec, *, engine: str | None = None, workers: int | None
     plan}``; cells that fail are reported (the others still run and are aggregated)."""
     from spat.study.aggregate import aggregate, read_cell
     from spat.study.cell import cell_state
-    from spat.study.pool import StudyProgress, run_local
+    from spat.study.pool import StudyProgress, dataclasses_asdict, run_local
     from spat.study.report import write_outputs
 
     cells = plan_cells(spec)
     kind = engine or spec.engine.kind
     plan = engine_plan(spec, cells, kind, workers, threads)
-    states = {c.key: cell_state(c.__dict__) for c in cells}  # conflicts stop us here
+    states = {c.key: cell_state(dataclasses_asdict(c)) for c in cells}  # conflicts stop here
     todo = [c for c in cells if states[c.key] != "done"]
     study_dir = spec.study_dir
     study_dir.mkdir(parents=True, exist_ok=True)
