@@ -26,6 +26,7 @@ from spat.cli import main
 from spat.data import Split
 from spat.errors import SpatError
 from spat.evaluation.core import Predictions
+from spat.evaluation.report import SCHEMA
 from spat.models import Classifier, CosineLinear, Normalize
 
 # Rows = true class, columns = predicted class.
@@ -329,8 +330,9 @@ def test_analyze_uses_eval_predictions(tiny_runs: dict[str, Path], tmp_path: Pat
                                      "AutoAttack": torch.where(labels < 5, labels, 0)})
     (run / "eval").mkdir(exist_ok=True)
     preds.save(run / "eval" / "predictions.npz")
-    (run / "eval" / "report.json").write_text(json.dumps({"AutoAttack": {"accuracy": 0.45},
-                                                               "checkpoint": "/elsewhere"}))
+    (run / "eval" / "report.json").write_text(json.dumps({
+        "schema": SCHEMA, "eps": 0.1, "clean_acc": 1.0, "attacks": [],
+        "AutoAttack": {"accuracy": 0.45}, "checkpoint": "/elsewhere"}))
     logged: list[str] = []
     ra = collect(run, tmp_path / "an", features=False, log=logged.append)
     assert any("using the predictions of spat eval" in m for m in logged)

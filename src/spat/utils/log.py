@@ -32,7 +32,9 @@ class _StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().__init__(sys.stdout)
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.setStream(sys.stdout)
+        # Not setStream(): it flushes the previous stream, which its owner may have closed
+        # (a finished pytest capture, an exited redirect_stdout).
+        self.stream = sys.stdout
         super().emit(record)
 
 
