@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,18 @@ MARKER = re.compile(r"<!--\s*study:\s*([A-Za-z0-9_.+-]+)\s*-->")
 TOMLS = sorted(STUDY_DIR.glob("*.toml"))
 
 pytestmark = pytest.mark.skipif(not TOMLS, reason="docs/study/ holds no study files")
+
+
+def _tracked() -> set[str] | None:
+    """Files git tracks under docs/study/results (None outside a git checkout): in a checkout,
+    "committed" means tracked, not merely present in the working tree."""
+    if not (REPO / ".git").exists() or shutil.which("git") is None:
+        return None
+    out = subprocess.run(["git", "ls-files", "-z", "docs/study/results"], cwd=REPO,
+                         capture_output=True, check=False)
+    if out.returncode != 0:
+        return None
+    return {f for f in out.stdout.decode("utf-8", "replace").split("\0") if f}
 
 
 def _reported() -> dict[str, list[str]]:
@@ -53,6 +67,7 @@ def test_study_file_parses(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_readme_reports_only_committed_studies(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
     reported = _reported()
+    tracked = _tracked()
     names = {p.stem for p in TOMLS}
     for name, table_lines in reported.items():
         assert name in names, f"README reports {name!r}, which has no docs/study/{name}.toml"
@@ -67,7 +82,12 @@ def test_readme_reports_only_committed_studies(monkeypatch: pytest.MonkeyPatch) 
             run = REPO / cell.run_dir
             for f in ("config.json", "summary.json", "metrics.jsonl", "eval/report.json"):
                 assert (run / f).is_file(), f"{name}: {cell.key} lacks {f}"
+                if tracked is not None:
+                    assert f"{cell.run_dir}/{f}" in tracked, f"{name}: {cell.key}/{f} not committed"
         assert table_lines, f"README's section for {name} shows no table"
+        if tracked is not None:
+            for f in ("study.json", "study.md"):
+                assert f"docs/study/results/{name}/{f}" in tracked, f"{name}/{f} not committed"
         md = set((res / "study.md").read_text(encoding="utf-8").splitlines())
         for line in table_lines:
             assert line in md, f"README line not in {name}/study.md: {line}"
