@@ -1,7 +1,7 @@
-"""Speed must not cost accuracy: train SPAT with our fast path (``spat.experiment.train``, the real
+"""Speed must not cost accuracy: train SPAT with our fast path (``spat.train.run.train``, the real
 loop) and with the official-style fp32 reference loop (``benchmarks/reference.py``) from the same
 seeds, data subset and initial weights, then evaluate both with the same evaluator (clean and
-PGD-20 test accuracy, ``spat.train.loop.evaluate_split``).
+PGD-20 test accuracy, ``spat.evaluation.split.evaluate_split``).
 
     PYTHONPATH=src:. python benchmarks/accuracy.py --data-dir ../shared/data
 
@@ -27,10 +27,11 @@ import torch  # noqa: E402
 from benchmarks import common as C  # noqa: E402
 from benchmarks import reference as R  # noqa: E402
 from spat.data import Split  # noqa: E402
-from spat.experiment import load_data, model_for, train  # noqa: E402
+from spat.evaluation.split import evaluate_split  # noqa: E402
+from spat.runs import load_data, model_for  # noqa: E402
 from spat.train.config import TrainConfig  # noqa: E402
-from spat.train.loop import evaluate_split  # noqa: E402
-from spat.utils.rng import seed_everything  # noqa: E402
+from spat.train.run import train  # noqa: E402
+from spat.utils.rng import final_test_seed, seed_everything  # noqa: E402
 
 
 def config(args: argparse.Namespace, seed: int, out_dir: str) -> TrainConfig:
@@ -45,7 +46,7 @@ def config(args: argparse.Namespace, seed: int, out_dir: str) -> TrainConfig:
 
 
 def test_split(cfg: TrainConfig, data: Any) -> Split:
-    """The test subset ``spat.experiment.train`` evaluates (fixed permutation, seed 0)."""
+    """The test subset ``spat.train.run.train`` evaluates (fixed permutation, seed 0)."""
     test = data.test
     if cfg.test_subset is not None and cfg.test_subset < len(test):
         idx = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))
@@ -65,7 +66,7 @@ def run_ours(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def run_reference(cfg: TrainConfig) -> dict[str, Any]:
-    """Same seeding, data subset and initial weights as ``spat.experiment.train``; then the
+    """Same seeding, data subset and initial weights as ``spat.train.run.train``; then the
     official ``train()`` loop (DataLoader, per-batch ``.to``, ``spat_loss``, plain SGD)."""
     assert cfg.epochs is not None and cfg.batch_size is not None and cfg.lr is not None
     assert cfg.eps is not None and cfg.step_size is not None and cfg.steps is not None
@@ -96,7 +97,7 @@ def run_reference(cfg: TrainConfig) -> dict[str, Any]:
     seconds = time.perf_counter() - t0
     evaluated = R.load_into_ours(ref, model)
     preds = evaluate_split(evaluated, test_split(cfg, data), cfg, device, cfg.test_steps,
-                           seed=cfg.seed + 12345)
+                           seed=final_test_seed(cfg.seed))
     return {"clean": preds.accuracy(None), "robust": preds.accuracy(next(iter(
         preds.adversarial))), "train_seconds": seconds,
             "final_train_loss": float(torch.stack(losses).mean())}
@@ -119,7 +120,7 @@ def report(args: argparse.Namespace, env: dict[str, Any], runs: list[dict[str, A
               f"{args.epochs} epochs; same seed → same data subset, same initial weights. Both "
               f"trained models are evaluated by the same evaluator (ours: `evaluate_split`, clean "
               f"and PGD-20 at ε {args.eps}, η ε/4, on the same {args.test_subset} test images). "
-              "Ours = `spat.experiment.train` (the real loop, CPU: fp32 eager). Reference = "
+              "Ours = `spat.train.run.train` (the real loop, CPU: fp32 eager). Reference = "
               "`benchmarks/reference.py` (official SPAT loss, in-place-normalising cosine head, "
               "DataLoader). The two differ by design in the cosine head's weight gradient "
               "(docs/spat-differences.md §1) and in their random streams (data order, noise), so "

@@ -256,9 +256,10 @@ def test_helpers() -> None:
     assert parse_labels("PGD-AT, SPAT", 2) == ["PGD-AT", "SPAT"]
     with pytest.raises(SpatError):
         parse_labels("a,b,c", 2)
-    assert autoattack_accuracy({"attacks": {"AutoAttack": {"robust_acc": 0.41}}}) == 0.41
-    assert autoattack_accuracy({"results": [{"name": "PGD-20", "accuracy": 0.5},
+    assert autoattack_accuracy({"attacks": [{"name": "PGD-20", "accuracy": 0.5},
                                             {"name": "AutoAttack", "accuracy": 0.4}]}) == 0.4
+    # only spat eval's own fields count: no search through other layouts
+    assert autoattack_accuracy({"results": [{"name": "AutoAttack", "accuracy": 0.4}]}) is None
     assert autoattack_accuracy({"pgd": 0.5}) is None and autoattack_accuracy(None) is None
     # spat eval's report.json: the top-level autoattack_acc, never AutoAttack-fast's number
     rep = {"attacks": [{"name": "AutoAttack-fast", "accuracy": 0.45}], "autoattack_acc": 0.44}
@@ -275,8 +276,8 @@ def test_helpers() -> None:
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two tiny digits runs (PGD-AT and SPAT), a few seconds each."""
-    from spat.experiment import train
     from spat.train.config import TrainConfig
+    from spat.train.run import train
 
     root = tmp_path_factory.mktemp("runs")
     out = {}

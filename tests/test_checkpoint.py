@@ -18,7 +18,7 @@ from spat import checkpoint as ckpt
 from spat.cli import main
 from spat.data import load_dataset
 from spat.errors import SpatError
-from spat.experiment import load_run, model_for
+from spat.runs import load_run, model_for
 from spat.train.config import TrainConfig
 
 
@@ -167,8 +167,8 @@ def digits_checkpoint(tmp_path_factory) -> Path:
 
 
 def test_load_run_of_a_good_checkpoint(digits_checkpoint: Path) -> None:
-    model, cfg, state = load_run(digits_checkpoint)
-    assert cfg.model == "small_cnn" and not model.training and state["epoch"] == 0
+    run = load_run(digits_checkpoint)
+    assert run.config.model == "small_cnn" and not run.model.training and run.epoch == 1
 
 
 @pytest.mark.parametrize("via", ["load_run", "spat eval"])

@@ -40,7 +40,7 @@ import torch  # noqa: E402
 from spat.cli import main  # noqa: E402
 from spat.data import Split  # noqa: E402
 from spat.evaluation.sharding import combine, my_batches, shard_index  # noqa: E402
-from spat.train.distributed import DistContext  # noqa: E402
+from spat.utils.distributed import DistContext  # noqa: E402
 
 
 def test_batches_are_dealt_round_robin_and_cover_every_example() -> None:
@@ -57,8 +57,8 @@ def test_batches_are_dealt_round_robin_and_cover_every_example() -> None:
 def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small digits PGD-AT model that is right on most clean examples and wrong on some
     attacked ones, so the predictions under attack are worth comparing."""
-    from spat.experiment import train
     from spat.train.config import TrainConfig
+    from spat.train.run import train
 
     out = tmp_path_factory.mktemp("runs")
     n = torch.get_num_threads()

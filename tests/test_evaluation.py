@@ -21,8 +21,9 @@ from spat.cli import main
 from spat.errors import SpatError
 from spat.evaluation import Predictions, evaluate, parse_attacks, sanity, select_subset
 from spat.evaluation.attacks import ATTACK_KEYS
-from spat.experiment import load_data, load_run, train
+from spat.runs import load_data, load_run
 from spat.train.config import TrainConfig
+from spat.train.run import train
 
 N = 64
 CLI_ATTACKS = "fgsm,pgd20,pgd100,aa-fast"
@@ -118,7 +119,7 @@ def test_eval_prints_table_and_writes_consistent_report(evaluated: tuple[Path, s
         assert text in printed, text
     report = json.loads((run / "eval" / "report.json").read_text())
     preds = Predictions.load(run / "eval" / "predictions.npz")
-    _, cfg, _ = load_run(run)
+    cfg = load_run(run).config
     names = ["FGSM", "PGD-20", "PGD-100", "AutoAttack-fast"]
     assert list(preds.adversarial) == names
     assert len(preds) == N == report["n_examples"]
@@ -332,7 +333,8 @@ def _failed(report) -> set[str]:
     (_Noisy, {"deterministic"}),
 ])
 def test_sanity_checks_fire_on_masked_models(run_dir: Path, wrapper, expected: set[str]):
-    model, cfg, _ = load_run(run_dir)
+    loaded = load_run(run_dir)
+    model, cfg = loaded.model, loaded.config
     test = load_data(cfg).test
     masked = wrapper(model).eval()
     report = evaluate(masked, test, eps=cfg.eps, attacks=["pgd20"], n_examples=48,
@@ -345,7 +347,8 @@ def test_sanity_checks_fire_on_masked_models(run_dir: Path, wrapper, expected: s
 
 
 def test_sanity_checks_quiet_on_the_trained_model_and_flag_train_mode(run_dir: Path):
-    model, cfg, _ = load_run(run_dir)
+    loaded = load_run(run_dir)
+    model, cfg = loaded.model, loaded.config
     test = load_data(cfg).test
     report = evaluate(model, test, eps=cfg.eps, attacks=[], n_examples=48, sanity_examples=48)
     assert _failed(report) == set() and report.warnings == []
@@ -372,7 +375,8 @@ def test_eps_sweep_and_black_box_rules():
 
 
 def test_evaluate_rejects_bad_settings(run_dir: Path):
-    model, cfg, _ = load_run(run_dir)
+    loaded = load_run(run_dir)
+    model, cfg = loaded.model, loaded.config
     test = load_data(cfg).test
     for kw, match in [(dict(eps=0.0), "eps"), (dict(eps=0.1, norm="l1"), "norm"),
                       (dict(eps=0.1, n_examples=0), "n-examples"),

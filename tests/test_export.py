@@ -19,10 +19,11 @@ import torch
 import spat
 from spat.cli import main
 from spat.errors import SpatError
-from spat.experiment import load_run, train
 from spat.export import format_eps, robustbench_architecture, robustbench_model_info
 from spat.models.external import read_portable_metadata
+from spat.runs import load_run
 from spat.train.config import TrainConfig
+from spat.train.run import train
 from spat.utils.io import atomic_write_text
 
 FIXTURE = Path(__file__).parent / "fixtures" / "robustbench_model_info.json"
@@ -176,7 +177,7 @@ def test_export_robustbench_and_load_model_without_the_run(
     assert meta["input_shape"] == [1, 8, 8] and meta["num_classes"] == 10
     assert meta["class_names"] == [str(i) for i in range(10)]
     assert meta["spat_version"] == spat.__version__ and len(meta["mean"]) == 1
-    want_model, _, _ = load_run(run)
+    want_model = load_run(run).model
     x = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         want = want_model(x)

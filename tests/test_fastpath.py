@@ -15,12 +15,13 @@ from spat.attacks import cross_entropy, perturb
 from spat.attacks.objectives import hcp_ecp_objective
 from spat.cli import main
 from spat.errors import SpatError
-from spat.experiment import load_data, method_for, model_for
+from spat.evaluation.split import evaluate_split
 from spat.methods import spat, trades
 from spat.methods.base import ThreatModel
 from spat.models import build_model
+from spat.runs import load_data, method_for, model_for
 from spat.train.config import TrainConfig, config_from_dict
-from spat.train.loop import Trainer, evaluate_split
+from spat.train.loop import Trainer
 from spat.utils import hardware
 from spat.utils.hardware import normalize_switch, resolve_fast_path
 

@@ -19,7 +19,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import spat.experiment
+import spat.runs
+import spat.train.run
 from spat import checkpoint as ckpt
 from spat.cli import main
 from spat.errors import SpatError
@@ -287,7 +288,7 @@ def test_resume_cannot_cut_below_the_trained_epochs(run: Path, capsys) -> None:
 
 def test_nan_in_the_first_epoch_says_no_checkpoint_and_the_lr_remedy_works(
         tmp_path: Path, monkeypatch, capsys) -> None:
-    real = spat.experiment.method_for
+    real = spat.runs.method_for
     calls = {"n": 0}
 
     def poisoned(cfg):
@@ -302,7 +303,7 @@ def test_nan_in_the_first_epoch_says_no_checkpoint_and_the_lr_remedy_works(
 
         return call
 
-    monkeypatch.setattr(spat.experiment, "method_for", poisoned)
+    monkeypatch.setattr(spat.runs, "method_for", poisoned)
     out = tmp_path / "runs"
     err = refused(capsys, ["train", *TINY, "--out-dir", str(out), "--name", "nan"],
                   "epoch 1, step 1", "no checkpoint was written yet",
@@ -477,7 +478,7 @@ def test_run_creation_race_keeps_the_two_runs_apart(tmp_path: Path, monkeypatch,
     one creates the run and trains. The late one must refuse, not move the other run aside or
     write into it."""
     out = tmp_path / "runs"
-    real_env = spat.experiment.environment
+    real_env = spat.train.run.environment
     calls: dict[str, Any] = {"n": 0}
 
     def slow_git(device):
@@ -488,7 +489,7 @@ def test_run_creation_race_keeps_the_two_runs_apart(tmp_path: Path, monkeypatch,
             calls["other"] = snapshot(out / "x")
         return real_env(device)
 
-    monkeypatch.setattr(spat.experiment, "environment", slow_git)
+    monkeypatch.setattr(spat.train.run, "environment", slow_git)
     capsys.readouterr()
     refused(capsys, ["train", *TINY, "--out-dir", str(out), "--name", "x"], "already exists")
     assert calls["other"] and snapshot(out / "x") == calls["other"]  # the other run untouched

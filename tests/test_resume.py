@@ -174,9 +174,9 @@ def test_non_finite_loss_stops_naming_epoch_and_step(tmp_path: Path, monkeypatch
                                                      one_thread, bad: float) -> None:
     """The method returns a NaN (or inf) loss at epoch 2, step 3: exit code 2, a one-line error
     naming both, the checkpoint of epoch 1 kept and pointed to, no metrics for epoch 2."""
-    import spat.experiment
+    import spat.runs
 
-    real = spat.experiment.method_for
+    real = spat.runs.method_for
     steps_per_epoch = 4  # 64 training images, batch 16
 
     def poisoned(cfg):
@@ -192,7 +192,7 @@ def test_non_finite_loss_stops_naming_epoch_and_step(tmp_path: Path, monkeypatch
 
         return call
 
-    monkeypatch.setattr(spat.experiment, "method_for", poisoned)
+    monkeypatch.setattr(spat.runs, "method_for", poisoned)
     out = tmp_path / "runs"
     code = main(["train", "--train-subset", "64", "--val-size", "16", "--batch-size", "16",
                  "--epochs", "3", "--steps", "1", "--val-steps", "1", "--test-subset", "16",

@@ -13,11 +13,12 @@ import torch
 
 from spat.cli import main
 from spat.data import Split, dataset_names
-from spat.experiment import load_data, method_for, model_for
+from spat.evaluation.split import evaluate_split
 from spat.methods import method_names
 from spat.models import model_names
+from spat.runs import load_data, method_for, model_for
 from spat.train.config import config_from_dict, load_toml
-from spat.train.loop import Trainer, evaluate_split
+from spat.train.loop import Trainer
 from tests.conftest import REPO, shared_data_or_skip
 
 TINY = ["--train-subset", "48", "--val-size", "16", "--epochs", "1", "--steps", "1",

@@ -1,28 +1,47 @@
 """spat: self-paced hard-class-pair reweighting adversarial training (Hou, Han & Li, AAAI-23,
 arXiv 2210.15068), the standard baselines (PGD-AT, TRADES, MART), the field's evaluation protocol
-and hard-class-pair analysis."""
+and hard-class-pair analysis.
+
+The Python API (:mod:`spat.api`, README "Python API"): ``spat.train``, ``spat.load_run``,
+``spat.evaluate``, ``spat.hard_pairs``, ``spat.load_model`` and the types they return. They are
+imported on first use, so ``import spat`` (and the command line's start-up) stays light.
+"""
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
 
+from spat._version import __version__
+
 if TYPE_CHECKING:
-    from torch import nn
+    from spat.api import (
+        EvalReport,
+        HardPairs,
+        Run,
+        TrainConfig,
+        evaluate,
+        hard_pairs,
+        load_model,
+        load_run,
+    )
 
-__version__ = "0.1.0"
-
-
-def load_model(
-    source: str | os.PathLike[str], weights: str | os.PathLike[str] | None = None, **kwargs: Any
-) -> nn.Module:
-    """Rebuild a classifier of [0, 1] images without its run directory, in eval mode: a portable
-    file written by ``spat export``, ``package.module:factory`` with optional weights, or
-    ``official-trades``/``official-spat`` with an official checkpoint. See
-    :func:`spat.models.external.load_model` (keywords: ``cosine_scale``, ``device``)."""
-    from spat.models.external import load_model as _load_model
-
-    return _load_model(source, weights, **kwargs)
+_API = ("EvalReport", "HardPairs", "Run", "TrainConfig", "evaluate", "hard_pairs", "load_model",
+        "load_run")
 
 
-__all__ = ["__version__", "load_model"]
+def __getattr__(name: str) -> Any:
+    # ``spat.train`` is the subpackage, made callable (spat/train/__init__.py): a function of
+    # that name would be replaced by the subpackage as soon as any of its modules is imported.
+    if name == "train":
+        import spat.train
+
+        return spat.train
+    if name in _API:
+        import spat.api
+
+        return getattr(spat.api, name)
+    raise AttributeError(f"module 'spat' has no attribute {name!r}")
+
+
+__all__ = ["EvalReport", "HardPairs", "Run", "TrainConfig", "__version__", "evaluate",
+           "hard_pairs", "load_model", "load_run", "train"]

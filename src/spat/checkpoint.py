@@ -39,7 +39,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from spat.errors import SpatError
-from spat.utils.io import atomic_write_bytes, atomic_write_text
+from spat.utils.io import atomic_write_bytes, atomic_write_text, fsync_path
 
 WEIGHTS = "model.safetensors"
 STATE = "state.pt"
@@ -57,20 +57,6 @@ def tag_epoch(tag: str) -> int:
     if not TAG_RE.fullmatch(tag):
         raise SpatError(f"not a checkpoint name: {tag!r} (expected epoch_NNNN)")
     return int(tag.split("_", 1)[1])
-
-
-def _fsync_path(path: Path) -> None:
-    """fsync a file or a directory (directories: best effort, not every OS allows it)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _fresh_dir(root: Path, prefix: str) -> Path:
@@ -107,14 +93,14 @@ def save_checkpoint(
         atomic_write_bytes(tmp / WEIGHTS, safetensors_bytes(cpu))
         torch.save(state, tmp / STATE)
         for f in (WEIGHTS, STATE):
-            _fsync_path(tmp / f)
-        _fsync_path(tmp)
+            fsync_path(tmp / f)
+        fsync_path(tmp)
         if final.exists():
             old = _fresh_dir(root, f".{tag}.old.")
             os.rename(final, old / tag)
             shutil.rmtree(old, ignore_errors=True)
         os.rename(tmp, final)
-        _fsync_path(root)
+        fsync_path(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -311,3 +297,47 @@ def load_weights(folder: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
                         f"({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
     check_finite_tensors(weights, str(path))
     return weights
+
+
+#: Config fields that define the network a checkpoint's weights belong to.
+ARCHITECTURE_FIELDS = ("dataset", "model", "head", "cosine_scale")
+
+
+def check_compatible(model: torch.nn.Module, weights: dict[str, torch.Tensor],
+                     state: dict[str, Any], where: Path | str, *, cfg: Any = None,
+                     num_classes: int | None = None) -> None:
+    """Refuse a checkpoint of another architecture or number of classes, in one line.
+
+    Compares the weights' names and shapes with ``model``'s; with ``cfg`` (a
+    :class:`spat.train.config.TrainConfig`) also the fields of :data:`ARCHITECTURE_FIELDS`
+    recorded in the checkpoint (a cosine head and a linear head have the same shapes), and with
+    ``num_classes`` the recorded number of classes.
+    """
+    saved = state.get("config") if isinstance(state.get("config"), dict) else {}
+    assert isinstance(saved, dict)
+    if cfg is not None:
+        for key in ARCHITECTURE_FIELDS:
+            if key in saved and saved[key] != getattr(cfg, key):
+                raise SpatError(
+                    f"checkpoint {where} was trained with {key.replace('_', ' ')} "
+                    f"{saved[key]!r} but the configuration says {getattr(cfg, key)!r} (was the "
+                    f"run's config.json edited? a checkpoint only fits the network it was "
+                    f"trained as)"
+                )
+    saved_k = state.get("num_classes")
+    if num_classes is not None and saved_k is not None and int(saved_k) != num_classes:
+        raise SpatError(f"checkpoint {where} has {saved_k} classes but the data has "
+                        f"{num_classes}")
+    own = model.state_dict()
+    missing = sorted(set(own) - set(weights))
+    extra = sorted(set(weights) - set(own))
+    wrong = sorted(k for k in set(own) & set(weights) if own[k].shape != weights[k].shape)
+    if missing or extra or wrong:
+        detail = (f"missing {missing[:2]}" if missing else f"unexpected {extra[:2]}" if extra
+                  else f"shape of {wrong[0]} is {tuple(weights[wrong[0]].shape)}, "
+                       f"expected {tuple(own[wrong[0]].shape)}")
+        raise SpatError(
+            f"checkpoint {where} does not fit this model (it was trained as model "
+            f"{saved.get('model')!r}, head {saved.get('head')!r}, {saved_k} classes; "
+            f"{detail})"
+        )

@@ -157,9 +157,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from spat.utils.threads import apply_threads
 
     apply_threads(getattr(args, "threads", None))
-    from spat.experiment import train
     from spat.train.config import FIELD_NAMES, config_from_dict, load_toml
-    from spat.train.distributed import init_distributed, shutdown_distributed
+    from spat.train.run import train
+    from spat.utils.distributed import init_distributed, shutdown_distributed
     from spat.utils.log import info as log_info
     from spat.utils.log import quiet as log_quiet
 
@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
         + ", ".join(names["model"]) + ", wrn<depth>_<width>; methods: "
         + ", ".join(names["method"]) + "; heads: " + ", ".join(names["head"]),
     )
-    from spat import __version__
+    from spat._version import __version__
 
     parser.add_argument("--version", action="version", version=f"spat {__version__}")
     parser.add_argument(DEBUG_FLAG, action="store_true", help="show the traceback of an "

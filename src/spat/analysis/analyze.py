@@ -12,15 +12,13 @@ what they are), so a second analysis does not attack again.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import math
 import os
 import re
-import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,9 +45,12 @@ from spat.analysis.stats import (
     symmetric_flows,
 )
 from spat.analysis.training import TRAINING_COLUMNS, over_training, read_metrics
+from spat.data.subset import SUBSET_RULE, subset_split
 from spat.errors import SpatError
+from spat.evaluation.attacks import AA_NAMES, resolve_attack_name
 from spat.evaluation.core import Predictions
-from spat.utils.io import atomic_write_text
+from spat.utils.io import atomic_write_text, json_safe, nan_to_none
+from spat.utils.progress import counting_bar
 
 Log = Callable[[str], None]
 
@@ -125,20 +126,20 @@ class RunAnalysis:
             n = int((labels == i).sum())
             row: dict[str, Any] = {"class": i, "name": name, "examples": n}
             for k in self.confusions:
-                row[f"{k}_acc"] = _num(acc[k][i])
+                row[f"{k}_acc"] = nan_to_none(acc[k][i])
             if len(self.attacks) > 1:
-                row["worst_case_acc"] = (_num(float(worst[labels == i].float().mean()))
+                row["worst_case_acc"] = (nan_to_none(float(worst[labels == i].float().mean()))
                                          if n else None)
             t = int(conc.top_target[i])
             row.update({
                 f"{self.primary}_errors": int(conc.errors[i]),
                 "top_target": self.names[t] if t >= 0 else None,
-                "top_target_share_of_errors": _num(conc.top_share[i]),
-                "normalized_entropy": _num(conc.normalized_entropy[i]),
-                "null_top_share": _num(hc.null_top_share[i]),
-                "excess_top_share": _num(hc.excess_top_share[i]),
-                "null_normalized_entropy": _num(hc.null_normalized_entropy[i]),
-                "uniformity_p": _num(hc.p_value[i]),
+                "top_target_share_of_errors": nan_to_none(conc.top_share[i]),
+                "normalized_entropy": nan_to_none(conc.normalized_entropy[i]),
+                "null_top_share": nan_to_none(hc.null_top_share[i]),
+                "excess_top_share": nan_to_none(hc.excess_top_share[i]),
+                "null_normalized_entropy": nan_to_none(hc.null_normalized_entropy[i]),
+                "uniformity_p": nan_to_none(hc.p_value[i]),
                 "few_errors": bool(hc.few_errors[i]),
             })
             rows.append(row)
@@ -164,37 +165,31 @@ class RunAnalysis:
             "examples": len(self.predictions),
             "prediction_source": self.prediction_source,
             "primary_attack": self.primary,
-            "accuracy": {k: _num(v) for k, v in accs.items()},
-            "worst_case_acc": (_num(float(self.predictions.robust_all().float().mean()))
+            "accuracy": {k: nan_to_none(v) for k, v in accs.items()},
+            "worst_case_acc": (nan_to_none(float(self.predictions.robust_all().float().mean()))
                                if len(self.attacks) > 1 else None),
             "autoattack_acc": autoattack_accuracy(self.eval_report, self.predictions),
-            "worst_class_clean_acc": _num(float(np.nanmin(clean_pc))),
-            "worst_class_robust_acc": _num(float(prim_pc[worst_i])) if worst_i >= 0 else None,
+            "worst_class_clean_acc": nan_to_none(float(np.nanmin(clean_pc))),
+            "worst_class_robust_acc": (nan_to_none(float(prim_pc[worst_i])) if worst_i >= 0
+                                       else None),
             "worst_class": self.names[worst_i] if worst_i >= 0 else None,
             **{k: v for k, v in fs.items() if k != "accuracy"},
             "correlations": {k: {**_corr_dict(v), "mantel_p_value": (
-                _num(self.mantel[k].p_value) if k in self.mantel else None)}
+                nan_to_none(self.mantel[k].p_value) if k in self.mantel else None)}
                 for k, v in self.correlations.items()},
         }
         hc = honest_concentration(self.confusions[self.primary])
-        out.update({"null_top_share": _num(hc.mean_null_top_share),
-                    "excess_top_share": _num(hc.mean_excess_top_share),
-                    "null_normalized_entropy": _num(hc.mean_null_normalized_entropy),
-                    "entropy_deficit": _num(hc.mean_entropy_deficit),
+        out.update({"null_top_share": nan_to_none(hc.mean_null_top_share),
+                    "excess_top_share": nan_to_none(hc.mean_excess_top_share),
+                    "null_normalized_entropy": nan_to_none(hc.mean_null_normalized_entropy),
+                    "entropy_deficit": nan_to_none(hc.mean_entropy_deficit),
                     "nonuniform_classes": hc.n_significant, "tested_classes": hc.n_tested,
                     "few_error_classes": int(hc.few_errors.sum())})
         return out
 
 
-def _num(v: Any) -> float | None:
-    if v is None:
-        return None
-    v = float(v)
-    return None if math.isnan(v) else v
-
-
 def _corr_dict(c: RankCorrelation) -> dict[str, Any]:
-    return {"rho": _num(c.rho), "p_value": _num(c.p_value), "n_pairs": c.n_pairs}
+    return {"rho": nan_to_none(c.rho), "p_value": nan_to_none(c.p_value), "n_pairs": c.n_pairs}
 
 
 # ----------------------------------------------------------------------------- eval report
@@ -214,50 +209,22 @@ def read_eval_report(run_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-_AA = re.compile(r"auto.?attack|^aa$|^aa[-_ ]", re.IGNORECASE)
-_FAST = re.compile(r"fast", re.IGNORECASE)
-
-
 def autoattack_accuracy(report: dict[str, Any] | None, preds: Predictions | None = None
                         ) -> float | None:
-    """Standard AutoAttack's robust accuracy, if known, in this order: the attack named exactly
-    ``AutoAttack`` in the predictions; the eval report's top-level ``autoattack_acc`` (``spat
-    eval``'s ``report.json``); else the first number found in the report under a key or entry
-    naming AutoAttack (not the reduced "AutoAttack-fast"), a float or a dict with an
-    ``accuracy``/``robust_acc``-like entry."""
+    """Standard AutoAttack's robust accuracy, if known: the attack named exactly ``AutoAttack``
+    in the predictions, else the eval report's ``autoattack_acc`` (``spat eval``'s
+    ``report.json``, validated by :func:`~spat.validation.check_eval_report`), else the entry of
+    its ``attacks`` list named ``AutoAttack``. The reduced ``AutoAttack-fast`` never counts."""
     if preds is not None and "AutoAttack" in preds.adversarial:
-        return _num(preds.accuracy("AutoAttack"))
+        return nan_to_none(preds.accuracy("AutoAttack"))
     if not report:
         return None
     if "autoattack_acc" in report:
         v = report["autoattack_acc"]
-        return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
-
-    def is_aa(text: Any) -> bool:
-        return isinstance(text, str) and bool(_AA.search(text)) and not _FAST.search(text)
-
-    def find(obj: Any, under_aa: bool) -> float | None:
-        if isinstance(obj, dict):
-            here = under_aa or is_aa(obj.get("name") or obj.get("attack"))
-            if here:
-                for key in ("robust_acc", "robust_accuracy", "accuracy", "acc"):
-                    v = obj.get(key)
-                    if isinstance(v, int | float) and not isinstance(v, bool):
-                        return float(v)
-            for k, v in obj.items():
-                hit = find(v, here or is_aa(k))
-                if hit is not None:
-                    return hit
-        elif isinstance(obj, list):
-            for v in obj:
-                hit = find(v, under_aa)
-                if hit is not None:
-                    return hit
-        elif under_aa and isinstance(obj, int | float) and not isinstance(obj, bool):
-            return float(obj)
-        return None
-
-    return find(report, False)
+    else:
+        v = next((a.get("accuracy") for a in report.get("attacks") or ()
+                  if isinstance(a, dict) and a.get("name") == AA_NAMES["standard"]), None)
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
 
 
 def _same_checkpoint(a: Any, b: Any) -> bool:
@@ -271,7 +238,8 @@ def _same_checkpoint(a: Any, b: Any) -> bool:
 def _prediction_meta(checkpoint: str, eps: float, norm: str, steps: int, limit: int | None,
                      n: int) -> dict[str, Any]:
     return {"checkpoint": checkpoint, "split": "test", "eps": eps, "norm": norm,
-            "attack": f"PGD-{steps}", "steps": steps, "limit": limit, "examples": n}
+            "attack": f"PGD-{steps}", "steps": steps, "limit": limit, "examples": n,
+            **({"subset": f"{SUBSET_RULE} 0"} if limit is not None else {})}
 
 
 def obtain_predictions(
@@ -305,12 +273,13 @@ def obtain_predictions(
             pass
     from spat.attacks import pgd
     from spat.evaluation.core import predict_under_attacks
+    from spat.utils.rng import final_test_seed  # the seed of the run's final test
 
     log(f"no {eval_npz}: computing clean and PGD-{steps} (ε={cfg.eps:.4g}, "
         f"{cfg.norm}) predictions on {n} test examples; cached as {cache}")
-    split = test_split if n == len(test_split) else _head(test_split, n)
-    gen = torch.Generator(device=device).manual_seed(int(cfg.seed) + 12345)
-    with _progress(n, f"PGD-{steps}") as on_batch:
+    split = subset_split(test_split, limit)
+    gen = torch.Generator(device=device).manual_seed(final_test_seed(int(cfg.seed)))
+    with counting_bar(f"  PGD-{steps}", len(split), stderr=True, transient=True) as on_batch:
         preds = predict_under_attacks(model, split, [pgd(float(cfg.eps), steps=steps,
                                                          norm=cfg.norm)],
                                       batch_size=batch_size, device=device, generator=gen,
@@ -319,20 +288,6 @@ def obtain_predictions(
     preds.save(cache)
     atomic_write_text(meta_path, json.dumps(meta, indent=2))
     return preds, str(cache)
-
-
-@contextlib.contextmanager
-def _progress(total: int, what: str) -> Iterator[Callable[[int], None] | None]:
-    """A transient rich progress bar on an interactive terminal (nothing otherwise)."""
-    if not sys.stderr.isatty():
-        yield None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    with Progress(f"  {what}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  transient=True) as p:
-        task = p.add_task(what, total=total)
-        yield lambda k: p.advance(task, k)
 
 
 def _load_predictions(path: Path) -> Predictions:
@@ -348,21 +303,18 @@ def _load_predictions(path: Path) -> Predictions:
     return Predictions.load(path)
 
 
-def _head(split: Any, n: int) -> Any:
-    from spat.data import Split
-
-    return Split(images=split.images[:n], labels=split.labels[:n])
-
-
 def choose_attack(attacks: Sequence[str], wanted: str | None) -> str:
-    """``wanted`` if given (must exist), else PGD-20, else the first PGD, else the first."""
+    """``wanted`` if given (must exist; a stored name such as ``PGD-20`` or its command-line
+    key ``pgd20``, see :func:`~spat.evaluation.attacks.resolve_attack_name`), else PGD-20, else
+    the first PGD, else the first."""
     if not attacks:
         raise SpatError("the predictions hold no attack (only clean predictions)")
     if wanted is not None:
-        if wanted not in attacks:
+        try:
+            return resolve_attack_name(wanted, attacks)
+        except KeyError:
             raise SpatError(f"unknown attack {wanted!r} in the predictions "
-                            f"(valid: {', '.join(attacks)})")
-        return wanted
+                            f"(valid: {', '.join(attacks)})") from None
     if "PGD-20" in attacks:
         return "PGD-20"
     return next((a for a in attacks if a.upper().startswith("PGD")), attacks[0])
@@ -389,7 +341,8 @@ def collect(
     prediction cache are written). ``out_dir`` defaults to ``RUN/analysis``."""
     import dataclasses
 
-    from spat.experiment import load_data, load_run, resolve_device
+    from spat.runs import load_data, load_run
+    from spat.utils.env import resolve_device
 
     run = Path(run_dir)
     if not (run / "config.json").is_file() and not (run / "checkpoints").is_dir():
@@ -401,14 +354,14 @@ def collect(
         raise SpatError(f"--steps must be >= 1, got {steps}")
     dev = resolve_device(device)
     try:
-        model, cfg, state = load_run(run, which=which, device=dev)
+        loaded = load_run(run, which=which, device=dev)
     except FileNotFoundError as e:
         raise SpatError(f"cannot load {run}: {e}") from None
     from spat.analysis.preflight import check_attack, predicted_attacks
 
     # an unknown --attack is refused before the predictions are computed and cached
     check_attack(attack, predicted_attacks(run, recompute=recompute, steps=steps), str(run))
-    info = state["info"]
+    model, cfg, info = loaded.model, loaded.config, loaded.info
     names = [str(n) for n in info.class_names]
     k = len(names)
     if data_dir is not None:
@@ -418,7 +371,8 @@ def collect(
         test = load_data(cfg).test
     except (SpatError, OSError) as e:
         log(f"warning: test data not available ({e}); class-mean features are skipped")
-    preds, source = obtain_predictions(run, out, model, cfg, test, checkpoint=state["folder"],
+    checkpoint = str(loaded.checkpoint)
+    preds, source = obtain_predictions(run, out, model, cfg, test, checkpoint=checkpoint,
                                        limit=limit, batch_size=batch_size, device=dev,
                                        recompute=recompute, log=log, steps=steps)
     if len(preds) == 0:
@@ -433,11 +387,10 @@ def collect(
     ra = RunAnalysis(run_dir=run, label=label or method_label(cfg.method),
                      config=cfg.to_dict(), names=names, predictions=preds,
                      prediction_source=source, primary=primary, confusions=confusions,
-                     eval_report=read_eval_report(run), checkpoint=state["folder"])
+                     eval_report=read_eval_report(run), checkpoint=checkpoint)
     ra.similarities[HEAD_SIM] = head_similarity(model)
     if features and test is not None:
-        n = len(test) if limit is None else min(limit, len(test))
-        split = test if n == len(test) else _head(test, n)
+        split = subset_split(test, limit)
         means = class_mean_features(model, split, k, batch_size=batch_size, device=dev)
         ra.similarities[FEATURE_SIM] = feature_similarity(means)
     conf = confusions[primary]
@@ -482,23 +435,9 @@ def dict_rows_csv(path: Path, rows: Sequence[dict[str, Any]],
     return write_csv(path, cols, [[r.get(c) for c in cols] for r in rows])
 
 
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _json_safe(obj.tolist())
-    if isinstance(obj, np.generic):
-        return _json_safe(obj.item())
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    return obj
-
-
 def write_json(path: Path, obj: Any) -> Path:
     """Write ``obj`` as indented JSON (NaN → null) atomically."""
-    atomic_write_text(path, json.dumps(_json_safe(obj), indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(path, json.dumps(json_safe(obj), indent=2, ensure_ascii=False) + "\n")
     return path
 
 

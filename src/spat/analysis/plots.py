@@ -148,7 +148,7 @@ def _figure(width: float, height: float) -> Any:
 
 def _save(fig: Any, path: PathLike) -> Path:
     """Write ``fig`` as PNG and PDF (see :func:`output_paths`); returns the PNG's path."""
-    from spat import __version__
+    from spat._version import __version__
 
     out = output_paths(path)
     out["png"].parent.mkdir(parents=True, exist_ok=True)

@@ -51,10 +51,10 @@ def preflight_runs(runs: Sequence[str | os.PathLike[str]], *, which: str = "best
     """Refuse, before anything is written, what ``spat compare`` would refuse later.
 
     Each path must be a run directory whose ``which`` checkpoint loads (see
-    :func:`spat.experiment.load_run`); ``attack`` must be in every run's predictions and
+    :func:`spat.runs.load_run`); ``attack`` must be in every run's predictions and
     ``class_name`` among the first run's classes. Returns each run's class names.
     """
-    from spat.experiment import load_run
+    from spat.runs import load_run
 
     names: list[list[str]] = []
     attacks: list[str] | None = None
@@ -64,8 +64,7 @@ def preflight_runs(runs: Sequence[str | os.PathLike[str]], *, which: str = "best
             raise SpatError(f"run directory {run} not found")
         if not (run / "config.json").is_file() and not (run / "checkpoints").is_dir():
             raise SpatError(f"{run} is not a run directory (no config.json or checkpoints/)")
-        _, _, state = load_run(run, which=which, device="cpu")
-        names.append([str(n) for n in state["info"].class_names])
+        names.append([str(n) for n in load_run(run, which=which, device="cpu").info.class_names])
         have = predicted_attacks(run, recompute=recompute, steps=steps)
         attacks = have if attacks is None else [a for a in attacks if a in have]
     if attack is not None and attacks is not None:

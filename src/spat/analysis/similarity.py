@@ -15,13 +15,34 @@ from torch import nn
 
 from spat.analysis.stats import cosine_similarity_matrix
 from spat.data import Split, batches
+from spat.errors import SpatError
 from spat.models import unwrap
 
 
+def find_head_weights(model: nn.Module) -> torch.Tensor | None:
+    """The classifier weight rows ``w_k`` (K, d) of any ``nn.Module``, or None.
+
+    A spat :class:`~spat.models.Classifier` (also inside DDP / torch.compile wrappers): its head
+    (linear or cosine). Any other module: the weight of its last ``nn.Linear`` (in the order of
+    ``modules()``, which for the usual ``features → ... → fc`` networks is the output layer);
+    None when it has none (then there is no weight similarity to compute).
+    """
+    try:
+        return unwrap(model).head.weight
+    except TypeError:
+        pass
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1].weight if linears else None
+
+
 def head_weights(model: nn.Module) -> np.ndarray:
-    """The classifier's weight matrix (K, d) as float64 numpy (linear or cosine head)."""
-    head = unwrap(model).head
-    return head.weight.detach().to("cpu", torch.float64).numpy()
+    """The classifier's weight matrix (K, d) as float64 numpy (see :func:`find_head_weights`);
+    a one-line :class:`SpatError` for a model without a final linear layer."""
+    w = find_head_weights(model)
+    if w is None:
+        raise SpatError(f"{type(model).__name__} has no classifier weights (neither a spat "
+                        f"Classifier nor a module with an nn.Linear layer)")
+    return w.detach().to("cpu", torch.float64).numpy()
 
 
 def head_similarity(model: nn.Module) -> np.ndarray:

@@ -162,7 +162,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         for flag in ("weights", "dataset"):
             if getattr(args, flag) is not None:
                 raise SpatError(f"--{flag} goes with --model, not with a run directory")
-        from spat.train.distributed import init_distributed, shutdown_distributed
+        from spat.utils.distributed import init_distributed, shutdown_distributed
         from spat.utils.log import info, quiet
 
         dist = init_distributed(args.device)  # under torchrun: one shard per rank

@@ -69,7 +69,6 @@ def evaluate_model(
     """
     from spat.data import load_dataset
     from spat.evaluation.attacks import parse_attacks
-    from spat.experiment import environment, resolve_device
     from spat.models.external import (
         architecture_name,
         head_name,
@@ -77,6 +76,7 @@ def evaluate_model(
         read_portable_metadata,
     )
     from spat.train.config import DATASET_DEFAULTS
+    from spat.utils.env import environment, resolve_device
 
     keys = parse_attacks(attacks if isinstance(attacks, str) else list(attacks))
     dev = resolve_device(device)

@@ -26,11 +26,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from spat import __version__
+from spat._version import __version__
 from spat.attacks import autoattack as aa_mod
 from spat.attacks.context import attack_mode
+from spat.attacks.geometry import check_norm
 from spat.attacks.presets import pgd
 from spat.data import Split, batches
+from spat.data.subset import subset_indices
 from spat.errors import SpatError
 from spat.evaluation import sanity
 from spat.evaluation.attacks import (
@@ -43,7 +45,7 @@ from spat.evaluation.attacks import (
 from spat.evaluation.core import Predictions, predict_under_attacks
 from spat.evaluation.report import SCHEMA, EvalReport, summarize
 from spat.evaluation.sharding import combine, predict_sharded_batches, shard_index
-from spat.train.distributed import SINGLE, DistContext
+from spat.utils.distributed import SINGLE, DistContext
 from spat.utils.io import atomic_write_text
 from spat.utils.log import logger
 
@@ -58,13 +60,10 @@ PER_BATCH_SEEDING = "per batch: _derived_seed(attack seed, 'batch-<b>')"
 def select_subset(n_total: int, n_examples: int | None, seed: int) -> torch.Tensor:
     """Indices of the evaluated examples: all (in order) when ``n_examples`` is None or ≥ the
     split size, else the first ``n_examples`` of ``torch.randperm(n_total)`` drawn from a CPU
-    generator seeded with ``seed``."""
+    generator seeded with ``seed`` (the one rule, :mod:`spat.data.subset`)."""
     if n_examples is not None and n_examples < 1:
         raise SpatError(f"n-examples must be >= 1, got {n_examples}")
-    if n_examples is None or n_examples >= n_total:
-        return torch.arange(n_total)
-    g = torch.Generator().manual_seed(int(seed))
-    return torch.randperm(n_total, generator=g)[:n_examples]
+    return subset_indices(n_total, n_examples, seed)
 
 
 def as_split(data: Split | tuple[torch.Tensor, torch.Tensor]) -> Split:
@@ -276,9 +275,7 @@ def evaluate(
     log = log or (lambda s: None)
     split = as_split(split)
     keys = parse_attacks(attacks if isinstance(attacks, str) else list(attacks))
-    norm = norm.lower()
-    if norm not in aa_mod.AA_NORMS:
-        raise SpatError(f"unknown norm {norm!r} (valid: {', '.join(aa_mod.AA_NORMS)})")
+    norm = check_norm(norm.lower())
     if not (eps > 0 and eps < float("inf")):
         raise SpatError(f"eps must be > 0, got {eps}")
     if norm == "linf" and eps > 1:  # [0,1] pixel units: an L∞ ball of radius > 1 is everything

@@ -68,6 +68,36 @@ class EvalReport:
     def to_dict(self) -> dict[str, Any]:
         return self.data
 
+    @property
+    def eps(self) -> float:
+        """Radius of the threat ball, [0, 1] pixel units."""
+        return float(self.data["eps"])
+
+    @property
+    def n_examples(self) -> int:
+        """Number of examples evaluated."""
+        return int(self.data["n_examples"])
+
+    @property
+    def clean_accuracy(self) -> float:
+        """Accuracy on the unperturbed examples."""
+        return float(self.data["clean_acc"])
+
+    @property
+    def robust_accuracy(self) -> float:
+        """Worst case over the attacks: an example counts only if every attack failed."""
+        return float(self.data["robust_acc"])
+
+    @property
+    def accuracies(self) -> dict[str, float]:
+        """Accuracy under each attack by its report name (``"PGD-20"``), in evaluation order."""
+        return {a["name"]: float(a["accuracy"]) for a in self.data["attacks"]}
+
+    @property
+    def sanity_passed(self) -> bool:
+        """False when a gradient-masking sanity check failed (see :attr:`checks`)."""
+        return bool(self.data["sanity"]["passed"])
+
     def attack(self, name: str) -> dict[str, Any]:
         """The report entry of attack ``name`` ("PGD-20") or key ("pgd20")."""
         for a in self.data["attacks"]:

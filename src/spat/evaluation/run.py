@@ -12,7 +12,7 @@ from spat.errors import SpatError
 from spat.evaluation.attacks import DEFAULT_ATTACKS
 from spat.evaluation.protocol import Log, evaluate
 from spat.evaluation.report import EvalReport
-from spat.train.distributed import SINGLE, DistContext
+from spat.utils.distributed import SINGLE, DistContext
 from spat.utils.lock import FolderClaim
 from spat.validation import check_output_dir
 
@@ -62,7 +62,8 @@ def evaluate_run(
     Returns the report and the output folder.
     """
     from spat.evaluation.attacks import parse_attacks
-    from spat.experiment import environment, load_data, load_run, resolve_device
+    from spat.runs import load_data, load_run
+    from spat.utils.env import environment, resolve_device
 
     keys = parse_attacks(attacks if isinstance(attacks, str) else list(attacks))
     if tensorboard:
@@ -71,13 +72,13 @@ def evaluate_run(
         require_tensorboard()
     dev = resolve_device(device, dist)
 
-    def load() -> tuple[Any, Any, dict[str, Any]]:  # rank 0 reads, every rank gets it
-        model, cfg, state = load_run(path, which=which, device="cpu")
-        return model, cfg, {k: v for k, v in state.items() if k not in ("optimizer", "rng")}
+    def load() -> Any:  # rank 0 reads, every rank gets it
+        return load_run(path, which=which, device="cpu")
 
-    model, cfg, state = dist.on_main(load)
+    loaded = dist.on_main(load)
+    model, cfg = loaded.model, loaded.config
     model.to(dev)
-    folder = Path(state["folder"])
+    folder = loaded.checkpoint
     run = run_dir_of(folder)
     out_dir = check_output_dir(Path(out) if out is not None else run / "eval", "--out")
     the_norm = (norm or cfg.norm).lower()
@@ -93,7 +94,7 @@ def evaluate_run(
         "run_dir": str(run),
         "checkpoint": str(folder),
         "which": which,
-        "epoch": (int(state["epoch"]) + 1) if "epoch" in state else None,
+        "epoch": loaded.epoch,
         "dataset": cfg.dataset,
         "architecture": cfg.model,
         "head": cfg.head,

@@ -28,7 +28,7 @@ from torch import nn
 from spat.attacks.context import attack_mode
 from spat.attacks.presets import AttackSpec
 from spat.data import Split, batches
-from spat.train.distributed import SINGLE, DistContext
+from spat.utils.distributed import SINGLE, DistContext
 
 SeedOf = Callable[[int], int]
 

@@ -157,8 +157,8 @@ def export_run(
     for :func:`spat.load_model` to rebuild the model alone.
     """
     from spat.evaluation.run import run_dir_of
-    from spat.experiment import load_run
     from spat.models.external import save_portable
+    from spat.runs import load_run
 
     if fmt not in FORMATS:
         raise SpatError(f"unknown export format {fmt!r} (valid: {', '.join(FORMATS)})")
@@ -187,10 +187,9 @@ def export_run(
             run_path_model, which = run_path, str(doc.get("which") or which)
     else:
         run_path_model = run_path
-    model, cfg, state = load_run(run_path_model, which=which, device="cpu")
-    info = state["info"]
-    folder = Path(state["folder"])
-    run_dir = run_dir_of(folder)
+    loaded = load_run(run_path_model, which=which, device="cpu")
+    model, cfg, info = loaded.model, loaded.config, loaded.info
+    run_dir = run_dir_of(loaded.checkpoint)
     out_dir = Path(out) if out is not None else run_dir / "export"
     if out_dir.exists() and not out_dir.is_dir():
         raise SpatError(f"--out {out_dir} exists and is not a folder")
@@ -199,7 +198,7 @@ def export_run(
         image_size=(int(info.height), int(info.width)), class_names=list(info.class_names),
         dataset=cfg.dataset,
         extra={"method": cfg.method, "training_eps": cfg.eps, "training_norm": cfg.norm,
-               "run": run_dir.name, "checkpoint": folder.name},
+               "run": run_dir.name, "checkpoint": loaded.checkpoint.name},
     )
     if doc is None:
         return ExportResult(model_file, None, None)

@@ -300,7 +300,7 @@ def portable_metadata(
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
     """The safetensors metadata of a portable model file (every value a JSON string)."""
-    from spat import __version__
+    from spat._version import __version__
 
     info = model_info(model)
     if len(class_names) != info["num_classes"]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -19,18 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from spat.errors import SpatError
+from spat.utils.io import read_json_object_or_none
 
 #: Config fields that may differ between the study file and a finished cell without making it
 #: stale (where it ran, not what it computed).
 IGNORED_FIELDS = ("device", "out_dir", "name", "tensorboard", "compile")
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def config_mismatch(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
@@ -63,7 +55,7 @@ def cell_state(cell: dict[str, Any]) -> str:
     from spat.train.config import config_from_dict
 
     run = Path(cell["run_dir"])
-    saved = _read_json(run / "config.json")
+    saved = read_json_object_or_none(run / "config.json")
     if saved is None:
         # a lock file (or nothing) alone: killed before the run's first file; start again
         if run.is_dir() and any(not c.name.startswith(".") for c in run.iterdir()):
@@ -76,9 +68,9 @@ def cell_state(cell: dict[str, Any]) -> str:
         raise SpatError(f"{run} was trained with other settings than the study file says "
                         f"({', '.join(diff[:4])}); use another study name or out_dir, or remove "
                         f"the run")
-    if _read_json(run / "summary.json") is None:
+    if read_json_object_or_none(run / "summary.json") is None:
         return "resume"
-    if not eval_matches(_read_json(run / "eval" / "report.json"), cell["eval"],
+    if not eval_matches(read_json_object_or_none(run / "eval" / "report.json"), cell["eval"],
                         float(wanted["eps"])):
         return "eval"
     if cell["eval"].get("analyze", True) and not _analysis_fresh(run):
@@ -140,8 +132,8 @@ def run_cell(cell: dict[str, Any], *, threads: int | None = None, device: str | 
 
 
 def _run_stages(cell: dict[str, Any], record: dict[str, Any], device: str | None) -> None:
-    from spat.experiment import train
     from spat.train.config import config_from_dict
+    from spat.train.run import train
 
     run = Path(cell["run_dir"])
     cfg = config_from_dict(cell["config"], source=record["key"])
@@ -155,7 +147,7 @@ def _run_stages(cell: dict[str, Any], record: dict[str, Any], device: str | None
                         log=print)
         record["stages"].append(state)
         record["train_seconds"] = time.perf_counter() - t
-        data = _read_json(run / "data.json") or {}
+        data = read_json_object_or_none(run / "data.json") or {}
         record["train_images"] = int(data.get("train", 0)) * int(summary.get("epochs") or 0)
         state = "eval"
     if state == "eval":

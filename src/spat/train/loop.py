@@ -24,11 +24,9 @@ as in most adversarial-training code bases.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,45 +35,33 @@ import torch
 from torch import nn
 
 from spat import checkpoint as ckpt
-from spat.attacks.presets import AttackSpec, pgd
-from spat.data import DataBundle, Split, augment_batch, batches, num_batches, shard_order
+from spat.data import DataBundle, augment_batch, batches, num_batches
 from spat.errors import SpatError
-from spat.evaluation.core import Predictions, predict_under_attacks
+from spat.evaluation.split import evaluate_split
 from spat.train.config import TrainConfig
-from spat.train.distributed import SINGLE, DistContext
 from spat.train.optim import lr_factor, make_optimizer
+from spat.utils.distributed import SINGLE, DistContext
 from spat.utils.hardware import resolve_fast_path
-from spat.utils.io import append_jsonl, atomic_write_text
+from spat.utils.io import append_jsonl, atomic_write_text, read_jsonl_lines
 from spat.utils.log import info as log_info
-from spat.utils.rng import get_rng_state, set_rng_state
+from spat.utils.rng import (
+    STREAM_DATA,
+    STREAM_VAL,
+    derive_seed,
+    get_rng_state,
+    rank_seed,
+    set_rng_state,
+)
 
 Log = Callable[[str], None]
 
 METRICS = "metrics.jsonl"
 #: Fields of a metrics record that measure time, not training (they differ between runs).
 TIMING_FIELDS = ("train_seconds", "train_images_per_s", "val_seconds")
-#: Random streams of an epoch: ``derive_seed(seed, epoch, stream, ...)``.
-_STREAM_RANK, _STREAM_DATA, _STREAM_VAL = 0, 1, 4
 
 
 class NonFiniteLoss(SpatError):
     """The training loss became NaN or infinite; the run stops, the last good checkpoint stays."""
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (stable across processes and Python versions)."""
-    h = 1469598103934665603
-    for p in parts:
-        h = ((h ^ (p & 0xFFFFFFFFFFFFFFFF)) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
-    return h & 0x7FFFFFFFFFFFFFFF
-
-
-def rank_seed(seed: int, epoch: int, rank: int) -> int:
-    """The seed of rank ``rank``'s own streams in ``epoch`` (dropout, augmentation, attack
-    starts). Rank 0's is ``derive_seed(seed, epoch, 0)``; other ranks extend it with their rank,
-    so no rank's seed coincides with the data-order or validation stream of the epoch."""
-    base = (seed, epoch, _STREAM_RANK)
-    return derive_seed(*base) if rank == 0 else derive_seed(*base, rank)
 
 
 @dataclass
@@ -88,93 +74,6 @@ class EpochStats:
     parts: dict[str, float] = field(default_factory=dict)
 
 
-def validation_attack(cfg: TrainConfig) -> AttackSpec:
-    """PGD-``val_steps`` at the training ε (CE, uniform start, step ε/4)."""
-    assert cfg.eps is not None
-    return pgd(cfg.eps, steps=cfg.val_steps, norm=cfg.norm)
-
-
-def predict_sharded(
-    model: nn.Module,
-    split: Split,
-    attacks: Sequence[AttackSpec],
-    *,
-    batch_size: int,
-    device: torch.device,
-    seed: int,
-    dist: DistContext = SINGLE,
-    on_batch: Callable[[int], None] | None = None,
-) -> Predictions:
-    """:func:`predict_under_attacks` on ``split``, each rank on its shard, gathered on all ranks.
-
-    Rank ``r`` takes examples ``r, r+W, r+2W, ...`` of the split padded by wrap-around to a
-    multiple of ``W`` (:func:`spat.data.shard_order`); the gathered predictions are put back in
-    split order and the padding is dropped, so the result has exactly ``len(split)`` entries, in
-    order, on every rank. The attack's random starts come from a generator seeded by ``seed`` on
-    rank 0 (so a single process reproduces the unsharded evaluation) and ``derive_seed(seed, r)``
-    on rank ``r``. Every tensor field of :class:`Predictions` with one entry per example (and
-    every such tensor in a dict field) is gathered; other fields are rank 0's.
-    """
-    gen_seed = seed if dist.rank == 0 else derive_seed(seed, dist.rank)
-    gen = torch.Generator(device=device).manual_seed(gen_seed)
-    if not dist.enabled:
-        return predict_under_attacks(model, split, attacks, batch_size=batch_size,
-                                     device=device, generator=gen, on_batch=on_batch)
-    n = len(split)
-    order = shard_order(n, shuffle=False, generator=None, rank=dist.rank,
-                        world_size=dist.world_size)
-    shard = Split(images=split.images[order], labels=split.labels[order])
-    local = predict_under_attacks(model, shard, attacks, batch_size=batch_size, device=device,
-                                  generator=gen, on_batch=on_batch)
-    per_rank = len(shard)
-
-    def gather(t: torch.Tensor) -> torch.Tensor:
-        parts = dist.all_gather(t)  # rank r's entry i is padded position i*W + r
-        return torch.stack(parts, 1).flatten(0, 1)[:n]
-
-    def is_per_example(v: object) -> bool:
-        return isinstance(v, torch.Tensor) and v.ndim >= 1 and v.shape[0] == per_rank
-
-    values: dict[str, Any] = {}
-    for f in dataclasses.fields(local):
-        v = getattr(local, f.name)
-        if is_per_example(v):
-            values[f.name] = gather(v)
-        elif isinstance(v, dict) and v and all(is_per_example(x) for x in v.values()):
-            values[f.name] = {k: gather(x) for k, x in v.items()}
-    return dataclasses.replace(local, **values)
-
-
-def evaluate_split(
-    model: nn.Module, split: Split, cfg: TrainConfig, device: torch.device, steps: int, seed: int,
-    dist: DistContext = SINGLE, on_batch: Callable[[int], None] | None = None,
-) -> Predictions:
-    """Clean + PGD-``steps`` predictions on ``split`` (training ε), reproducible by ``seed``;
-    sharded over the ranks of ``dist`` and gathered (see :func:`predict_sharded`).
-    ``on_batch(k)`` after each of this rank's batches (progress)."""
-    assert cfg.eps is not None
-    attack = pgd(cfg.eps, steps=steps, norm=cfg.norm)
-    return predict_sharded(model, split, [attack], batch_size=cfg.eval_batch_size,
-                           device=device, seed=seed, dist=dist, on_batch=on_batch)
-
-
-def read_metrics(path: Path) -> list[tuple[dict[str, Any], str]]:
-    """The records of a ``metrics.jsonl`` with their exact lines; torn lines are skipped."""
-    out: list[tuple[dict[str, Any], str]] = []
-    if not path.is_file():
-        return out
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict):
-            out.append((rec, line))
-    return out
-
-
 def truncate_metrics(path: Path, epochs: int) -> list[dict[str, Any]]:
     """Keep the records of epochs ``1..epochs`` in ``path`` (first copy of each, in order).
 
@@ -185,8 +84,8 @@ def truncate_metrics(path: Path, epochs: int) -> list[dict[str, Any]]:
     """
     kept: list[tuple[dict[str, Any], str]] = []
     seen: set[int] = set()
-    for rec, line in read_metrics(path):
-        e = rec.get("epoch")
+    for rec, line in read_jsonl_lines(path):
+        e = rec.get("epoch") if isinstance(rec, dict) else None
         if isinstance(e, int) and 1 <= e <= epochs and e not in seen:
             seen.add(e)
             kept.append((rec, line))
@@ -220,7 +119,7 @@ class Trainer:
         self.cfg, self.data, self.method, self.device = cfg, data, method, device
         self.run_dir, self.dist, self.progress, self.log = run_dir, dist, progress, log
         # the fast path (bf16 autocast, channels_last, compile): "auto" resolved for this
-        # device and CPU, with reasons (recorded in env.json by spat.experiment.train)
+        # device and CPU, with reasons (recorded in env.json by spat.train.run.train)
         self.fast_path = resolve_fast_path(cfg.amp, cfg.channels_last, cfg.compile, device)
         if self.fast_path.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -278,7 +177,6 @@ class Trainer:
         A checkpoint of another architecture or number of classes is a one-line ``SpatError``
         on every rank.
         """
-        from spat.experiment import check_compatible
         from spat.validation import check_optimizer_fits, check_state
 
         where = str(folder / ckpt.STATE)
@@ -287,7 +185,7 @@ class Trainer:
             state = ckpt.load_state(folder)
             check_state(state, where, for_resume=True)  # types, RNG shapes, finite buffers
             weights = ckpt.load_weights(folder)
-            check_compatible(self.model, weights, state, folder, cfg=self.cfg,
+            ckpt.check_compatible(self.model, weights, state, folder, cfg=self.cfg,
                              num_classes=self.data.info.num_classes)
             return state, weights
 
@@ -363,7 +261,7 @@ class Trainer:
         seed = rank_seed(cfg.seed, epoch, self.dist.rank)
         torch.manual_seed(seed)  # dropout and anything else drawing from the global generator
         # data order: the same on all ranks (each takes its shard of one permutation)
-        data_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, epoch, _STREAM_DATA))
+        data_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, epoch, STREAM_DATA))
         aug_gen = torch.Generator().manual_seed(derive_seed(seed, 2))
         attack_gen = torch.Generator(device=dev).manual_seed(derive_seed(seed, 3))
         self.train_model.train()
@@ -453,7 +351,7 @@ class Trainer:
             return {}
         preds = evaluate_split(self.model, self.data.val, self.cfg, self.device,
                                self.cfg.val_steps,
-                               derive_seed(self.cfg.seed, epoch, _STREAM_VAL), dist=self.dist)
+                               derive_seed(self.cfg.seed, epoch, STREAM_VAL), dist=self.dist)
         name = next(iter(preds.adversarial))
         k = self.data.info.num_classes
         return {

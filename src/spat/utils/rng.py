@@ -26,6 +26,40 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.backends.cudnn.benchmark = False
 
 
+#: Random streams of a training epoch: ``derive_seed(seed, epoch, stream, ...)``.
+STREAM_RANK, STREAM_DATA, STREAM_VAL = 0, 1, 4
+#: The final test's PGD random starts are seeded by ``seed + FINAL_TEST_OFFSET`` (the value every
+#: recorded run used; changing it changes ``test_robust_acc`` of every new run).
+FINAL_TEST_OFFSET = 12345
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (stable across processes and Python versions).
+
+    FNV-1a over the 64-bit two's-complement words of ``parts``: ``derive_seed(seed, epoch,
+    stream)`` names one random stream of one epoch of one run.
+    """
+    h = 1469598103934665603
+    for p in parts:
+        h = ((h ^ (p & 0xFFFFFFFFFFFFFFFF)) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+def rank_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of rank ``rank``'s own streams in ``epoch`` (dropout, augmentation, attack
+    starts). Rank 0's is ``derive_seed(seed, epoch, STREAM_RANK)``; other ranks extend it with
+    their rank, so no rank's seed coincides with the data-order or validation stream of the
+    epoch."""
+    base = (seed, epoch, STREAM_RANK)
+    return derive_seed(*base) if rank == 0 else derive_seed(*base, rank)
+
+
+def final_test_seed(seed: int) -> int:
+    """The seed of the final test's attack starts in a run of seed ``seed``:
+    ``seed + FINAL_TEST_OFFSET`` (kept so that every recorded run's test accuracy reproduces)."""
+    return seed + FINAL_TEST_OFFSET
+
+
 def get_rng_state() -> dict[str, Any]:
     """All global RNG states as tensors / plain values (loadable with ``weights_only=True``)."""
     np_state = np.random.get_state()

@@ -1,9 +1,9 @@
-"""Build everything from a :class:`TrainConfig` through the registries, run it, load it back.
+"""``spat train`` as a library call: validate a configuration, claim and fill a run directory,
+train, test the best checkpoint.
 
-This is the library entry point behind ``spat train``: :func:`train` validates the whole
-configuration (names, ranges, data files) *before* creating a run directory, so bad input leaves
-nothing behind; then it writes ``config.json``, ``env.json``, ``metrics.jsonl``,
-``checkpoints/`` and ``summary.json`` in the run directory.
+:func:`train` validates the whole configuration (names, ranges, data files) *before* creating a
+run directory, so bad input leaves nothing behind; then it writes ``config.json``, ``env.json``,
+``metrics.jsonl``, ``checkpoints/`` and ``summary.json`` in the run directory.
 """
 
 from __future__ import annotations
@@ -11,176 +11,32 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
 import secrets
 import shutil
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from spat import __version__
 from spat import checkpoint as ckpt
-from spat.data import DataBundle, DatasetInfo, Split, load_dataset
+from spat import runs
+from spat.data import DataBundle, Split
 from spat.errors import SpatError
-from spat.methods import ThreatModel, build_method
-from spat.models import build_model
+from spat.evaluation.split import evaluate_split
 from spat.train.config import FIELD_NAMES, TrainConfig, config_from_dict
-from spat.train.distributed import SINGLE, DistContext
+from spat.train.loop import Trainer
+from spat.utils.distributed import SINGLE, DistContext
+from spat.utils.env import environment, resolve_device
 from spat.utils.io import atomic_write_text
 from spat.utils.log import info as log_info
 from spat.utils.log import logger
 from spat.utils.progress import counting_bar
-from spat.utils.rng import seed_everything
+from spat.utils.rng import final_test_seed, seed_everything
 
 Log = Callable[[str], None]
-
-
-def resolve_device(name: str, dist: DistContext = SINGLE) -> torch.device:
-    """``auto``: CUDA when present (the rank's local GPU under torchrun), else CPU.
-
-    Valid names: auto, cpu, cuda, cuda:N, mps; anything else (or a device that is not there)
-    is a one-line :class:`SpatError`.
-    """
-    valid = "auto, cpu, cuda, cuda:N, mps"
-    if not isinstance(name, str) or not (name in ("auto", "cpu", "cuda", "mps") or (
-            name.startswith("cuda:") and name[5:].isdigit())):
-        raise SpatError(f"unknown device {name!r} (valid: {valid})")
-    if name.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise SpatError(f"device {name!r} requested but no CUDA GPU is available")
-        if int(name[5:]) >= torch.cuda.device_count():
-            raise SpatError(f"device {name!r} requested but there are only "
-                            f"{torch.cuda.device_count()} CUDA device(s)")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise SpatError("device 'cuda' requested but no CUDA GPU is available")
-        return torch.device("cuda", dist.local_rank)
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise SpatError("device 'mps' requested but MPS is not available")
-    return torch.device(name)
-
-
-def load_data(cfg: TrainConfig) -> DataBundle:
-    """The dataset of ``cfg`` with its validation split, optionally cut to ``train_subset``."""
-    data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size,
-                        seed=cfg.seed, download=cfg.download)
-    if cfg.train_subset is not None and cfg.train_subset < len(data.train):
-        g = torch.Generator().manual_seed(cfg.seed)
-        idx = torch.randperm(len(data.train), generator=g)[: cfg.train_subset]
-        data = dataclasses.replace(
-            data, train=Split(images=data.train.images[idx], labels=data.train.labels[idx])
-        )
-    return data
-
-
-def model_for(cfg: TrainConfig, info: DatasetInfo) -> nn.Module:
-    """The model of ``cfg`` for the data described by ``info`` (normalisation inside)."""
-    assert cfg.model is not None and cfg.head is not None
-    return build_model(cfg.model, num_classes=info.num_classes, in_channels=info.channels,
-                       image_size=(info.height, info.width), mean=info.mean, std=info.std,
-                       head=cfg.head, cosine_scale=cfg.cosine_scale)
-
-
-def method_for(cfg: TrainConfig) -> Callable[..., Any]:
-    """The training method of a resolved ``cfg``."""
-    assert cfg.eps is not None and cfg.step_size is not None and cfg.steps is not None
-    threat = ThreatModel(eps=cfg.eps, step_size=cfg.step_size, steps=cfg.steps, norm=cfg.norm,
-                         init=cfg.init or "uniform")
-    return build_method(cfg.method, threat=threat, beta=cfg.beta,
-                        self_paced_ce=cfg.self_paced_ce, m=cfg.m, hcp_ecp=cfg.hcp_ecp, n=cfg.n)
-
-
-#: Config fields that define the network a checkpoint's weights belong to.
-ARCHITECTURE_FIELDS = ("dataset", "model", "head", "cosine_scale")
-
-
-def check_compatible(model: nn.Module, weights: dict[str, torch.Tensor], state: dict[str, Any],
-                     where: Path | str, *, cfg: TrainConfig | None = None,
-                     num_classes: int | None = None) -> None:
-    """Refuse a checkpoint of another architecture or number of classes, in one line.
-
-    Compares the weights' names and shapes with ``model``'s; with ``cfg`` also the fields of
-    :data:`ARCHITECTURE_FIELDS` recorded in the checkpoint (a cosine head and a linear head have
-    the same shapes), and with ``num_classes`` the recorded number of classes.
-    """
-    saved = state.get("config") if isinstance(state.get("config"), dict) else {}
-    assert isinstance(saved, dict)
-    if cfg is not None:
-        for key in ARCHITECTURE_FIELDS:
-            if key in saved and saved[key] != getattr(cfg, key):
-                raise SpatError(
-                    f"checkpoint {where} was trained with {key.replace('_', ' ')} "
-                    f"{saved[key]!r} but the configuration says {getattr(cfg, key)!r} (was the "
-                    f"run's config.json edited? a checkpoint only fits the network it was "
-                    f"trained as)"
-                )
-    saved_k = state.get("num_classes")
-    if num_classes is not None and saved_k is not None and int(saved_k) != num_classes:
-        raise SpatError(f"checkpoint {where} has {saved_k} classes but the data has "
-                        f"{num_classes}")
-    own = model.state_dict()
-    missing = sorted(set(own) - set(weights))
-    extra = sorted(set(weights) - set(own))
-    wrong = sorted(k for k in set(own) & set(weights) if own[k].shape != weights[k].shape)
-    if missing or extra or wrong:
-        detail = (f"missing {missing[:2]}" if missing else f"unexpected {extra[:2]}" if extra
-                  else f"shape of {wrong[0]} is {tuple(weights[wrong[0]].shape)}, "
-                       f"expected {tuple(own[wrong[0]].shape)}")
-        raise SpatError(
-            f"checkpoint {where} does not fit this model (it was trained as model "
-            f"{saved.get('model')!r}, head {saved.get('head')!r}, {saved_k} classes; "
-            f"{detail})"
-        )
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    """Versions, device and git commit: recorded beside every result."""
-    import numpy
-
-    env: dict[str, Any] = {
-        "spat": __version__,
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "platform": platform.platform(),
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else
-        platform.processor() or platform.machine(),
-        "cuda": torch.version.cuda,
-        "cpu_threads": torch.get_num_threads(),
-        "git_commit": _git_commit(),
-        "argv": sys.argv,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    try:  # the installed version, without importing torchvision (seconds of start-up)
-        from importlib.metadata import PackageNotFoundError, version
-
-        env["torchvision"] = version("torchvision")
-    except PackageNotFoundError:  # pragma: no cover
-        pass
-    return env
-
-
-def _git_commit() -> str | None:
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=5, check=False)
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--", "."],
-                               capture_output=True, text=True, timeout=5, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        return None
-    return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def default_run_name(cfg: TrainConfig) -> str:
@@ -364,7 +220,7 @@ def _last_checkpoint(run_dir: Path) -> Path | None:
 
 
 def train(
-    cfg: TrainConfig,
+    cfg: TrainConfig | Mapping[str, Any],
     *,
     resume: str | Path | None = None,
     overwrite: bool = False,
@@ -382,8 +238,14 @@ def train(
     ``resume`` with settings in ``explicit`` (the ones the user gave; ``None``: those differing
     from the defaults) applies those of :data:`RESUME_OVERRIDES` (lr, schedule, epochs, ...),
     writes them to config.json and records them in RUN/resumes.jsonl; changing any other
-    setting on resume is refused.
+    setting on resume is refused. ``cfg`` may be a mapping of :class:`TrainConfig` fields (as in
+    a TOML file or a run's ``config.json``), validated like ``--config``.
     """
+    if not isinstance(cfg, TrainConfig):
+        if not isinstance(cfg, Mapping):
+            raise SpatError(f"a training configuration is a TrainConfig or a mapping of its "
+                            f"fields, not {type(cfg).__name__}")
+        cfg = config_from_dict(dict(cfg), source="the configuration")
     with _Claim() as claim:
         return _train(cfg, resume=resume, overwrite=overwrite, progress=progress, dist=dist,
                       log=log, explicit=explicit, claim=claim)
@@ -411,8 +273,6 @@ def _train(
     (``dist``) every rank calls this; rank 0 alone reads and writes the run directory and
     returns the summary, the other ranks return ``{}``.
     """
-    from spat.train.loop import Trainer, evaluate_split
-
     if resume is not None and overwrite:
         raise SpatError("--resume and --overwrite exclude each other (resume continues a run, "
                         "overwrite replaces it)")
@@ -435,9 +295,9 @@ def _train(
         require_tensorboard()  # before anything is written
     device = resolve_device(cfg.device, dist)
     seed_everything(cfg.seed, deterministic=cfg.deterministic)
-    data = load_data(cfg)
-    model = model_for(cfg, data.info).to(device)  # the Trainer applies channels_last
-    method = method_for(cfg)
+    data = runs.load_data(cfg)
+    model = runs.model_for(cfg, data.info).to(device)  # the Trainer applies channels_last
+    method = runs.method_for(cfg)
     if resume is None:
         # one name for all ranks (the default name holds the time)
         run_dir = Path(dist.broadcast_object(str(Path(cfg.out_dir) /
@@ -510,7 +370,7 @@ def _train(
     with counting_bar(f"test PGD-{cfg.test_steps}", -(-len(test) // dist.world_size),
                       progress and dist.is_main) as advance:
         preds = evaluate_split(model, test, cfg, device, cfg.test_steps,
-                               seed=cfg.seed + 12345, dist=dist, on_batch=advance)
+                               seed=final_test_seed(cfg.seed), dist=dist, on_batch=advance)
     if not dist.is_main:
         return {}
     attack = next(iter(preds.adversarial))
@@ -551,38 +411,3 @@ def _data_record(data: DataBundle) -> dict[str, Any]:
     info = data.info
     return {**dataclasses.asdict(info), "train": len(data.train), "val": len(data.val),
             "test": len(data.test)}
-
-
-def load_run(path: str | os.PathLike[str], which: str = "best", device: str | torch.device = "cpu"
-             ) -> tuple[nn.Module, TrainConfig, dict[str, Any]]:
-    """The model of a run directory or checkpoint folder, in eval mode, with its config.
-
-    Returns ``(model, config, state)``; loading uses safetensors for weights and
-    ``weights_only=True`` for the rest, so a checkpoint can never execute code.
-    """
-    from spat.validation import check_dataset_info, check_state, read_json_object
-
-    folder = ckpt.resolve(path, which)
-    state = ckpt.load_state(folder)
-    where = str(folder / ckpt.STATE)
-    if not isinstance(state.get("config"), dict):
-        raise SpatError(f"checkpoint state {where} holds no training config")
-    check_state(state, where, for_resume=False)
-    cfg = config_from_dict(state["config"], source=where)
-    try:
-        cfg = cfg.resolved()  # ranges and names too (a resolved config stays as it is)
-    except SpatError as e:
-        raise SpatError(f"{where}: training config: {e}") from None
-    run_dir = folder.parent.parent
-    data_json = run_dir / "data.json"
-    if data_json.exists():
-        info = check_dataset_info(read_json_object(data_json, what="run data description"),
-                                  DatasetInfo, str(data_json))
-    else:
-        info = load_dataset(cfg.dataset, data_dir=cfg.data_dir).info
-    model = model_for(cfg, info)
-    weights = ckpt.load_weights(folder)
-    check_compatible(model, weights, state, folder, cfg=cfg, num_classes=info.num_classes)
-    model.load_state_dict(weights)
-    model.to(device).eval()
-    return model, cfg, {**state, "info": info, "folder": str(folder)}
