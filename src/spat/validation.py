@@ -55,7 +55,8 @@ def _type_name(value: Any) -> str:
         type(value), type(value).__name__)
 
 
-def _parse_fraction(text: str) -> float | None:
+def parse_fraction_or_none(text: str) -> float | None:
+    """``"8/255"`` → 0.0313…, ``"0.031"`` → 0.031; ``None`` if ``text`` is neither."""
     t = text.strip()
     try:
         if "/" in t:
@@ -113,7 +114,7 @@ def check_value(value: Any, annotation: Any, *, where: str, field: str) -> Any:
         return value
     if annotation is float:
         if isinstance(value, str) and field in FRACTION_FIELDS:
-            parsed = _parse_fraction(value)
+            parsed = parse_fraction_or_none(value)
             if parsed is None:
                 raise fail("a number or a fraction such as 8/255")
             value = parsed

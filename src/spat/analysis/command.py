@@ -25,8 +25,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attack", default=None, help="attack whose flows are analysed (default: "
                    "PGD-20, else the first PGD in the predictions)")
     p.add_argument("--max-examples", dest="max_examples", type=_positive_int, default=None,
-                   help="when predictions are computed here: use only the first N test "
-                   "examples (CPU time)")
+                   help="when predictions are computed here: use only N test examples, the "
+                   "same ones as spat eval --n-examples N --seed 0 (CPU time)")
     p.add_argument("--steps", type=_positive_int, default=20,
                    help="PGD steps when predictions are computed here (default 20: PGD-20)")
     p.add_argument("--batch-size", dest="batch_size", type=_positive_int, default=512,

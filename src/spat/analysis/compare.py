@@ -12,7 +12,6 @@ misclassified-normalised confusion matrices on one colour scale) and ``per_class
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -36,7 +35,7 @@ from spat.analysis.preflight import preflight_runs
 from spat.analysis.protocol_check import protocol_of, protocol_text, protocol_warnings
 from spat.analysis.stats import class_totals, per_class_accuracy
 from spat.errors import SpatError
-from spat.utils.io import atomic_write_text
+from spat.utils.io import atomic_write_text, nan_to_none
 
 Log = Callable[[str], None]
 
@@ -270,7 +269,7 @@ def _row(a: RunAnalysis, attacks: Sequence[str], cls: int) -> dict[str, Any]:
         "null_normalized_entropy": s.get("null_normalized_entropy"),
         "nonuniform_classes": f"{s.get('nonuniform_classes')}/{s.get('tested_classes')}",
         "focus_class": a.names[cls],
-        "focus_class_robust_acc": None if math.isnan(pc[cls]) else float(pc[cls]),
+        "focus_class_robust_acc": nan_to_none(pc[cls]),
         "focus_class_top_target": _focus_top(a, cls),
     })
     return row

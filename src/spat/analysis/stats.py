@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from spat.errors import SpatError
+from spat.utils.io import nan_to_none
 
 ArrayLike = Any  # numpy array, torch tensor or nested lists
 
@@ -403,19 +404,15 @@ def flow_summary(conf: ArrayLike, names: Sequence[str] | None = None) -> dict[st
     s = symmetric_flows(a)
     c = concentration(a)
     return {
-        "accuracy": _json_float(accuracy(a)),
+        "accuracy": nan_to_none(accuracy(a)),
         "errors": int(round(class_errors(a).sum())),
         "top_pair": d[0].to_dict(names) if d else None,
         "top_symmetric_pair": s[0].to_dict(names) if s else None,
-        "mean_top_share": _json_float(c.mean_top_share),
+        "mean_top_share": nan_to_none(c.mean_top_share),
         "uniform_top_share": c.uniform_top_share,
-        "mean_normalized_entropy": _json_float(c.mean_normalized_entropy),
+        "mean_normalized_entropy": nan_to_none(c.mean_normalized_entropy),
         "uniform_normalized_entropy": Concentration.UNIFORM,
     }
-
-
-def _json_float(v: float) -> float | None:
-    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 
 # ----------------------------------------------------------------------------- honest nulls
@@ -599,7 +596,7 @@ class HonestConcentration:
     def to_dict(self, names: Sequence[str] | None = None) -> dict[str, Any]:
         """JSON-ready (NaN → None)."""
         def lst(v: np.ndarray) -> list[Any]:
-            return [_json_float(float(x)) for x in v]
+            return [nan_to_none(float(x)) for x in v]
 
         return {
             "min_errors": self.min_errors,
@@ -613,12 +610,12 @@ class HonestConcentration:
             "entropy_deficit": lst(self.entropy_deficit),
             "g": lst(self.g), "p_value": lst(self.p_value),
             "few_errors": [bool(x) for x in self.few_errors],
-            "mean_top_share": _json_float(self.observed.mean_top_share),
-            "mean_null_top_share": _json_float(self.mean_null_top_share),
-            "mean_excess_top_share": _json_float(self.mean_excess_top_share),
-            "mean_normalized_entropy": _json_float(self.observed.mean_normalized_entropy),
-            "mean_null_normalized_entropy": _json_float(self.mean_null_normalized_entropy),
-            "mean_entropy_deficit": _json_float(self.mean_entropy_deficit),
+            "mean_top_share": nan_to_none(self.observed.mean_top_share),
+            "mean_null_top_share": nan_to_none(self.mean_null_top_share),
+            "mean_excess_top_share": nan_to_none(self.mean_excess_top_share),
+            "mean_normalized_entropy": nan_to_none(self.observed.mean_normalized_entropy),
+            "mean_null_normalized_entropy": nan_to_none(self.mean_null_normalized_entropy),
+            "mean_entropy_deficit": nan_to_none(self.mean_entropy_deficit),
             "significant_classes": self.n_significant, "tested_classes": self.n_tested,
         }
 
@@ -659,7 +656,7 @@ class MantelResult:
     n_pairs: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rho": _json_float(self.rho), "p_value": _json_float(self.p_value),
+        return {"rho": nan_to_none(self.rho), "p_value": nan_to_none(self.p_value),
                 "permutations": self.permutations, "n_pairs": self.n_pairs}
 
     def text(self) -> str:
@@ -723,7 +720,7 @@ class Interval:
     level: float = 0.95
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: (_json_float(v) if isinstance(v, float) else v)
+        return {k: (nan_to_none(v) if isinstance(v, float) else v)
                 for k, v in asdict(self).items()}
 
 

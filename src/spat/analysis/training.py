@@ -7,7 +7,6 @@ those records into one row per epoch (no model is run).
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 
 from spat.analysis.stats import concentration, directed_flows, symmetric_flows
 from spat.errors import SpatError
-from spat.utils.io import read_jsonl
+from spat.utils.io import nan_to_none, read_jsonl
 
 #: Columns of :func:`over_training`'s rows, in order.
 TRAINING_COLUMNS = (
@@ -27,17 +26,12 @@ TRAINING_COLUMNS = (
 
 
 def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The records of ``RUN/metrics.jsonl`` (empty if the file is missing; a torn line is
-    skipped); a record of the wrong shape is a one-line ``SpatError`` naming the file."""
+    """The records of ``RUN/metrics.jsonl``, each validated (empty if the file is missing; a
+    torn last line is skipped, see :func:`~spat.utils.io.read_jsonl_lines`); a record of the
+    wrong shape is a one-line ``SpatError`` naming the file."""
     from spat.validation import check_metrics_record
 
-    path = Path(run_dir) / "metrics.jsonl"
-    try:
-        records = read_jsonl(path)
-    except (UnicodeDecodeError, OSError) as e:
-        raise SpatError(f"{path} is unreadable ({type(e).__name__}: "
-                        f"{' '.join(str(e).split())[:160]})") from None
-    return [check_metrics_record(rec, f"{path} record {i + 1}") for i, rec in enumerate(records)]
+    return read_jsonl(Path(run_dir) / "metrics.jsonl", check_metrics_record)
 
 
 def over_training(records: Sequence[dict[str, Any]], names: Sequence[str] | None = None
@@ -66,18 +60,15 @@ def over_training(records: Sequence[dict[str, Any]], names: Sequence[str] | None
             row.update(
                 val_errors=int(c.errors.sum()),
                 top_pair=d[0].label(names) if d else None,
-                top_pair_share_of_errors=_f(d[0].share_of_errors) if d else None,
-                top_pair_share_of_class=_f(d[0].share_of_class) if d else None,
+                top_pair_share_of_errors=nan_to_none(d[0].share_of_errors) if d else None,
+                top_pair_share_of_class=nan_to_none(d[0].share_of_class) if d else None,
                 top_symmetric_pair=s[0].label(names) if s else None,
-                top_symmetric_share_of_all_errors=_f(s[0].share_of_all_errors) if s else None,
-                mean_top_share=_f(c.mean_top_share),
-                mean_normalized_entropy=_f(c.mean_normalized_entropy),
+                top_symmetric_share_of_all_errors=(nan_to_none(s[0].share_of_all_errors) if s
+                                                   else None),
+                mean_top_share=nan_to_none(c.mean_top_share),
+                mean_normalized_entropy=nan_to_none(c.mean_normalized_entropy),
             )
         else:
             row.update({k: None for k in TRAINING_COLUMNS[7:]})
         rows.append(row)
     return rows
-
-
-def _f(v: float) -> float | None:
-    return None if v is None or math.isnan(v) else float(v)

@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from spat.attacks.context import attack_mode
+from spat.attacks.geometry import check_norm
 from spat.errors import SpatError
 from spat.utils.io import atomic_write_text
 
@@ -111,10 +112,7 @@ def _attack_device(model: nn.Module, x: torch.Tensor,
 
 def aa_norm(norm: str) -> str:
     """``"linf"``/``"Linf"`` → ``"Linf"``, ``"l2"``/``"L2"`` → ``"L2"``."""
-    key = norm.lower()
-    if key not in AA_NORMS:
-        raise SpatError(f"AutoAttack norm must be one of linf, l2; got {norm!r}")
-    return AA_NORMS[key]
+    return AA_NORMS[check_norm(norm.lower())]
 
 
 def pyautoattack_version() -> str | None:

@@ -16,6 +16,15 @@ NORMS = ("linf", "l2")
 INITS = ("uniform", "normal", "none")
 
 
+def check_norm(norm: str) -> str:
+    """``norm`` if it is a threat model's norm (:data:`NORMS`, lower case: ``"linf"`` = L∞,
+    ``"l2"``), else a one-line :class:`SpatError`. The one check of a norm name; a caller that
+    accepts other spellings (``"Linf"``) lower-cases first."""
+    if norm not in NORMS:
+        raise SpatError(f"unknown norm {norm!r} (valid: {', '.join(NORMS)})")
+    return norm
+
+
 def _flat_norm(t: torch.Tensor) -> torch.Tensor:
     """Per-example L2 norm, shaped (N, 1, 1, ...) for broadcasting."""
     n = t.flatten(1).norm(p=2, dim=1)
@@ -30,8 +39,7 @@ class Geometry:
     eps: float
 
     def __post_init__(self) -> None:
-        if self.norm not in NORMS:
-            raise SpatError(f"unknown norm {self.norm!r} (valid: {', '.join(NORMS)})")
+        check_norm(self.norm)
         if not (0.0 <= self.eps):
             raise SpatError(f"eps must be >= 0, got {self.eps}")
 

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-FAMILIES = ("cifar", "svhn", "mnist", "digits", "custom")
 AUGMENTS = ("crop_flip", "none")
 
 
@@ -18,9 +17,11 @@ class DatasetInfo:
     ``mean``/``std`` are per-channel statistics of the training images (after the validation
     split was removed) in [0,1] pixel units; models normalise with them internally, attacks work
     in [0,1] units. ``augment`` is ``"crop_flip"`` (random crop with 4 px zero padding plus a
-    horizontal flip, for 32x32 colour data) or ``"none"``. ``family`` is one of
-    ``"cifar" | "svhn" | "mnist" | "digits" | "custom"``; other modules pick threat-model
-    defaults from it.
+    horizontal flip, for 32x32 colour data) or ``"none"``.
+    ``family`` (``"cifar" | "svhn" | "mnist" | "digits" | "custom"``) names the loader that
+    produced the data; it is recorded in a run's ``data.json`` as provenance and nothing
+    branches on it (threat-model defaults come from the dataset name, see
+    :data:`spat.train.config.DATASET_DEFAULTS`).
     """
 
     name: str

@@ -6,6 +6,8 @@ White-box attacks are presets of the one attack engine (:mod:`spat.attacks`); Au
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from spat.attacks.presets import AttackSpec, cw, fgsm, pgd
@@ -91,3 +93,42 @@ def attack_name(key: str, *, restarts: int = 1) -> str:
         return AA_NAMES[choice.version]
     return white_box_spec(key, 1.0, "linf", restarts=restarts).name
 
+
+
+_WHITE_BOX = re.compile(r"(pgd|cw)[-_ ]?(\d+)(?:x(\d+))?")
+_AA_ALIASES = {"aa": "standard", "autoattack": "standard", "aa-fast": "fast",
+               "aafast": "fast", "autoattack-fast": "fast"}
+
+
+def resolve_attack_name(name: str, available: Iterable[str] | None = None) -> str:
+    """The report/predictions name of an attack given in either namespace: the command-line
+    key (``"pgd20"``, ``"cw100"``, ``"fgsm"``, ``"aa"``, ``"aa-fast"``; any PGD/CW step count and
+    an ``xR`` restart suffix, as training's ``"pgd10"`` validation attack) or the name itself
+    (``"PGD-20"``, ``"AutoAttack"``), case-insensitively.
+
+    With ``available`` (the names a record holds), an exact member is returned as it is, and the
+    result must be one of them, else a ``KeyError`` listing them. Without it, the canonical name
+    of a recognised spelling (an unrecognised one is returned unchanged).
+    """
+    names = None if available is None else list(available)
+    if names is not None and name in names:
+        return name
+    t = name.strip().lower()
+    m = _WHITE_BOX.fullmatch(t)
+    if m:
+        steps, restarts = int(m[2]), int(m[3] or 1)
+        out = f"{m[1].upper()}-{steps}" + (f"x{restarts}" if restarts > 1 else "")
+    elif t == "fgsm":
+        out = "FGSM"
+    elif t in _AA_ALIASES:
+        out = AA_NAMES[_AA_ALIASES[t]]
+    else:
+        out = name
+    if names is None:
+        return out
+    if out not in names:
+        folded = [n for n in names if n.lower() == out.lower()]
+        if len(folded) != 1:
+            raise KeyError(f"no attack {name!r} here (valid: {', '.join(names) or 'none'})")
+        out = folded[0]
+    return out

@@ -20,6 +20,7 @@ from torch import nn
 from spat.attacks.context import attack_mode
 from spat.attacks.presets import AttackSpec
 from spat.data import Split, batches
+from spat.evaluation.attacks import resolve_attack_name
 from spat.utils.io import atomic_write_bytes
 
 
@@ -35,8 +36,12 @@ class Predictions:
         return int(self.labels.numel())
 
     def predicted(self, attack: str | None = None) -> torch.Tensor:
-        """Predicted classes under ``attack`` (None: clean)."""
-        return self.clean if attack is None else self.adversarial[attack]
+        """Predicted classes under ``attack`` (None: clean). ``attack`` is a stored name
+        (``"PGD-20"``) or its command-line key (``"pgd20"``), see
+        :func:`~spat.evaluation.attacks.resolve_attack_name`; an absent one is a ``KeyError``."""
+        if attack is None:
+            return self.clean
+        return self.adversarial[resolve_attack_name(attack, self.adversarial)]
 
     def correct(self, attack: str | None = None) -> torch.Tensor:
         """Per-example correctness (N,) bool under ``attack`` (None: clean)."""

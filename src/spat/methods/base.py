@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spat.attacks.geometry import INITS, NORMS
+from spat.attacks.geometry import INITS, check_norm
 from spat.attacks.objectives import hcp_ecp as hcp_ecp_term
 from spat.attacks.objectives import kl_divergence
 from spat.errors import SpatError
@@ -71,8 +71,7 @@ class ThreatModel:
             raise SpatError(f"step size must be in (0, 1], got {self.step_size}")
         if self.steps < 1:
             raise SpatError(f"attack steps must be >= 1, got {self.steps}")
-        if self.norm not in NORMS:
-            raise SpatError(f"unknown norm {self.norm!r} (valid: {', '.join(NORMS)})")
+        check_norm(self.norm)
         if self.init not in INITS:
             raise SpatError(f"unknown random start {self.init!r} (valid: {', '.join(INITS)})")
 

@@ -12,7 +12,6 @@ targets (:func:`spat.analysis.stats.honest_concentration`).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,9 @@ from spat.analysis.stats import (
     paired_t_interval,
     t_interval,
 )
+from spat.errors import SpatError
 from spat.study.spec import Cell, StudySpec
+from spat.utils.io import read_json_object_or_none, read_jsonl
 
 CLEAN, WORST_CASE, WORST_CLASS, EXCESS = ("clean", "worst case", "worst class",
                                           "excess top share")
@@ -55,14 +56,6 @@ class CellResult:
         return bool(self.metrics)
 
 
-def _read(path: Path) -> dict[str, Any] | None:
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return d if isinstance(d, dict) else None
-
-
 def _primary(names: list[str]) -> str | None:
     if "PGD-20" in names:
         return "PGD-20"
@@ -73,8 +66,8 @@ def read_cell(cell: Cell) -> CellResult:
     """The metrics of ``cell`` from ``RUN/eval/report.json`` and ``predictions.npz``."""
     run = Path(cell.run_dir)
     res = CellResult(cell)
-    rep = _read(run / "eval" / "report.json")
-    if rep is None or _read(run / "summary.json") is None:
+    rep = read_json_object_or_none(run / "eval" / "report.json")
+    if rep is None or read_json_object_or_none(run / "summary.json") is None:
         return res
     m: dict[str, float] = {CLEAN: float(rep["clean_acc"])}
     names = []
@@ -107,20 +100,16 @@ def best_epoch_validation(run: Path) -> dict[str, float]:
     """``{val_clean_acc, val_robust_acc}`` of the epoch ``summary.json`` calls best (the one
     the ``best`` checkpoint was saved at), from ``metrics.jsonl``; ``{}`` when either file or
     that epoch's record is missing."""
-    summary = _read(run / "summary.json")
+    summary = read_json_object_or_none(run / "summary.json")
     best = (summary or {}).get("best_epoch")
     if not isinstance(best, int) or isinstance(best, bool):
         return {}
     try:
-        lines = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
+        records = read_jsonl(run / "metrics.jsonl")
+    except SpatError:
         return {}
     out: dict[str, float] = {}
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    for rec in records:
         if isinstance(rec, dict) and rec.get("epoch") == best:
             for k in (VAL_CLEAN, VAL_ROBUST):
                 v = rec.get(k)

@@ -12,7 +12,7 @@ from typing import Any
 
 from spat.study.aggregate import EXCESS, Aggregate, CellResult
 from spat.study.spec import StudySpec
-from spat.utils.io import atomic_write_text
+from spat.utils.io import atomic_write_text, json_safe
 
 
 def _f(v: float | None, scale: float = 100.0, digits: int = 1) -> str:
@@ -177,26 +177,9 @@ def write_outputs(spec: StudySpec, aggs: list[Aggregate], metrics: list[str],
             "hard_pairs_pooled": a.pooled,
         } for a in aggs],
     }
-    atomic_write_text(out / "study.json", json.dumps(_clean(doc), indent=2) + "\n")
+    atomic_write_text(out / "study.json", json.dumps(json_safe(doc), indent=2) + "\n")
     files["study.json"] = out / "study.json"
     md = render_markdown(spec, aggs, metrics, results, sorted(files))
     atomic_write_text(out / "study.md", md)
     files["study.md"] = out / "study.md"
     return files
-
-
-def _clean(o: Any) -> Any:
-    import numpy as np
-
-    if isinstance(o, dict):
-        return {str(k): _clean(v) for k, v in o.items()}
-    if isinstance(o, list | tuple):
-        return [_clean(v) for v in o]
-    if isinstance(o, np.ndarray):
-        return _clean(o.tolist())
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating | float):
-        f = float(o)
-        return None if math.isnan(f) or math.isinf(f) else f
-    return o

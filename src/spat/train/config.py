@@ -153,7 +153,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Range checks; each failure is a one-line :class:`SpatError`."""
-        from spat.attacks.geometry import INITS, NORMS
+        from spat.attacks.geometry import INITS, check_norm
         from spat.data import dataset_names
         from spat.methods import METHODS, SUPPORTS_HCP_ECP
         from spat.models import HEADS, model_names
@@ -179,7 +179,7 @@ class TrainConfig:
               f"unknown schedule {self.schedule!r} (valid: {', '.join(SCHEDULES)})")
         check(self.device in DEVICES or self.device.startswith("cuda:"),
               f"unknown device {self.device!r} (valid: {', '.join(DEVICES)}, cuda:N)")
-        check(self.norm in NORMS, f"unknown norm {self.norm!r} (valid: {', '.join(NORMS)})")
+        check_norm(self.norm)
         if self.init is not None:
             check(self.init in INITS,
                   f"unknown random start {self.init!r} (valid: {', '.join(INITS)})")
@@ -275,11 +275,9 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 
 def parse_fraction(text: str) -> float:
     """``"8/255"`` → 0.03137…, ``"0.031"`` → 0.031 (ε and step sizes on the command line)."""
-    t = str(text).strip()
-    try:
-        if "/" in t:
-            a, b = t.split("/", 1)
-            return float(a) / float(b)
-        return float(t)
-    except (ValueError, ZeroDivisionError):
-        raise SpatError(f"not a number or fraction: {text!r} (examples: 0.031, 8/255)") from None
+    from spat.validation import parse_fraction_or_none
+
+    v = parse_fraction_or_none(str(text))
+    if v is None:
+        raise SpatError(f"not a number or fraction: {text!r} (examples: 0.031, 8/255)")
+    return v

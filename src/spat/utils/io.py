@@ -9,9 +9,10 @@ read the records.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,22 @@ def current_umask() -> int:
 def file_mode() -> int:
     """The mode ``open()`` gives a new file: ``0o666 & ~umask``."""
     return 0o666 & ~current_umask()
+
+
+def fsync_path(path: str | os.PathLike[str]) -> None:
+    """fsync a file or a directory, so that its content (a file) or its entries (a directory:
+    a rename or a new file in it) survive a power loss. Best effort: an OS or filesystem that
+    refuses to open or fsync a directory is skipped silently."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -61,14 +78,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    fsync_path(path.parent)  # make the rename itself durable
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -85,20 +95,79 @@ def append_jsonl(path: str | os.PathLike[str], record: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
-def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Read a JSON-lines file; a torn last line (crash mid-write) is ignored."""
-    return list(_iter_jsonl(Path(path)))
+def read_jsonl_lines(path: str | os.PathLike[str]) -> list[tuple[Any, str]]:
+    """Each JSON value of a JSON-lines file with its exact line (without the newline).
+
+    A missing file reads as empty; blank lines are skipped. The *torn-last-line rule*: a process
+    killed mid-append leaves its last line incomplete, so a last line that is not valid JSON
+    (or not UTF-8) is ignored. A bad line anywhere else is damage, not a crash: a one-line
+    :class:`~spat.errors.SpatError` naming the file and the line. An unreadable file is one too.
+    """
+    from spat.errors import SpatError
+
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        raise SpatError(f"{path} is unreadable ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:160]})") from None
+    raw = [(i + 1, b) for i, b in enumerate(data.split(b"\n")) if b.strip()]
+    out: list[tuple[Any, str]] = []
+    for k, (lineno, b) in enumerate(raw):
+        try:
+            line = b.decode("utf-8").rstrip("\r")
+            out.append((json.loads(line), line))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            if k == len(raw) - 1:
+                break  # torn by a crash mid-append
+            raise SpatError(f"{path} line {lineno} is not valid JSON (only the last line may be "
+                            f"incomplete)") from None
+    return out
 
 
-def _iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    if not path.exists():
-        return
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                continue
+def read_jsonl(path: str | os.PathLike[str],
+               check: Callable[[Any, str], dict[str, Any]] | None = None) -> list[Any]:
+    """The values of a JSON-lines file (rules of :func:`read_jsonl_lines`). With ``check``,
+    each value passes through ``check(value, where)`` (``where`` names the file and the record,
+    e.g. :func:`spat.validation.check_metrics_record`), which returns it or raises."""
+    values = [v for v, _ in read_jsonl_lines(path)]
+    if check is None:
+        return values
+    return [check(v, f"{path} record {i + 1}") for i, v in enumerate(values)]
+
+
+def nan_to_none(v: Any) -> float | None:
+    """``v`` as a Python float, or ``None`` for ``None`` and NaN (JSON has no NaN; a missing
+    value is ``null``). Infinities pass through (see :func:`json_safe` for a whole document)."""
+    if v is None:
+        return None
+    f = float(v)
+    return None if math.isnan(f) else f
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` made writable as strict JSON: mappings (keys as strings), lists/tuples and numpy
+    arrays recursively; numpy scalars as Python numbers; NaN and ±inf as ``None`` (``null``)."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    tolist = getattr(obj, "tolist", None)  # numpy arrays and scalars, without importing numpy
+    if tolist is not None and type(obj).__module__ == "numpy":
+        return json_safe(tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def read_json_object_or_none(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or ``None`` when the file is missing, unreadable, not JSON
+    or not an object (for optional records whose absence is an answer; files that must be
+    valid go through :func:`spat.validation.read_json_object`)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
