@@ -1,6 +1,7 @@
-"""A tour of spat's Python API, written as notebook cells (``# %%``): train PGD-AT on the digits (``"method": "spat"`` trains SPAT)
-with a tiny budget, load the run back, evaluate a classifier written here in plain PyTorch, and
-find its hard class pairs. Runs on a CPU in well under a minute:
+"""A tour of spat's Python API, written as notebook cells (``# %%``): train PGD-AT on the
+digits with a tiny budget (``"method": "spat"`` trains SPAT), load the run back, evaluate a
+classifier written here in plain PyTorch, and find its hard class pairs. Runs on a CPU in well
+under a minute:
 
     OMP_NUM_THREADS=1 python examples/notebook_tour.py [OUT_DIR]
 
