@@ -155,3 +155,38 @@ def test_norm_check_in_config_and_methods() -> None:
         TrainConfig(norm="l1").resolved()
     with pytest.raises(SpatError, match=r"^unknown norm 'L2' \(valid: linf, l2\)$"):
         ThreatModel(eps=0.1, step_size=0.01, steps=2, norm="L2")
+
+
+def test_a_runs_test_subset_is_evals_n_examples_subset(tmp_path: Path, monkeypatch) -> None:
+    """Training's final test on ``test_subset = 40`` and ``evaluate(n_examples=40, seed=0)`` on
+    the best checkpoint score the same examples, in the same order, with the same clean
+    accuracy (a tiny 1-epoch digits run, CPU, a few seconds)."""
+    import spat.train.run as train_run
+    from spat.data.subset import subset_indices
+    from spat.evaluation.protocol import evaluate
+    from spat.runs import load_data, load_run
+    from spat.train.config import config_from_dict
+
+    seen = []
+    real = train_run.evaluate_split
+
+    def spy(model, split, *args, **kwargs):
+        seen.append(split)
+        return real(model, split, *args, **kwargs)
+
+    monkeypatch.setattr(train_run, "evaluate_split", spy)
+    cfg = config_from_dict({"dataset": "digits", "model": "small_cnn", "method": "standard",
+                            "epochs": 1, "train_subset": 64, "batch_size": 32,
+                            "test_subset": 40, "val_steps": 1, "test_steps": 1,
+                            "device": "cpu", "name": "sub", "out_dir": str(tmp_path)})
+    summary = train_run.train(cfg)
+    run = load_run(summary["run_dir"])
+    test = load_data(run.config).test
+    idx = subset_indices(len(test), 40, 0)
+    assert len(seen) == 1 and torch.equal(seen[0].images, test.images[idx])
+    assert torch.equal(seen[0].labels, test.labels[idx])
+    report = evaluate(run.model, test, eps=0.1, attacks=[], n_examples=40, seed=0,
+                      sanity_examples=0)
+    assert report.data["subset"]["indices"] == idx.tolist()
+    assert report.data["clean_acc"] == summary["test_clean_acc"]
+    assert summary["test_examples"] == 40

@@ -19,11 +19,10 @@ from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from spat import checkpoint as ckpt
 from spat import runs
-from spat.data import DataBundle, Split
+from spat.data import DataBundle
+from spat.data.subset import subset_split
 from spat.errors import SpatError
 from spat.evaluation.split import evaluate_split
 from spat.train.config import FIELD_NAMES, TrainConfig, config_from_dict
@@ -360,11 +359,8 @@ def _train(
 
     dist.on_main(load_best)
     dist.broadcast_(list(model.state_dict().values()))
-    test = data.test
-    if cfg.test_subset is not None and cfg.test_subset < len(test):
-        idx = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))
-        idx = idx[: cfg.test_subset]
-        test = Split(images=test.images[idx], labels=test.labels[idx])
+    # the one subset rule: the same examples as spat eval --n-examples N --seed 0
+    test = subset_split(data.test, cfg.test_subset, seed=0)
     log(f"test: clean and PGD-{cfg.test_steps} on {len(test)} examples, best checkpoint "
         f"{best.name}")
     with counting_bar(f"test PGD-{cfg.test_steps}", -(-len(test) // dist.world_size),
