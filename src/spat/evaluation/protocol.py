@@ -123,6 +123,23 @@ def _generator(device: torch.device, seed: int) -> torch.Generator:
     return torch.Generator(device=dev).manual_seed(seed)
 
 
+@dataclasses.dataclass(frozen=True)
+class EvalOptions:
+    """The validated settings of one :func:`evaluate` call that its steps share (the model,
+    the data, the cache and the progress display travel separately). Units as in
+    :func:`evaluate`: ``eps`` and ``step_size`` in [0, 1] pixel units."""
+
+    eps: float
+    norm: str
+    seed: int
+    restarts: int
+    step_size: float | None
+    batch_size: int
+    device: torch.device
+    sanity_examples: int
+    square_queries: int
+
+
 class _Cache:
     """Finished results as ``<root>/<key>-<fingerprint digest>.json`` (atomic writes)."""
 
@@ -292,6 +309,9 @@ def evaluate(
     if len(split) == 0:
         raise SpatError("the split to evaluate is empty")
     device = torch.device(device)
+    opts = EvalOptions(eps=float(eps), norm=norm, seed=int(seed), restarts=int(restarts),
+                       step_size=step_size, batch_size=int(batch_size), device=device,
+                       sanity_examples=int(sanity_examples), square_queries=int(square_queries))
     index = select_subset(len(split), n_examples, seed)
     sub = Split(images=split.images[index], labels=split.labels[index])
     n = len(sub)
@@ -355,8 +375,7 @@ def evaluate(
             t0 = time.perf_counter()
             if choice.kind == "autoattack":
                 result = _run_autoattack(model, sub, key, name, choice.version or "standard",
-                                         eps, norm, seed, batch_size, device, cache, fp, prog,
-                                         dist)
+                                         opts, cache, fp, prog, dist)
             else:
                 update = prog.task(name, n if not dist.enabled else
                                    len(shard_index(n, batch_size, dist)))
@@ -382,11 +401,9 @@ def evaluate(
             # the others receive the result
             own = _Cache(cache.root, cache.resume, log)
             checks.append(dist.on_main(lambda: _eps_sweep(
-                model, sub, m, eps, norm, seed, batch_size, device, num_classes, own, common,
-                prog, log)))
+                model, sub, m, opts, num_classes, own, common, prog, log)))
             checks.append(dist.on_main(lambda: _black_box(
-                model, sub, m, preds, outcomes, eps, norm, seed, batch_size, device,
-                square_queries, own, common, prog, log)))
+                model, sub, m, preds, outcomes, opts, own, common, prog, log)))
         else:
             checks.append(sanity.Check("eps_sweep", None, "skipped (--sanity-examples 0)"))
             checks.append(sanity.Check("black_box", None, "skipped (--sanity-examples 0)"))
@@ -397,8 +414,7 @@ def evaluate(
     for o in outcomes:
         warnings.extend(f"{o['name']}: {w}" for w in o.get("warnings", []))
 
-    data = _build(preds, outcomes, names, checks, warnings, index, len(split), eps, norm, seed,
-                  restarts, step_size, batch_size, device, sanity_examples, metadata)
+    data = _build(preds, outcomes, names, checks, warnings, index, len(split), opts, metadata)
     data["settings"]["processes"] = dist.world_size
     data["timing"] = {"total_seconds": time.perf_counter() - t_start,
                       "attack_seconds": {o["name"]: o["seconds"] for o in outcomes}}
@@ -410,9 +426,9 @@ def _full_batch(sub: Split, device: torch.device) -> tuple[torch.Tensor, torch.T
 
 
 def _run_autoattack(model: nn.Module, sub: Split, key: str, name: str, version: str,
-                    eps: float, norm: str, seed: int, batch_size: int, device: torch.device,
-                    cache: _Cache, fp: dict[str, Any], prog: _Progress,
+                    opts: EvalOptions, cache: _Cache, fp: dict[str, Any], prog: _Progress,
                     dist: DistContext = SINGLE) -> dict[str, Any]:
+    batch_size, device = opts.batch_size, opts.device
     # Under torchrun each rank runs the official algorithm on its batches of the examples
     # (see spat.evaluation.sharding); an interrupted sharded run starts its AutoAttack over.
     state = cache.path(key, fp, ".aa-state.json") if not dist.enabled else None
@@ -432,8 +448,9 @@ def _run_autoattack(model: nn.Module, sub: Split, key: str, name: str, version: 
             tasks[s] = prog.task(f"{name}: {aa_mod.LABELS[s]}", total)
         tasks[s](completed=done, total=total)
 
-    r = aa_mod.run_autoattack(model, x, y, eps=eps, norm=norm, version=version, seed=seed,
-                              batch_size=batch_size, device=device, state_path=state,
+    r = aa_mod.run_autoattack(model, x, y, eps=opts.eps, norm=opts.norm, version=version,
+                              seed=opts.seed, batch_size=batch_size, device=device,
+                              state_path=state,
                               progress=on_progress)
     predictions, broken_by = r.predictions, r.broken_by
     max_perturbation = r.max_perturbation
@@ -461,9 +478,11 @@ def _run_autoattack(model: nn.Module, sub: Split, key: str, name: str, version: 
     return {"predictions": predictions.tolist(), "details": details, "warnings": r.warnings}
 
 
-def _eps_sweep(model: nn.Module, sub: Split, m: int, eps: float, norm: str, seed: int,
-               batch_size: int, device: torch.device, num_classes: int, cache: _Cache,
-               common: dict[str, Any], prog: _Progress, log: Log) -> sanity.Check:
+def _eps_sweep(model: nn.Module, sub: Split, m: int, opts: EvalOptions, num_classes: int,
+               cache: _Cache, common: dict[str, Any], prog: _Progress, log: Log
+               ) -> sanity.Check:
+    eps, norm, seed = opts.eps, opts.norm, opts.seed
+    batch_size, device = opts.batch_size, opts.device
     dim = int(sub.images[0].numel())
     eps_values = sanity.sweep_epsilons(eps, norm, dim)
     fp = {**common, "attack": "sanity-eps-sweep", "examples": m, "eps_values": eps_values}
@@ -486,9 +505,9 @@ def _eps_sweep(model: nn.Module, sub: Split, m: int, eps: float, norm: str, seed
 
 
 def _black_box(model: nn.Module, sub: Split, m: int, preds: Predictions,
-               outcomes: list[dict[str, Any]], eps: float, norm: str, seed: int,
-               batch_size: int, device: torch.device, queries: int, cache: _Cache,
+               outcomes: list[dict[str, Any]], opts: EvalOptions, cache: _Cache,
                common: dict[str, Any], prog: _Progress, log: Log) -> sanity.Check:
+    queries = opts.square_queries
     for o in outcomes:
         if o["key"] == "aa":
             c = o["details"]["robust_count_after"]
@@ -507,10 +526,10 @@ def _black_box(model: nn.Module, sub: Split, m: int, preds: Predictions,
           "points": _digest(idx.tolist())}
     saved = cache.get("sanity-square", "Square check", fp)
     if saved is None:
-        x, y = _full_batch(Split(images=sub.images[idx], labels=sub.labels[idx]), device)
+        x, y = _full_batch(Split(images=sub.images[idx], labels=sub.labels[idx]), opts.device)
         update = prog.task(f"sanity: Square ({queries} queries)", 1)
-        out = aa_mod.run_square(model, x, y, eps=eps, norm=norm, n_queries=queries,
-                                seed=seed, batch_size=batch_size, device=device)
+        out = aa_mod.run_square(model, x, y, eps=opts.eps, norm=opts.norm, n_queries=queries,
+                                seed=opts.seed, batch_size=opts.batch_size, device=opts.device)
         update(completed=1)
         saved = {"broken": int((out != y.cpu()).sum())}
         cache.put("sanity-square", fp, saved)
@@ -521,9 +540,8 @@ def _black_box(model: nn.Module, sub: Split, m: int, preds: Predictions,
 
 def _build(preds: Predictions, outcomes: list[dict[str, Any]], names: list[str],
            checks: list[sanity.Check], warnings: list[str], index: torch.Tensor, n_total: int,
-           eps: float, norm: str, seed: int, restarts: int, step_size: float | None,
-           batch_size: int, device: torch.device, sanity_examples: int,
-           metadata: dict[str, Any] | None) -> dict[str, Any]:
+           opts: EvalOptions, metadata: dict[str, Any] | None) -> dict[str, Any]:
+    eps, norm, seed = opts.eps, opts.norm, opts.seed
     labels = preds.labels
     clean = summarize(preds.correct(None), labels, names)
     cum = preds.correct(None)
@@ -561,10 +579,10 @@ def _build(preds: Predictions, outcomes: list[dict[str, Any]], names: list[str],
         },
         "seed": int(seed),
         "settings": {
-            "attacks": [o["key"] for o in outcomes], "restarts": int(restarts),
-            "step_size": step_size, "default_step_size": "eps/4 (PGD/CW); eps (FGSM)",
-            "batch_size": int(batch_size), "device": str(device),
-            "sanity_examples": int(sanity_examples),
+            "attacks": [o["key"] for o in outcomes], "restarts": opts.restarts,
+            "step_size": opts.step_size, "default_step_size": "eps/4 (PGD/CW); eps (FGSM)",
+            "batch_size": opts.batch_size, "device": str(opts.device),
+            "sanity_examples": opts.sanity_examples,
         },
         "classes": names,
         "class_counts": torch.bincount(labels, minlength=len(names))[:len(names)].tolist(),
