@@ -105,9 +105,6 @@ class Cell:
     def key(self) -> str:
         return f"{self.dataset}/{self.variant}/seed{self.seed}"
 
-    def train_config(self) -> TrainConfig:
-        return config_from_dict(self.config, source=self.key)
-
 
 @dataclass(frozen=True)
 class StudySpec:
