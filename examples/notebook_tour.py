@@ -8,7 +8,7 @@ under a minute:
 The digits (8x8 images of 0-9, 1797 examples) ship with scikit-learn: no download.
 """
 
-# %% Setup: where the run goes, and the thread count of a small machine
+# %% Setup: where the run goes (a temporary folder unless given)
 import sys
 import tempfile
 from pathlib import Path
