@@ -190,3 +190,18 @@ def test_a_runs_test_subset_is_evals_n_examples_subset(tmp_path: Path, monkeypat
     assert report.data["subset"]["indices"] == idx.tolist()
     assert report.data["clean_acc"] == summary["test_clean_acc"]
     assert summary["test_examples"] == 40
+
+
+# ----------------------------------------------------------------------------- typed outcomes
+def test_attack_outcome_reads_a_saved_record() -> None:
+    from spat.evaluation.protocol import AttackOutcome
+
+    rec = {"predictions": [1, 0, 2], "key": "pgd20", "name": "PGD-20", "kind": "pgd",
+           "settings": {"steps": 20}, "seconds": 2}
+    o = AttackOutcome.from_record(rec, reused=True)
+    assert (o.key, o.name, o.kind, o.predictions, o.reused) == ("pgd20", "PGD-20", "pgd",
+                                                                 [1, 0, 2], True)
+    assert o.seconds == 2.0 and type(o.seconds) is float
+    assert o.details == {} and o.warnings == []  # absent in the record: empty
+    with pytest.raises(KeyError):
+        AttackOutcome.from_record({"key": "pgd20"}, reused=False)

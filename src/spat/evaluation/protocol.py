@@ -140,6 +140,33 @@ class EvalOptions:
     square_queries: int
 
 
+@dataclasses.dataclass(frozen=True)
+class AttackOutcome:
+    """One attack's result inside :func:`evaluate`: the predicted class of every evaluated
+    example (``predictions``, in subset order), the attack's settings and timing, and its
+    ``details``/``warnings`` (AutoAttack: robust counts after each sub-attack, ...). Its
+    :meth:`from_record` reads the ``result`` of a saved cache file (the same fields except
+    ``reused``); ``reused`` says whether it came from one."""
+
+    key: str
+    name: str
+    kind: str
+    settings: dict[str, Any]
+    seconds: float
+    predictions: list[int]
+    details: dict[str, Any]
+    warnings: list[str]
+    reused: bool
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], *, reused: bool) -> AttackOutcome:
+        """An outcome from a result record (as computed, or as saved in the cache)."""
+        return cls(key=record["key"], name=record["name"], kind=record["kind"],
+                   settings=record["settings"], seconds=float(record["seconds"]),
+                   predictions=record["predictions"], details=record.get("details") or {},
+                   warnings=list(record.get("warnings") or []), reused=reused)
+
+
 class _Cache:
     """Finished results as ``<root>/<key>-<fingerprint digest>.json`` (atomic writes)."""
 
@@ -347,7 +374,7 @@ def evaluate(
         "norm": norm, "seed": int(seed), "batch_size": int(batch_size),
         "device_type": device.type, "spat": __version__,
     }
-    outcomes: list[dict[str, Any]] = []
+    outcomes: list[AttackOutcome] = []
     prog = _Progress(progress, console)
     with prog.running():
         clean_preds = predict_under_attacks(model, sub, [], batch_size=batch_size,
@@ -368,7 +395,7 @@ def evaluate(
             if saved is not None:
                 log(f"{name}: reusing the saved result ({saved['seconds']:.1f} s when computed) "
                     f"from {cache.path(key, fp)}")
-                outcomes.append({**saved, "reused": True})
+                outcomes.append(AttackOutcome.from_record(saved, reused=True))
                 continue
             logger.debug("%s: computing on %d examples (rank %d of %d), settings %s", name, n,
                          dist.rank, dist.world_size, json.dumps(settings, sort_keys=True))
@@ -387,10 +414,9 @@ def evaluate(
             result.update(key=key, name=name, kind=choice.kind, settings=settings,
                           seconds=time.perf_counter() - t0)
             cache.put(key, fp, result)
-            outcomes.append({**result, "reused": False})
+            outcomes.append(AttackOutcome.from_record(result, reused=False))
 
-        adversarial = {o["name"]: torch.tensor(o["predictions"], dtype=torch.int64)
-                       for o in outcomes}
+        adversarial = {o.name: torch.tensor(o.predictions, dtype=torch.int64) for o in outcomes}
         preds = Predictions(labels=sub.labels.clone().to(torch.int64), clean=clean_preds,
                             adversarial=adversarial)
 
@@ -412,12 +438,12 @@ def evaluate(
         if c.warning:
             warnings.append(c.warning)
     for o in outcomes:
-        warnings.extend(f"{o['name']}: {w}" for w in o.get("warnings", []))
+        warnings.extend(f"{o.name}: {w}" for w in o.warnings)
 
     data = _build(preds, outcomes, names, checks, warnings, index, len(split), opts, metadata)
     data["settings"]["processes"] = dist.world_size
     data["timing"] = {"total_seconds": time.perf_counter() - t_start,
-                      "attack_seconds": {o["name"]: o["seconds"] for o in outcomes}}
+                      "attack_seconds": {o.name: o.seconds for o in outcomes}}
     return EvalReport(data=data, predictions=preds, checks=checks, warnings=warnings)
 
 
@@ -505,12 +531,12 @@ def _eps_sweep(model: nn.Module, sub: Split, m: int, opts: EvalOptions, num_clas
 
 
 def _black_box(model: nn.Module, sub: Split, m: int, preds: Predictions,
-               outcomes: list[dict[str, Any]], opts: EvalOptions, cache: _Cache,
+               outcomes: list[AttackOutcome], opts: EvalOptions, cache: _Cache,
                common: dict[str, Any], prog: _Progress, log: Log) -> sanity.Check:
     queries = opts.square_queries
     for o in outcomes:
-        if o["key"] == "aa":
-            c = o["details"]["robust_count_after"]
+        if o.key == "aa":
+            c = o.details["robust_count_after"]
             if "fab-t" in c and "square" in c:
                 return sanity.check_black_box(c["fab-t"], c["fab-t"] - c["square"],
                                               "inside standard AutoAttack, after APGD-CE, "
@@ -538,7 +564,7 @@ def _black_box(model: nn.Module, sub: Split, m: int, preds: Predictions,
     return sanity.check_black_box(int(idx.numel()), saved["broken"], source)
 
 
-def _build(preds: Predictions, outcomes: list[dict[str, Any]], names: list[str],
+def _build(preds: Predictions, outcomes: list[AttackOutcome], names: list[str],
            checks: list[sanity.Check], warnings: list[str], index: torch.Tensor, n_total: int,
            opts: EvalOptions, metadata: dict[str, Any] | None) -> dict[str, Any]:
     eps, norm, seed = opts.eps, opts.norm, opts.seed
@@ -547,18 +573,18 @@ def _build(preds: Predictions, outcomes: list[dict[str, Any]], names: list[str],
     cum = preds.correct(None)
     entries = []
     for o in outcomes:
-        ok = preds.correct(o["name"])
+        ok = preds.correct(o.name)
         cum = cum & ok
         s = summarize(ok, labels, names)
         entries.append({
-            "key": o["key"], "name": o["name"], "kind": o["kind"], "settings": o["settings"],
+            "key": o.key, "name": o.name, "kind": o.kind, "settings": o.settings,
             **s,
             "cumulative_accuracy": float(cum.sum()) / len(preds),
             "cumulative_correct": int(cum.sum()),
-            "seconds": o["seconds"], "reused": o["reused"], "details": o.get("details", {}),
+            "seconds": o.seconds, "reused": o.reused, "details": o.details,
         })
     ensemble = {**summarize(preds.robust_all(), labels, names),
-                "attacks": [o["name"] for o in outcomes]}
+                "attacks": [o.name for o in outcomes]}
     aa = next((e for e in entries if e["key"] == "aa"), None)
     subset = n_total != len(preds)
     data: dict[str, Any] = {
@@ -579,7 +605,7 @@ def _build(preds: Predictions, outcomes: list[dict[str, Any]], names: list[str],
         },
         "seed": int(seed),
         "settings": {
-            "attacks": [o["key"] for o in outcomes], "restarts": opts.restarts,
+            "attacks": [o.key for o in outcomes], "restarts": opts.restarts,
             "step_size": opts.step_size, "default_step_size": "eps/4 (PGD/CW); eps (FGSM)",
             "batch_size": opts.batch_size, "device": str(opts.device),
             "sanity_examples": opts.sanity_examples,
