@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from spat.errors import SpatError
+from spat.utils.argtypes import fraction
 from spat.utils.log import configure as configure_logging
 
 EXIT_USAGE = 2
@@ -36,15 +37,6 @@ def _names() -> dict[str, list[str]]:
 
     return {"dataset": dataset_names(), "model": model_names(), "method": method_names(),
             "head": list(HEADS)}
-
-
-def _fraction(text: str) -> float:
-    from spat.train.config import parse_fraction
-
-    try:
-        return parse_fraction(text)
-    except SpatError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _int_or_fraction(text: str) -> float:
@@ -90,9 +82,9 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
                    help="SPAT's s, the cosine head's scale (default 8)")
     g = p.add_argument_group("method and training attack")
     g.add_argument("--method", help=f"one of: {', '.join(names['method'])} (default pgd_at)")
-    g.add_argument("--eps", type=_fraction, help="ε of the L∞/L2 ball in [0,1] units; accepts "
+    g.add_argument("--eps", type=fraction, help="ε of the L∞/L2 ball in [0,1] units; accepts "
                    "8/255 (default: the dataset's)")
-    g.add_argument("--step-size", dest="step_size", type=_fraction,
+    g.add_argument("--step-size", dest="step_size", type=fraction,
                    help="attack step size η (accepts 2/255)")
     g.add_argument("--steps", type=int, help="attack steps K of the training adversary")
     g.add_argument("--norm", help="threat model: linf or l2 (default linf)")

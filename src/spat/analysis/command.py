@@ -7,29 +7,20 @@ from pathlib import Path
 
 from spat.checkpoint import WHICH_HELP, check_which
 from spat.errors import SpatError
+from spat.utils.argtypes import positive_int
 from spat.utils.log import info as log_info
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--which", default="best", help=WHICH_HELP)
     p.add_argument("--attack", default=None, help="attack whose flows are analysed (default: "
                    "PGD-20, else the first PGD in the predictions)")
-    p.add_argument("--max-examples", dest="max_examples", type=_positive_int, default=None,
+    p.add_argument("--max-examples", dest="max_examples", type=positive_int, default=None,
                    help="when predictions are computed here: use only N test examples, the "
                    "same ones as spat eval --n-examples N --seed 0 (CPU time)")
-    p.add_argument("--steps", type=_positive_int, default=20,
+    p.add_argument("--steps", type=positive_int, default=20,
                    help="PGD steps when predictions are computed here (default 20: PGD-20)")
-    p.add_argument("--batch-size", dest="batch_size", type=_positive_int, default=512,
+    p.add_argument("--batch-size", dest="batch_size", type=positive_int, default=512,
                    help="batch size of the attack and of the feature pass")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, "
                    "cuda:N, mps")

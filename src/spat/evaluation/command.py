@@ -11,6 +11,7 @@ from typing import Any
 from spat.checkpoint import WHICH_HELP, check_which
 from spat.errors import SpatError
 from spat.evaluation.attacks import ATTACK_KEYS, CHOICES, DEFAULT_ATTACKS
+from spat.utils.argtypes import fraction
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -22,15 +23,6 @@ class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaults
         if action.default is None or "default" in text:
             return text
         return super()._get_help_string(action)
-
-
-def _fraction(text: str) -> float:
-    from spat.train.config import parse_fraction
-
-    try:
-        return parse_fraction(text)
-    except SpatError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _epilog() -> str:
@@ -94,7 +86,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="scale s of official-spat's cosine head: the attacked logits are s·z")
     p.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS),
                    help=f"comma-separated, from: {', '.join(ATTACK_KEYS)} (see below)")
-    p.add_argument("--eps", type=_fraction, default=None,
+    p.add_argument("--eps", type=fraction, default=None,
                    help="ε in [0,1] pixel units, accepts 8/255 (default: the run's training ε; "
                    "with --model the dataset's default training ε)")
     p.add_argument("--norm", choices=("linf", "l2"), type=str.lower, default=None,
@@ -104,7 +96,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "(default: the whole test set, in order)")
     p.add_argument("--restarts", type=int, default=1,
                    help="random starts of PGD and CW (worst case kept per example)")
-    p.add_argument("--step-size", dest="step_size", type=_fraction, default=None,
+    p.add_argument("--step-size", dest="step_size", type=fraction, default=None,
                    help="PGD/CW step size η (default ε/4)")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=500,
                    help="examples per attack batch (also AutoAttack's)")

@@ -4,16 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from spat.errors import SpatError
-
-
-def _fraction(text: str) -> float:
-    from spat.train.config import parse_fraction
-
-    try:
-        return parse_fraction(text)
-    except SpatError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+from spat.utils.argtypes import fraction
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -44,7 +35,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--link", default="", help="paper URL, e.g. https://arxiv.org/abs/2210.15068")
     g.add_argument("--additional-data", dest="additional_data", action="store_true",
                    help="trained with data beyond the dataset's training set")
-    g.add_argument("--reported", type=_fraction, default=None,
+    g.add_argument("--reported", type=fraction, default=None,
                    help="robust accuracy the paper reports, a fraction such as 0.5643 "
                    "(default: this AutoAttack accuracy)")
     g.add_argument("--footnote", default=None, help="RobustBench's optional footnote")

@@ -4,15 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
+from spat.utils.argtypes import positive_int
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -34,9 +26,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="local worker pool, or submitit jobs (SLURM; cluster='local' in the "
                    "file runs them as local processes); default: the file's [engine] kind, "
                    "else local")
-    p.add_argument("--workers", type=_positive, default=None,
+    p.add_argument("--workers", type=positive_int, default=None,
                    help="worker processes (default: one per core on CPU, one per GPU)")
-    p.add_argument("--threads", type=_positive, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads per worker (default: cores / workers)")
     p.add_argument("--aggregate-only", dest="aggregate_only", action="store_true",
                    help="run no cell; aggregate the finished ones")
