@@ -39,10 +39,11 @@ from spat.errors import SpatError
 FRACTION_FIELDS = frozenset({"eps", "step_size"})
 
 
-def one_line(text: object, limit: int = 200) -> str:
-    """``text`` with its whitespace collapsed, cut to ``limit`` characters."""
+def one_line(text: object, limit: int | None = 200) -> str:
+    """``text`` with all whitespace runs (newlines included) collapsed to single spaces, cut to
+    ``limit`` characters (ending in "…"; ``None``: no limit) — for one-line error messages."""
     s = " ".join(str(text).split())
-    return s if len(s) <= limit else s[: limit - 1] + "…"
+    return s if limit is None or len(s) <= limit else s[: limit - 1] + "…"
 
 
 def _show(value: Any) -> str:

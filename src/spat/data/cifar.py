@@ -113,7 +113,7 @@ def download_cifar(root: str | Path, which: str) -> None:
         cls(str(root), train=False, download=True)
     except Exception as e:  # network or integrity failures
         remove_new_paths(Path(root), before)  # the partial archive and its extracts
-        raise SpatError(f"download of {which} into {root} failed: {one_line(e)}") from e
+        raise SpatError(f"download of {which} into {root} failed: {one_line(e, None)}") from e
 
 
 def load_cifar(root: str | Path, which: str = "cifar10", *, verify: bool = True) -> RawDataset:

@@ -10,14 +10,10 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from spat.errors import SpatError
+from spat.validation import one_line
 
 # (resolved path, inode, size in bytes, mtime in ns) -> md5 hex digest
 _MD5_CACHE: dict[tuple[str, int, int, int], str] = {}
-
-
-def one_line(text: object) -> str:
-    """``text`` with all whitespace runs (newlines included) collapsed to single spaces."""
-    return " ".join(str(text).split())
 
 
 def md5_of(path: Path) -> str:
@@ -119,7 +115,7 @@ def safe_unpickle(path: Path) -> Any:
         raise
     except Exception as e:  # any parse failure means a bad file
         raise SpatError(
-            f"cannot read {path}: not a valid pickle ({type(e).__name__}: {one_line(e)})"
+            f"cannot read {path}: not a valid pickle ({type(e).__name__}: {one_line(e, None)})"
         ) from e
 
 

@@ -64,7 +64,7 @@ def read_idx(path: Path) -> np.ndarray:
         with gzip.open(path, "rb") as f:
             data = f.read()
     except (OSError, EOFError) as e:
-        raise SpatError(f"cannot read {path}: not a valid gzip file ({one_line(e)})") from e
+        raise SpatError(f"cannot read {path}: not a valid gzip file ({one_line(e, None)})") from e
     if len(data) < 8:
         raise SpatError(f"cannot read {path}: too short for an IDX header")
     magic = int.from_bytes(data[0:4], "big")
@@ -110,7 +110,7 @@ def download_mnist(root: str | Path, which: str) -> None:
         cls(str(root), train=True, download=True)
     except Exception as e:  # network or integrity failures
         remove_new_paths(Path(root), before)  # the partial archive and its extracts
-        raise SpatError(f"download of {which} into {root} failed: {one_line(e)}") from e
+        raise SpatError(f"download of {which} into {root} failed: {one_line(e, None)}") from e
 
 
 def load_mnist(root: str | Path, which: str = "mnist", *, verify: bool = True) -> RawDataset:

@@ -76,7 +76,7 @@ def load_npz(path: str | Path) -> RawDataset:
     except SpatError:
         raise
     except Exception as e:  # not a zip file, pickled object arrays, truncated data ...
-        raise SpatError(f"cannot read {path} as a .npz file ({one_line(e)})") from e
+        raise SpatError(f"cannot read {path} as a .npz file ({one_line(e, None)})") from e
 
     images = {}
     for key in ("x_train", "x_test"):

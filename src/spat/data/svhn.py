@@ -34,7 +34,7 @@ def _read_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         mat = scipy.io.loadmat(str(path))
     except Exception as e:  # any parse failure means a bad file
-        raise SpatError(f"cannot read {path}: not a MATLAB v5 file ({one_line(e)})") from e
+        raise SpatError(f"cannot read {path}: not a MATLAB v5 file ({one_line(e, None)})") from e
     if "X" not in mat or "y" not in mat:
         raise SpatError(f"cannot read {path}: expected variables 'X' and 'y'")
     x, y = mat["X"], np.asarray(mat["y"]).reshape(-1)
@@ -68,7 +68,7 @@ def download_svhn(root: str | Path) -> None:
             download_url(url, str(root), name, md5)
     except Exception as e:  # network or integrity failures
         remove_new_paths(Path(root), before)  # the partial archive and its extracts
-        raise SpatError(f"download of svhn into {root} failed: {one_line(e)}") from e
+        raise SpatError(f"download of svhn into {root} failed: {one_line(e, None)}") from e
 
 
 def load_svhn(root: str | Path, *, verify: bool = True) -> RawDataset:
