@@ -40,6 +40,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from spat.errors import SpatError
 from spat.utils.io import atomic_write_bytes, atomic_write_text, fsync_path
+from spat.validation import one_line
 
 WEIGHTS = "model.safetensors"
 STATE = "state.pt"
@@ -125,7 +126,7 @@ def read_pointer(root: str | os.PathLike[str], name: str) -> str | None:
         tag = json.loads(p.read_text(encoding="utf-8"))["tag"]
     except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise SpatError(f"checkpoint pointer {p} is corrupted ({type(e).__name__}: "
-                        f"{' '.join(str(e).split())})") from None
+                        f"{one_line(e, None)})") from None
     if not isinstance(tag, str) or not TAG_RE.fullmatch(tag):
         raise SpatError(f"checkpoint pointer {p} is corrupted (tag {tag!r} is not epoch_NNNN)")
     return tag
@@ -231,7 +232,7 @@ def resolve(path: str | os.PathLike[str], which: str = "best") -> Path:
 
 def _unpickling_detail(e: BaseException) -> str:
     """The informative part of torch's multi-paragraph weights-only error, on one line."""
-    text = " ".join(str(e).split())
+    text = one_line(e, None)
     m = re.search(r"(?:Unsupported global: |unsupported )GLOBAL ([\w.]+)", text)
     if m:
         return f"it references {m.group(1)}"
@@ -262,11 +263,11 @@ def load_state(folder: str | os.PathLike[str]) -> dict[str, Any]:
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise SpatError(f"checkpoint state {path} is unreadable or corrupted "
-                        f"({' '.join(str(e).split())[:200]})") from None
+                        f"({one_line(e, 200)})") from None
     except Exception as e:  # random bytes reach the unpickler's internals: IndexError, KeyError,
         # struct.error, ... — corrupted data either way (nothing was executed: weights_only)
         raise SpatError(f"checkpoint state {path} is unreadable or corrupted "
-                        f"({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
+                        f"({type(e).__name__}: {one_line(e, 160)})") from None
     if not isinstance(state, dict):
         raise SpatError(f"checkpoint state {path} is not a dictionary (got "
                         f"{type(state).__name__})")
@@ -291,10 +292,10 @@ def load_weights(folder: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         weights = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
         raise SpatError(f"checkpoint weights {path} are unreadable or corrupted "
-                        f"({' '.join(str(e).split())[:200]})") from None
+                        f"({one_line(e, 200)})") from None
     except Exception as e:  # anything else a corrupted file provokes in the parser
         raise SpatError(f"checkpoint weights {path} are unreadable or corrupted "
-                        f"({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
+                        f"({type(e).__name__}: {one_line(e, 160)})") from None
     check_finite_tensors(weights, str(path))
     return weights
 

@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 from spat.errors import SpatError
 from spat.utils.argtypes import fraction
 from spat.utils.log import configure as configure_logging
+from spat.validation import one_line
 
 EXIT_USAGE = 2
 
@@ -252,10 +253,6 @@ def _take_debug(argv: list[str]) -> tuple[bool, list[str]]:
     return debug or os.environ.get("SPAT_DEBUG", "") not in ("", "0"), rest
 
 
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``spat`` with ``argv``; returns the exit code.
 
@@ -277,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpatError as e:
         if debug:
             traceback.print_exc()
-        sys.stderr.write(f"spat: error: {_one_line(e)}\n")
+        sys.stderr.write(f"spat: error: {one_line(e, None)}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:
         sys.stderr.write("spat: interrupted\n")
@@ -286,12 +283,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         where = f": {e.filename}" if e.filename else ""
-        sys.stderr.write(f"spat: error: {e.strerror or _one_line(e)}{where}\n")
+        sys.stderr.write(f"spat: error: {e.strerror or one_line(e, None)}{where}\n")
         return EXIT_USAGE
     except Exception as e:
         if debug:
             raise
         sys.stderr.write(f"spat: error: internal error: {type(e).__name__}: "
-                         f"{_one_line(e)[:300]} (run with {DEBUG_FLAG} for the traceback)\n")
+                         f"{one_line(e, None)[:300]} (run with {DEBUG_FLAG} for the traceback)\n")
         return EXIT_INTERNAL
 

@@ -51,6 +51,7 @@ from spat.evaluation.attacks import AA_NAMES, resolve_attack_name
 from spat.evaluation.core import Predictions
 from spat.utils.io import atomic_write_text, json_safe, nan_to_none
 from spat.utils.progress import counting_bar
+from spat.validation import one_line
 
 Log = Callable[[str], None]
 
@@ -298,7 +299,7 @@ def _load_predictions(path: Path) -> Predictions:
             arrays = {k: z[k] for k in z.files}
     except Exception as e:  # not a zip, bad CRC, truncated stream, pickled arrays, ...
         raise SpatError(f"cannot read predictions {path} ({type(e).__name__}: "
-                        f"{' '.join(str(e).split())[:160]})") from None
+                        f"{one_line(e, 160)})") from None
     check_prediction_arrays(arrays, str(path))
     return Predictions.load(path)
 

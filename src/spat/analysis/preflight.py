@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from spat.errors import SpatError
+from spat.validation import one_line
 
 ATTACK_PREFIX = "adv/"
 
@@ -31,7 +32,7 @@ def predicted_attacks(run: Path, *, recompute: bool, steps: int) -> list[str]:
             files = list(z.files)
     except Exception as e:  # not a zip, truncated, ...: corrupted data either way
         raise SpatError(f"cannot read predictions {npz} ({type(e).__name__}: "
-                        f"{' '.join(str(e).split())[:160]})") from None
+                        f"{one_line(e, 160)})") from None
     missing = [k for k in ("labels", "clean") if k not in files]
     if missing:
         raise SpatError(f"predictions {npz} are corrupted (missing {', '.join(missing)})")

@@ -20,6 +20,7 @@ from spat.evaluation.attacks import DEFAULT_ATTACKS
 from spat.evaluation.protocol import Log, evaluate
 from spat.evaluation.report import EvalReport
 from spat.evaluation.run import STATE_SUBDIR
+from spat.validation import one_line
 
 
 def default_out(model: str | nn.Module, dataset: str) -> Path:
@@ -134,7 +135,7 @@ def _probe(net: nn.Module, split: Split, device: torch.device, spec: str, datase
             out = net(x)
     except (RuntimeError, ValueError, TypeError) as e:
         raise SpatError(f"{spec} fails on {dataset} images of shape {tuple(x.shape[1:])}: "
-                        f"{' '.join(str(e).split())[:200]}") from None
+                        f"{one_line(e, 200)}") from None
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise SpatError(f"{spec} must return logits of shape (N, K); got {got} for N = "

@@ -53,6 +53,7 @@ from spat import checkpoint as ckpt
 from spat.errors import SpatError
 from spat.models import build_model
 from spat.models.classifier import Classifier
+from spat.validation import one_line
 
 #: ``--model`` names of the official checkpoint layouts → the head they are loaded with.
 OFFICIAL_LAYOUTS: dict[str, str] = {"official-trades": "linear", "official-spat": "cosine"}
@@ -129,14 +130,14 @@ def read_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
                 sd = torch.load(p, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
             raise SpatError(f"refusing to load {p}: it is not a plain tensors-and-values file "
-                            f"and unpickling it could run code ({' '.join(str(e).split())[:160]})"
+                            f"and unpickling it could run code ({one_line(e, 160)})"
                             ) from None
         except (RuntimeError, EOFError, OSError, ValueError) as e:
-            raise SpatError(f"weights file {p} is unreadable ({' '.join(str(e).split())[:200]})"
+            raise SpatError(f"weights file {p} is unreadable ({one_line(e, 200)})"
                             ) from None
         except Exception as e:  # random bytes reach the unpickler's internals (IndexError, ...)
             raise SpatError(f"weights file {p} is unreadable ({type(e).__name__}: "
-                            f"{' '.join(str(e).split())[:160]})") from None
+                            f"{one_line(e, 160)})") from None
         if isinstance(sd, dict):
             for key in ("state_dict", "model_state_dict", "model"):
                 if isinstance(sd.get(key), dict):

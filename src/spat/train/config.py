@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from spat.errors import SpatError
+from spat.validation import one_line
 
 SCHEDULES = ("piecewise", "cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -267,7 +268,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise SpatError(f"config file {p} is not valid TOML: {e}") from None
     except (UnicodeDecodeError, OSError) as e:
         raise SpatError(f"config file {p} is unreadable ({type(e).__name__}: "
-                        f"{' '.join(str(e).split())[:160]})") from None
+                        f"{one_line(e, 160)})") from None
     if "train" in data and isinstance(data["train"], dict):
         data = {**{k: v for k, v in data.items() if k != "train"}, **data["train"]}
     return data

@@ -52,6 +52,7 @@ from spat.utils.rng import (
     rank_seed,
     set_rng_state,
 )
+from spat.validation import one_line
 
 Log = Callable[[str], None]
 
@@ -199,7 +200,7 @@ class Trainer:
             if isinstance(e, SpatError):
                 raise
             raise SpatError(f"{where}: the optimizer or random-generator state is corrupted "
-                            f"({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
+                            f"({type(e).__name__}: {one_line(e, 160)})") from None
         self.start_epoch = int(state["epoch"]) + 1
         self.best_val = float(state["best_val_robust_acc"])
         self.best_epoch = int(state["best_epoch"])

@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from spat.errors import SpatError
+from spat.validation import one_line
 
 T = TypeVar("T")
 
@@ -116,7 +117,7 @@ class DistContext:
                 result = fn()
             except Exception as e:  # handed to the other ranks, re-raised below
                 original = e
-                error = (type(e).__name__, " ".join(str(e).split()))
+                error = (type(e).__name__, one_line(e, None))
                 if isinstance(e, SpatError):
                     error = ("SpatError", str(e))
         result, error = self.broadcast_object((result, error))

@@ -104,6 +104,7 @@ def read_jsonl_lines(path: str | os.PathLike[str]) -> list[tuple[Any, str]]:
     :class:`~spat.errors.SpatError` naming the file and the line. An unreadable file is one too.
     """
     from spat.errors import SpatError
+    from spat.validation import one_line
 
     path = Path(path)
     try:
@@ -112,7 +113,7 @@ def read_jsonl_lines(path: str | os.PathLike[str]) -> list[tuple[Any, str]]:
         return []
     except OSError as e:
         raise SpatError(f"{path} is unreadable ({type(e).__name__}: "
-                        f"{' '.join(str(e).split())[:160]})") from None
+                        f"{one_line(e, 160)})") from None
     raw = [(i + 1, b) for i, b in enumerate(data.split(b"\n")) if b.strip()]
     out: list[tuple[Any, str]] = []
     for k, (lineno, b) in enumerate(raw):
