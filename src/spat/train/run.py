@@ -367,25 +367,31 @@ def _train(
                       progress and dist.is_main) as advance:
         preds = evaluate_split(model, test, cfg, device, cfg.test_steps,
                                seed=final_test_seed(cfg.seed), dist=dist, on_batch=advance)
-    if not dist.is_main:
-        return {}
-    attack = next(iter(preds.adversarial))
-    summary = {
-        "run_dir": str(run_dir),
-        "checkpoint": str(best),
-        "epochs": cfg.epochs,
-        "best_epoch": trainer.best_epoch + 1,
-        "test_examples": len(preds),
-        "test_clean_acc": preds.accuracy(None),
-        "test_attack": attack,
-        "test_eps": cfg.eps,
-        "test_robust_acc": preds.accuracy(attack),
-        "world_size": dist.world_size,
-        "train_seconds_this_session": train_seconds,
-        "last_epoch": history[-1] if history else None,
-    }
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
-    return summary
+    # Every rank leaves train() together, after rank 0 has written the summary: a rank that
+    # tore down its process group and exited while rank 0 was still writing aborted under load
+    # ("terminate called without an active exception" from gloo in a 2-process CPU run).
+    try:
+        if not dist.is_main:
+            return {}
+        attack = next(iter(preds.adversarial))
+        summary = {
+            "run_dir": str(run_dir),
+            "checkpoint": str(best),
+            "epochs": cfg.epochs,
+            "best_epoch": trainer.best_epoch + 1,
+            "test_examples": len(preds),
+            "test_clean_acc": preds.accuracy(None),
+            "test_attack": attack,
+            "test_eps": cfg.eps,
+            "test_robust_acc": preds.accuracy(attack),
+            "world_size": dist.world_size,
+            "train_seconds_this_session": train_seconds,
+            "last_epoch": history[-1] if history else None,
+        }
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+        return summary
+    finally:
+        dist.barrier()
 
 
 def _read_summary(run_dir: Path) -> dict[str, Any] | None:
