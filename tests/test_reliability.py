@@ -104,11 +104,11 @@ def test_toml_of_the_wrong_type_is_one_line_and_writes_nothing(tmp_path: Path, c
 
 
 def test_toml_fraction_string_is_accepted_like_the_command_line(tmp_path: Path) -> None:
-    from spat.train.config import config_from_dict, load_toml
+    from spat.train.config import config_from_dict, load_config_file
 
     cfg = tmp_path / "ok.toml"
     cfg.write_text('eps = "8/255"\nstep_size = "2/255"\n')
-    c = config_from_dict(load_toml(cfg), source=str(cfg)).resolved()
+    c = config_from_dict(load_config_file(cfg), source=str(cfg)).resolved()
     assert c.eps == 8 / 255 and c.step_size == 2 / 255
 
 

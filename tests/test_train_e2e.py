@@ -17,7 +17,7 @@ from spat.evaluation.split import evaluate_split
 from spat.methods import method_names
 from spat.models import model_names
 from spat.runs import load_data, method_for, model_for
-from spat.train.config import config_from_dict, load_toml
+from spat.train.config import config_from_dict, load_config_file
 from spat.train.loop import Trainer
 from tests.conftest import REPO, shared_data_or_skip
 
@@ -205,7 +205,7 @@ def test_toml_config_with_overrides(tmp_path: Path) -> None:
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.toml")),
                          ids=lambda p: p.stem)
 def test_paper_configs_resolve(path: Path) -> None:
-    cfg = config_from_dict(load_toml(path), source=str(path)).resolved()
+    cfg = config_from_dict(load_config_file(path), source=str(path)).resolved()
     assert (cfg.dataset, cfg.epochs, cfg.lr, cfg.weight_decay, cfg.batch_size) == (
         "cifar10", 100, 0.1, 2e-4, 128)
     assert cfg.schedule == "piecewise" and cfg.steps == 10

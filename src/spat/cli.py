@@ -62,7 +62,8 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter, argument_default=argparse.SUPPRESS,
     )
     S = argparse.SUPPRESS
-    p.add_argument("--config", help="TOML file of training settings (flags override it)")
+    p.add_argument("--config", help="TOML file of training settings, or a run's config.json "
+                   "(flags override it)")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", help=f"one of: {', '.join(names['dataset'])} (default digits)")
     g.add_argument("--data-dir", dest="data_dir",
@@ -150,7 +151,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from spat.utils.threads import apply_threads
 
     apply_threads(getattr(args, "threads", None))
-    from spat.train.config import FIELD_NAMES, config_from_dict, load_toml
+    from spat.train.config import FIELD_NAMES, config_from_dict, load_config_file
     from spat.train.run import train
     from spat.utils.distributed import init_distributed, shutdown_distributed
     from spat.utils.log import info as log_info
@@ -158,7 +159,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     values: dict[str, Any] = {}
     if getattr(args, "config", None):
-        values.update(load_toml(args.config))
+        values.update(load_config_file(args.config))
     values.update({k: v for k, v in vars(args).items() if k in FIELD_NAMES})
     cfg = config_from_dict(values, source=getattr(args, "config", None) or "command line")
     dist = init_distributed(cfg.device)

@@ -257,21 +257,31 @@ _LEGACY_TYPES: dict[str, Any] = {"amp": bool | None, "compile": bool | None,
                                  "channels_last": bool | None}
 
 
-def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML config file; keys may be flat or under a ``[train]`` table."""
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a training config file: TOML (keys flat or under a ``[train]`` table) or JSON (a
+    run's recorded ``config.json``, so that ``spat train --config RUN/config.json`` trains the
+    same run again). A JSON ``null`` means "the default", as a key left out of a TOML file does
+    (TOML has no null), so a recorded config and its TOML transcription are the same config."""
+    import json
+
     p = Path(path)
     if not p.is_file():
         raise SpatError(f"config file not found: {p}")
+    kind = "JSON" if p.suffix.lower() == ".json" else "TOML"
     try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise SpatError(f"config file {p} is not valid TOML: {e}") from None
+        text = p.read_text(encoding="utf-8")
+        data = json.loads(text) if kind == "JSON" else tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        raise SpatError(f"config file {p} is not valid {kind}: {one_line(e, 160)}") from None
     except (UnicodeDecodeError, OSError) as e:
         raise SpatError(f"config file {p} is unreadable ({type(e).__name__}: "
                         f"{one_line(e, 160)})") from None
+    if not isinstance(data, dict):
+        raise SpatError(f"config file {p}: expected a table of settings, got "
+                        f"{type(data).__name__}")
     if "train" in data and isinstance(data["train"], dict):
         data = {**{k: v for k, v in data.items() if k != "train"}, **data["train"]}
-    return data
+    return {k: v for k, v in data.items() if v is not None}
 
 
 def parse_fraction(text: str) -> float:

@@ -31,17 +31,19 @@ def make_optimizer(
 def lr_factor(schedule: str, epoch: int, step: int, steps_per_epoch: int, epochs: int) -> float:
     """Multiplier of the base lr at (0-based) ``epoch`` and ``step`` within it.
 
-    ``piecewise``: ×0.1 from (1-based) epoch 0.75·E and ×0.01 from 0.9·E (the official SPAT/TRADES
-    CIFAR-10 schedule: decay at epochs 75 and 90 of 100). ``cosine``: half-cosine from 1 to 0
-    over all steps. ``constant``: 1.
+    ``piecewise``: ×0.1 from (1-based) epoch 0.75·E and ×0.01 from 0.9·E, never in epoch 1 (the
+    official SPAT/TRADES CIFAR-10 schedule: decay at epochs 75 and 90 of 100). ``cosine``:
+    half-cosine from 1 to 0 over all steps. ``constant``: 1.
     """
     if schedule == "constant":
         return 1.0
     if schedule == "piecewise":
-        # 1-based epoch as in the official adjust_learning_rate (``if epoch >= 75``)
-        if epoch + 1 >= round(0.9 * epochs):
+        # 1-based epoch as in the official adjust_learning_rate (``if epoch >= 75``); the first
+        # epoch always runs at the full lr (with E = 1 the rounded decay epochs are 1, which
+        # would otherwise train the whole run at lr × 0.01)
+        if epoch + 1 >= max(2, round(0.9 * epochs)):
             return 0.01
-        if epoch + 1 >= round(0.75 * epochs):
+        if epoch + 1 >= max(2, round(0.75 * epochs)):
             return 0.1
         return 1.0
     if schedule == "cosine":
