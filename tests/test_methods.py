@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spat.attacks import hcp_ecp, kl_divergence, per_class_kl, perturb
+from spat.attacks import kl_divergence, per_class_kl, perturb
 from spat.errors import SpatError
 from spat.methods import (
     MART,
@@ -21,6 +21,7 @@ from spat.methods import (
     spat,
     trades,
 )
+from spat.methods.spat import hcp_ecp
 from spat.models import build_model
 
 

@@ -40,6 +40,26 @@ def _names() -> dict[str, list[str]]:
             "head": list(HEADS)}
 
 
+def _method_default(key: str) -> str:
+    """Help text for a method hyperparameter's default, read from the method classes."""
+    from spat.methods import METHODS
+
+    values = {name: cls.default(key) for name, cls in METHODS.items() if cls.takes(key)}
+    if isinstance(next(iter(values.values()), None), bool):
+        on = [name for name, v in values.items() if v]
+        return (f"valid with: {', '.join(values)}; on by default for: {', '.join(on) or 'none'}")
+    if len(set(values.values())) == 1:
+        return f"default {next(iter(values.values())):g}"
+    return "default: " + ", ".join(f"{v:g} for {name}" for name, v in values.items())
+
+
+def _method_head_default() -> str:
+    from spat.methods import METHODS
+
+    cosine = [name for name, cls in METHODS.items() if cls.default_head == "cosine"]
+    return f"default cosine for {', '.join(cosine)}, linear otherwise"
+
+
 def _int_or_fraction(text: str) -> float:
     v = float(text)
     return int(v) if v.is_integer() and v >= 1 else v
@@ -78,8 +98,8 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", help=f"one of: {', '.join(names['model'])}, or wrn<depth>_<width> "
                    "(default: the dataset's)")
-    g.add_argument("--head", help="classifier head: linear or cosine (SPAT's; default cosine for "
-                   "spat, linear otherwise)")
+    g.add_argument("--head", help="classifier head: linear or cosine (SPAT's; "
+                   f"{_method_head_default()})")
     g.add_argument("--cosine-scale", dest="cosine_scale", type=float,
                    help="SPAT's s, the cosine head's scale (default 8)")
     g = p.add_argument_group("method and training attack")
@@ -92,14 +112,17 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--norm", help="threat model: linf or l2 (default linf)")
     g.add_argument("--init", help="attack random start: uniform, normal (x+0.001·N(0,I)) or none "
                    "(default: the method's)")
-    g.add_argument("--beta", type=float, help="TRADES/SPAT β, MART λ (default 6)")
+    g.add_argument("--beta", type=float,
+                   help=f"TRADES/SPAT β, MART λ ({_method_default('beta')})")
     g.add_argument("--self-paced-ce", dest="self_paced_ce", action=argparse.BooleanOptionalAction,
-                   help="SPAT part: self-paced cross-entropy (needs --head cosine); on for spat")
+                   help="SPAT part: self-paced cross-entropy (needs --head cosine; "
+                   f"{_method_default('self_paced_ce')})")
     g.add_argument("--hcp-ecp", dest="hcp_ecp", action=argparse.BooleanOptionalAction,
                    help="SPAT part: per-class weighted consistency Σ k_j(k_j+n) instead of KL "
-                   "(trades, mart, spat); on for spat")
-    g.add_argument("--m", type=float, help="SPAT's self-paced margin m (default 0.2)")
-    g.add_argument("--n", type=float, help="SPAT's HCP-ECP offset n (default 0.2)")
+                   f"({_method_default('hcp_ecp')})")
+    g.add_argument("--m", type=float,
+                   help=f"SPAT's self-paced margin m ({_method_default('m')})")
+    g.add_argument("--n", type=float, help=f"SPAT's HCP-ECP offset n ({_method_default('n')})")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, help="number of epochs (default: the dataset's)")
     g.add_argument("--batch-size", dest="batch_size", type=int, help="global batch size")

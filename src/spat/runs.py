@@ -21,9 +21,9 @@ from torch import nn
 from spat import checkpoint as ckpt
 from spat.data import DataBundle, DatasetInfo, Split, load_dataset
 from spat.errors import SpatError
-from spat.methods import ThreatModel, build_method
+from spat.methods import ThreatModel, build_method, method_class
 from spat.models import build_model
-from spat.train.config import TrainConfig, config_from_dict
+from spat.train.config import METHOD_KNOBS, TrainConfig, config_from_dict
 
 
 def load_data(cfg: TrainConfig) -> DataBundle:
@@ -51,9 +51,9 @@ def method_for(cfg: TrainConfig) -> Callable[..., Any]:
     """The training method of a resolved ``cfg``."""
     assert cfg.eps is not None and cfg.step_size is not None and cfg.steps is not None
     threat = ThreatModel(eps=cfg.eps, step_size=cfg.step_size, steps=cfg.steps, norm=cfg.norm,
-                         init=cfg.init or "uniform")
-    return build_method(cfg.method, threat=threat, beta=cfg.beta,
-                        self_paced_ce=cfg.self_paced_ce, m=cfg.m, hcp_ecp=cfg.hcp_ecp, n=cfg.n)
+                         init=cfg.init or method_class(cfg.method).default_init)
+    return build_method(cfg.method, threat=threat,
+                        **{k: getattr(cfg, k) for k in METHOD_KNOBS})
 
 
 @dataclass(frozen=True)

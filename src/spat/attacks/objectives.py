@@ -1,8 +1,9 @@
 """Per-example attack objectives: ``objective(logits_adv, y) -> (N,)`` to be maximised.
 
-Objectives that compare with the clean prediction (TRADES' KL, SPAT's HCP-ECP term) are built
-from the clean logits once per batch, so the attack never re-runs the clean forward pass; the
-official TRADES/SPAT code recomputes it at every step with the same result and ~25% more work.
+Objectives that compare with the clean prediction (TRADES' KL, SPAT's HCP-ECP term, passed in by
+the method: :func:`consistency_objective`) are built from the clean logits once per batch, so
+the attack never re-runs the clean forward pass; the official TRADES/SPAT code recomputes it at
+every step with the same result and ~25% more work.
 """
 
 from __future__ import annotations
@@ -45,26 +46,20 @@ def kl_divergence(logits_clean: torch.Tensor, logits_adv: torch.Tensor) -> torch
     return per_class_kl(logits_clean, logits_adv).sum(1)
 
 
-def hcp_ecp(logits_clean: torch.Tensor, logits_adv: torch.Tensor, n: float) -> torch.Tensor:
-    """SPAT's HCP-ECP consistency term per example: Σ_j k_j·(k_j + n) = n·KL(p‖q) + Σ_j k_j².
-
-    Each class's divergence contribution k_j is weighted by (k_j + n), so the classes whose
-    probability moves most under attack — the hard class pairs — dominate (arXiv 2210.15068).
-    """
-    k = per_class_kl(logits_clean, logits_adv)
-    return (k * (k + n)).sum(1)
+def consistency_objective(
+    logits_clean: torch.Tensor,
+    term: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> Objective:
+    """The attack objective ``term(clean, logits_adv)`` per example with the clean logits fixed
+    (detached, computed once per batch). A method passes its own consistency term in (SPAT's
+    HCP-ECP lives with the method, :mod:`spat.methods.spat`, above the attack engine)."""
+    clean = logits_clean.detach()
+    return lambda logits_adv, y: term(clean, logits_adv)
 
 
 def kl_objective(logits_clean: torch.Tensor) -> Objective:
-    """TRADES attack objective with the clean logits fixed (detached, computed once)."""
-    clean = logits_clean.detach()
-    return lambda logits_adv, y: kl_divergence(clean, logits_adv)
-
-
-def hcp_ecp_objective(logits_clean: torch.Tensor, n: float) -> Objective:
-    """SPAT attack objective (maximise L_rob) with the clean logits fixed."""
-    clean = logits_clean.detach()
-    return lambda logits_adv, y: hcp_ecp(clean, logits_adv, n)
+    """TRADES attack objective, KL(p‖q), with the clean logits fixed (detached, computed once)."""
+    return consistency_objective(logits_clean, kl_divergence)
 
 
 OBJECTIVES: dict[str, Objective] = {"ce": cross_entropy, "cw": cw_margin}

@@ -1,36 +1,53 @@
-"""Training methods: a registry of constructors and :func:`build_method` from a config.
+"""Training methods: a registry of method classes and :func:`build_method` from a config.
 
 Every method takes ``(model, x, y, generator)`` and returns a :class:`MethodOutput`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 from spat.errors import SpatError, unknown_name
-from spat.methods.base import MethodOutput, ThreatModel, self_paced_logits
+from spat.methods.base import MethodDefaults, MethodOutput, ThreatModel, hooks
 from spat.methods.mart import MART
 from spat.methods.pgd_at import PGDAT
+from spat.methods.spat import SPAT, ConsistencyAT, self_paced_logits, spat
 from spat.methods.standard import Standard
-from spat.methods.trades import ConsistencyAT, spat, trades
+from spat.methods.trades import trades
 
 Method = Callable[..., MethodOutput]
 
-METHODS: dict[str, Callable[..., Method]] = {
+#: The registry: name → method class (a :class:`MethodDefaults` dataclass). Adding a method is
+#: one module with its class plus one line here (or :func:`register_method` from outside).
+METHODS: dict[str, type[MethodDefaults]] = {
     "standard": Standard,
     "pgd_at": PGDAT,
-    "trades": trades,
+    "trades": ConsistencyAT,
     "mart": MART,
-    "spat": spat,
+    "spat": SPAT,
 }
 
-#: The methods that take each of SPAT's loss parts (the cosine head is a model option).
-SUPPORTS_SELF_PACED_CE = ("standard", "pgd_at", "trades", "mart", "spat")
-SUPPORTS_HCP_ECP = ("trades", "mart", "spat")
-#: Each method's own random start for its training adversary.
-DEFAULT_INIT = {"standard": "none", "pgd_at": "uniform", "trades": "normal", "mart": "normal",
-                "spat": "normal"}
+
+def register_method(name: str, cls: type[MethodDefaults]) -> None:
+    """Add the method class ``cls`` to the registry as ``name`` (a plugin's one line)."""
+    if not (isinstance(cls, type) and issubclass(cls, MethodDefaults)
+            and dataclasses.is_dataclass(cls)):
+        raise TypeError(f"a method must be a dataclass deriving from MethodDefaults, got {cls!r}")
+    METHODS[name] = cls
+
+
+def method_class(name: str) -> type[MethodDefaults]:
+    """The class registered as ``name``; a one-line :class:`SpatError` for an unknown name."""
+    if name not in METHODS:
+        raise unknown_name("method", name, METHODS)
+    return METHODS[name]
+
+
+def supporting(part: str) -> tuple[str, ...]:
+    """The registered methods that take ``part`` ("self_paced_ce", "hcp_ecp", ...)."""
+    return tuple(name for name, cls in METHODS.items() if cls.takes(part))
 
 
 def method_names() -> list[str]:
@@ -38,57 +55,47 @@ def method_names() -> list[str]:
 
 
 def build_method(
-    name: str,
-    *,
-    threat: ThreatModel | None = None,
-    beta: float | None = None,
-    self_paced_ce: bool | None = None,
-    m: float = 0.2,
-    hcp_ecp: bool | None = None,
-    n: float = 0.2,
+    name: str, *, threat: ThreatModel | None = None, **hyperparameters: Any
 ) -> Method:
-    """The method ``name`` with the given hyperparameters; ``None`` keeps the method's default.
+    """The method ``name`` with the given hyperparameters (``beta``, ``m``, ``n``,
+    ``self_paced_ce``, ``hcp_ecp``, or a plugin method's own); ``None`` keeps the method's
+    default, and a hyperparameter of another method that this one does not have is ignored
+    (a resolved config carries them all).
 
-    Raises :class:`SpatError` for an unknown name or a part the method cannot take.
+    Raises :class:`SpatError` for an unknown name or a SPAT part the method cannot take, and
+    ``TypeError`` for a name that no registered method has.
     """
-    if name not in METHODS:
-        raise unknown_name("method", name, METHODS)
-    kwargs: dict[str, Any] = {"m": m}
-    if name != "standard" and threat is not None:
-        kwargs["threat"] = threat
-    if self_paced_ce is not None:
-        kwargs["self_paced_ce"] = self_paced_ce
-    if hcp_ecp is not None:
-        if name not in SUPPORTS_HCP_ECP:
-            if hcp_ecp:
-                raise SpatError(
-                    f"method {name!r} has no consistency term for HCP-ECP "
-                    f"(valid with: {', '.join(SUPPORTS_HCP_ECP)})"
-                )
-        else:
-            kwargs["hcp_ecp"] = hcp_ecp
-    if name in SUPPORTS_HCP_ECP:
-        kwargs["n"] = n
-        if beta is not None:
-            kwargs["beta"] = beta
-    return METHODS[name](**kwargs)
+    cls = method_class(name)
+    known = {f.name for c in METHODS.values() for f in dataclasses.fields(c)}  # type: ignore[arg-type]
+    unknown = sorted(set(hyperparameters) - known)
+    if unknown:
+        raise TypeError(f"build_method() got unknown hyperparameters: {', '.join(unknown)}")
+    if hyperparameters.get("hcp_ecp") and not cls.takes("hcp_ecp"):
+        raise SpatError(f"method {name!r} has no consistency term for HCP-ECP "
+                        f"(valid with: {', '.join(supporting('hcp_ecp'))})")
+    given = {"threat": threat, **hyperparameters}
+    kwargs: dict[str, Any] = {k: v for k, v in given.items() if v is not None and cls.takes(k)}
+    return cls(**kwargs)  # type: ignore[return-value]
 
 
 __all__ = [
-    "DEFAULT_INIT",
     "MART",
     "METHODS",
     "PGDAT",
-    "SUPPORTS_HCP_ECP",
-    "SUPPORTS_SELF_PACED_CE",
+    "SPAT",
     "ConsistencyAT",
     "Method",
+    "MethodDefaults",
     "MethodOutput",
     "Standard",
     "ThreatModel",
     "build_method",
+    "hooks",
+    "method_class",
     "method_names",
+    "register_method",
     "self_paced_logits",
     "spat",
+    "supporting",
     "trades",
 ]

@@ -1,30 +1,32 @@
-"""What every training method shares: its output record, the threat model and SPAT's parts.
+"""What every training method shares: its output record, the threat model, and the class-level
+knowledge (:class:`MethodDefaults`) that configs and the CLI read.
 
 A method is a frozen dataclass of hyperparameters with ``__call__(model, x, y, generator)``
-returning a :class:`MethodOutput`. It never touches the optimizer, never calls
+returning a :class:`MethodOutput`. It never touches the optimizer (except through the optional
+hooks of :class:`MethodDefaults`), never calls
 ``model.train()``/``eval()`` itself (the attack's context manager handles eval mode and
 restores the caller's mode), and never moves tensors between devices.
 
 SPAT's three parts (arXiv 2210.15068) are switchable on any method where they make sense:
 
 * the cosine head (a model option, ``--head cosine``),
-* the self-paced cross-entropy (:func:`self_paced_logits`, ``self_paced_ce=True``),
-* the HCP-ECP per-class consistency weighting (``hcp_ecp=True``) in place of the plain KL.
+* the self-paced cross-entropy (``self_paced_ce=True``),
+* the HCP-ECP per-class consistency weighting (``hcp_ecp=True``) in place of the plain KL;
+
+all three are defined in :mod:`spat.methods.spat`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from spat.attacks.geometry import INITS, check_norm
-from spat.attacks.objectives import hcp_ecp as hcp_ecp_term
-from spat.attacks.objectives import kl_divergence
 from spat.errors import SpatError
-from spat.models import logit_scale
 
 
 @dataclass
@@ -76,47 +78,61 @@ class ThreatModel:
             raise SpatError(f"unknown random start {self.init!r} (valid: {', '.join(INITS)})")
 
 
-def self_paced_logits(
-    logits: torch.Tensor, y: torch.Tensor, scale: float, m: float
-) -> torch.Tensor:
-    """SPAT's self-paced modulated logits z̃ (arXiv 2210.15068; official ``spat.py``).
+#: The value a resolved config records for a hyperparameter the method does not have (a
+#: TrainConfig keeps flat fields, and every resolved config has always recorded one).
+UNUSED_DEFAULTS: dict[str, Any] = {"beta": 6.0, "m": 0.2, "n": 0.2, "self_paced_ce": False,
+                                   "hcp_ecp": False}
 
-    With cosine logits z = logits / s (the head outputs s·z):
-    z̃_y = s·(1 + m − z_y)·z_y for the true class and z̃_j = s·(z_j + m)·z_j for j ≠ y.
-    The factors are neither detached nor clamped, as in the official code, so CE(z̃, y) pulls
-    the true-class cosine toward (1+m)/2 and wrong-class cosines toward −m/2; a hard pair (low
-    z_y, high z_j) gets a larger loss and gradient than an easy one. Computed in float32.
+
+class MethodDefaults:
+    """What a method class knows about itself, read by the config (``TrainConfig.resolved`` and
+    ``validate``), :func:`spat.methods.build_method` and the CLI help.
+
+    A method is a frozen, keyword-only dataclass deriving from this class. Its hyperparameters
+    are its dataclass fields (``beta``, ``m``, ``n``, ``self_paced_ce``, ``hcp_ecp``, ``threat``,
+    ...) and their defaults are the method's defaults; which of SPAT's parts it takes follows
+    from its fields (``self_paced_ce``, ``hcp_ecp``). The class variables below say the rest.
+
+    Optional training-loop hooks, for methods that need the optimizer (e.g. AWP-style weight
+    perturbation): ``before_step(model, optimizer)`` is called after ``loss.backward()`` and
+    before ``optimizer.step()``, ``after_step(model, optimizer)`` right after the step; the loop
+    calls each only when the method defines it (:func:`hooks`).
+
+    Class variables:
+        default_head: the classifier head when the config names none ("linear" or "cosine").
+        default_init: the training adversary's random start when the config names none.
+        linear_head_error: set when the method is defined with the cosine head only: the
+            one-line error a linear head gets.
     """
-    z = logits.float() / scale
-    true = F.one_hot(y, z.shape[1]).bool()
-    return scale * torch.where(true, (1.0 + m - z) * z, (z + m) * z)
+
+    default_head: ClassVar[str] = "linear"
+    default_init: ClassVar[str] = "uniform"
+    linear_head_error: ClassVar[str | None] = None
+
+    @classmethod
+    def hyperparameters(cls) -> dict[str, Any]:
+        """The method's hyperparameters with their defaults (``threat`` excluded)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            if f.name in ("name", "threat"):
+                continue
+            if f.default is not dataclasses.MISSING:
+                out[f.name] = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                out[f.name] = f.default_factory()
+        return out
+
+    @classmethod
+    def takes(cls, key: str) -> bool:
+        """Whether the method has the hyperparameter (or option) ``key``."""
+        return any(f.name == key for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+
+    @classmethod
+    def default(cls, key: str) -> Any:
+        """The method's default for ``key``, or what a config records when it has none."""
+        return cls.hyperparameters().get(key, UNUSED_DEFAULTS.get(key))
 
 
-def natural_logits(
-    model: nn.Module, logits: torch.Tensor, y: torch.Tensor, self_paced_ce: bool, m: float
-) -> torch.Tensor:
-    """The logits a method's cross-entropy term sees: modulated when ``self_paced_ce``."""
-    if not self_paced_ce:
-        return logits.float()
-    return self_paced_logits(logits, y, require_cosine_scale(model), m)
-
-
-def require_cosine_scale(model: nn.Module) -> float:
-    """The cosine head's scale s; a clear error if the model has a linear head."""
-    s = logit_scale(model)
-    if s is None:
-        raise SpatError("the self-paced cross-entropy needs the cosine head (use --head cosine)")
-    return s
-
-
-def consistency(
-    logits_clean: torch.Tensor, logits_adv: torch.Tensor, hcp_ecp: bool, n: float
-) -> torch.Tensor:
-    """Per-example consistency between clean and adversarial predictions, (N,).
-
-    ``hcp_ecp=False``: KL(p‖q) (TRADES). ``hcp_ecp=True``: Σ_j k_j(k_j + n) (SPAT's HCP-ECP).
-    No stop-gradient on p, as in TRADES and SPAT.
-    """
-    if hcp_ecp:
-        return hcp_ecp_term(logits_clean, logits_adv, n)
-    return kl_divergence(logits_clean, logits_adv)
+def hooks(method: object) -> tuple[Callable[..., Any] | None, Callable[..., Any] | None]:
+    """A method's optional ``(before_step, after_step)`` hooks, None where not defined."""
+    return getattr(method, "before_step", None), getattr(method, "after_step", None)

@@ -4,6 +4,7 @@ rklOg6EFwS; reference code YisenWang/MART)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +13,8 @@ from torch import nn
 from spat.attacks.engine import perturb
 from spat.attacks.objectives import cross_entropy
 from spat.errors import SpatError
-from spat.methods.base import MethodOutput, ThreatModel, consistency, natural_logits
+from spat.methods.base import MethodDefaults, MethodOutput, ThreatModel
+from spat.methods.spat import consistency, natural_logits
 
 
 def _mart_threat() -> ThreatModel:
@@ -21,7 +23,7 @@ def _mart_threat() -> ThreatModel:
 
 
 @dataclass(frozen=True, kw_only=True)
-class MART:
+class MART(MethodDefaults):
     """L = BCE(f(x'), y) + λ · mean_i KL(p(x_i)‖p(x'_i)) · (1 − p_y(x_i)).
 
     BCE(f(x'), y) = CE(f(x'), y) − log(1 − max_{k≠y} p_k(x')), the boosted CE; x' is PGD-K on CE.
@@ -37,6 +39,8 @@ class MART:
         hcp_ecp: SPAT's Σ_j k_j(k_j + n) in place of the KL.
         n: SPAT's n.
     """
+
+    default_init: ClassVar[str] = "normal"
 
     name: str = "mart"
     threat: ThreatModel = field(default_factory=_mart_threat)

@@ -10,11 +10,12 @@ from torch import nn
 
 from spat.attacks.engine import perturb
 from spat.attacks.objectives import cross_entropy
-from spat.methods.base import MethodOutput, ThreatModel, natural_logits
+from spat.methods.base import MethodDefaults, MethodOutput, ThreatModel
+from spat.methods.spat import natural_logits
 
 
 @dataclass(frozen=True, kw_only=True)
-class PGDAT:
+class PGDAT(MethodDefaults):
     """min_θ E[ max_{‖δ‖∞≤ε} CE(f(x+δ), y) ]: CE on PGD-K (CE) examples from a uniform start.
 
     Attributes:

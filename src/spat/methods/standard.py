@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spat.methods.base import MethodOutput, natural_logits
+from spat.methods.base import MethodDefaults, MethodOutput
+from spat.methods.spat import natural_logits
 
 
 @dataclass(frozen=True, kw_only=True)
-class Standard:
+class Standard(MethodDefaults):
     """Empirical risk minimisation, CE(f(x), y); optional self-paced CE (SPAT's part 2).
 
     Attributes:
         self_paced_ce: use SPAT's modulated logits (needs the cosine head).
         m: SPAT's margin m for the self-paced CE (0.2 in the official code).
     """
+
+    default_init: ClassVar[str] = "none"
 
     name: str = "standard"
     self_paced_ce: bool = False

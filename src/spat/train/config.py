@@ -83,7 +83,7 @@ class TrainConfig:
     train_subset: int | None = None
     # model
     model: str | None = None
-    head: str | None = None  # "linear" | "cosine"; None: cosine for spat, linear otherwise
+    head: str | None = None  # "linear" | "cosine"; None: the method's (cosine for spat)
     cosine_scale: float = 8.0  # s, SPAT's scale (inverse temperature)
     # method
     method: str = "pgd_at"
@@ -92,9 +92,10 @@ class TrainConfig:
     steps: int | None = None
     norm: str = "linf"
     init: str | None = None
+    # the method's hyperparameters (METHOD_KNOBS); None: the method class's default
     beta: float | None = None  # TRADES/SPAT β, MART λ
-    m: float = 0.2
-    n: float = 0.2
+    m: float | None = None  # SPAT's self-paced margin m
+    n: float | None = None  # SPAT's HCP-ECP offset n
     self_paced_ce: bool | None = None
     hcp_ecp: bool | None = None
     # optimisation
@@ -128,21 +129,22 @@ class TrainConfig:
 
     def resolved(self) -> TrainConfig:
         """Fill every ``None`` from the dataset's and method's defaults and validate."""
-        from spat.methods import DEFAULT_INIT
+        from spat.methods import METHODS
 
+        if self.method not in METHODS:
+            self.validate()  # names the unknown dataset or method, in validate()'s order
         d = self.defaults()
+        cls = METHODS[self.method]  # the method's own defaults (spat.methods.base.MethodDefaults)
         out = dataclasses.replace(
             self,
             model=self.model or d.model,
-            head=self.head or ("cosine" if self.method == "spat" else "linear"),
+            head=self.head or cls.default_head,
             eps=d.eps if self.eps is None else self.eps,
             step_size=d.step_size if self.step_size is None else self.step_size,
             steps=d.steps if self.steps is None else self.steps,
-            init=self.init or DEFAULT_INIT.get(self.method, "uniform"),
-            beta=6.0 if self.beta is None else self.beta,
-            self_paced_ce=(self.method == "spat") if self.self_paced_ce is None
-            else self.self_paced_ce,
-            hcp_ecp=(self.method == "spat") if self.hcp_ecp is None else self.hcp_ecp,
+            init=self.init or cls.default_init,
+            **{k: cls.default(k) if getattr(self, k) is None else getattr(self, k)
+               for k in METHOD_KNOBS},
             epochs=d.epochs if self.epochs is None else self.epochs,
             batch_size=d.batch_size if self.batch_size is None else self.batch_size,
             lr=d.lr if self.lr is None else self.lr,
@@ -156,7 +158,7 @@ class TrainConfig:
         """Range checks; each failure is a one-line :class:`SpatError`."""
         from spat.attacks.geometry import INITS, check_norm
         from spat.data import dataset_names
-        from spat.methods import METHODS, SUPPORTS_HCP_ECP
+        from spat.methods import METHODS, supporting
         from spat.models import HEADS, model_names
 
         def check(ok: bool, msg: str) -> None:
@@ -212,22 +214,25 @@ class TrainConfig:
                   f"got {self.name!r}")
         if self.train_subset is not None:
             check(self.train_subset >= 1, f"train subset must be >= 1, got {self.train_subset}")
-        if self.hcp_ecp and self.method not in SUPPORTS_HCP_ECP:
+        cls = METHODS[self.method]
+        if self.hcp_ecp and not cls.takes("hcp_ecp"):
             raise SpatError(f"--hcp-ecp needs a method with a consistency term "
-                            f"(valid: {', '.join(SUPPORTS_HCP_ECP)}), got {self.method!r}")
+                            f"(valid: {', '.join(supporting('hcp_ecp'))}), got {self.method!r}")
         if self.self_paced_ce and self.head == "linear":
             raise SpatError(
                 "the self-paced cross-entropy needs the cosine head (use --head cosine)"
             )
-        if self.method == "spat" and self.head == "linear":
-            raise SpatError("SPAT is defined with the cosine head; use --method trades with "
-                            "--self-paced-ce/--hcp-ecp for a linear-head ablation")
+        if self.head == "linear" and cls.linear_head_error:
+            raise SpatError(cls.linear_head_error)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
+#: The fields that are the method's hyperparameters: ``None`` resolves to the method class's
+#: default (:meth:`spat.methods.base.MethodDefaults.default`).
+METHOD_KNOBS = ("beta", "m", "n", "self_paced_ce", "hcp_ecp")
 
 
 def _fast_path_switches(cfg: TrainConfig) -> dict[str, str]:

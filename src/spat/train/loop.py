@@ -38,6 +38,7 @@ from spat import checkpoint as ckpt
 from spat.data import DataBundle, augment_batch, batches, num_batches
 from spat.errors import SpatError
 from spat.evaluation.split import evaluate_split
+from spat.methods import hooks as method_hooks
 from spat.train.config import TrainConfig
 from spat.train.optim import lr_factor, make_optimizer
 from spat.utils.distributed import SINGLE, DistContext
@@ -118,6 +119,8 @@ class Trainer:
             raise SpatError(f"batch size {cfg.batch_size} is not divisible by the number of "
                             f"processes ({dist.world_size}); the batch size is global")
         self.cfg, self.data, self.method, self.device = cfg, data, method, device
+        # a method's optional optimizer hooks (AWP-style weight perturbation; MethodDefaults)
+        self._before_step, self._after_step = method_hooks(method)
         self.run_dir, self.dist, self.progress, self.log = run_dir, dist, progress, log
         # the fast path (bf16 autocast, channels_last, compile): "auto" resolved for this
         # device and CPU, with reasons (recorded in env.json by spat.train.run.train)
@@ -289,7 +292,11 @@ class Trainer:
                 out = self.method(self.train_model, x, y, generator=attack_gen)
             self.optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
+            if self._before_step is not None:
+                self._before_step(self.train_model, self.optimizer)
             self.optimizer.step()
+            if self._after_step is not None:
+                self._after_step(self.train_model, self.optimizer)
             loss = out.loss.detach().float()
             first_bad = torch.where(torch.isfinite(loss) | (first_bad < step), first_bad,
                                     torch.full_like(first_bad, step))

@@ -1,0 +1,234 @@
+"""SPAT, the method section: self-paced hard-class-pair reweighting (Hou, Han & Li, AAAI-23,
+arXiv 2210.15068; specification: ``../shared/docs/spat-method.md``).
+
+Notation (as the specification): x clean image, y its label, K classes, x' the adversarial image;
+f the network, whose cosine head outputs s·z with z_j = ŵ_jᵀĝ(x) + b_j (a model option,
+:mod:`spat.models.heads`); p = softmax(f(x)), q = softmax(f(x')); s, m, n, β the method's knobs
+(official defaults s = 8, m = 0.2, n = 0.2, β = 6).
+
+SPAT's objective per batch of B examples is built from three parts, each defined here:
+
+1. the self-paced accuracy loss on clean inputs, L_acc = mean_i CE(z̃(x_i), y_i), with the
+   modulated logits z̃ of :func:`self_paced_logits` (needs the cosine head:
+   :func:`require_cosine_scale`);
+2. the HCP-ECP consistency loss L_rob = mean_i Σ_j k_ij(k_ij + n) of :func:`hcp_ecp`, with the
+   per-class divergences k_j = p_j(log p_j − log q_j)
+   (:func:`spat.attacks.objectives.per_class_kl`);
+3. the total L = L_acc + β·L_rob, minimised by SGD, with x' from the training adversary that
+   maximises L_rob (:func:`hcp_ecp_objective`, handed to the attack engine — the engine sits
+   below the methods and knows only the objective interface).
+
+TRADES (arXiv 1901.08573) is the same objective with all three parts off (linear head, plain CE,
+KL(p‖q) in place of HCP-ECP), so both are :class:`ConsistencyAT`; :class:`SPAT` is its preset with
+the parts on. The parts are also switches on the other methods (``self_paced_ce``, ``hcp_ecp``:
+:func:`natural_logits`, :func:`consistency`).
+
+Import from this module with ``from spat.methods.spat import ...``: the package attribute
+``spat.methods.spat`` is the preset function :func:`spat` (kept for existing callers, as
+``from spat.methods import spat``), so ``import spat.methods.spat as m`` gives that function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spat.attacks.context import attack_mode
+from spat.attacks.engine import perturb
+from spat.attacks.objectives import (
+    Objective,
+    consistency_objective,
+    kl_divergence,
+    per_class_kl,
+)
+from spat.errors import SpatError
+from spat.methods.base import MethodDefaults, MethodOutput, ThreatModel
+from spat.models import logit_scale
+
+# ---------------------------------------------------------------------------------------------
+# Part 1: the self-paced cross-entropy
+
+
+def self_paced_logits(
+    logits: torch.Tensor, y: torch.Tensor, scale: float, m: float
+) -> torch.Tensor:
+    """SPAT's self-paced modulated logits z̃ (arXiv 2210.15068; official ``spat.py``).
+
+    With cosine logits z = logits / s (the head outputs s·z):
+    z̃_y = s·(1 + m − z_y)·z_y for the true class and z̃_j = s·(z_j + m)·z_j for j ≠ y.
+    The factors are neither detached nor clamped, as in the official code, so CE(z̃, y) pulls
+    the true-class cosine toward (1+m)/2 and wrong-class cosines toward −m/2; a hard pair (low
+    z_y, high z_j) gets a larger loss and gradient than an easy one. Computed in float32.
+    """
+    z = logits.float() / scale
+    true = F.one_hot(y, z.shape[1]).bool()
+    return scale * torch.where(true, (1.0 + m - z) * z, (z + m) * z)
+
+
+def require_cosine_scale(model: nn.Module) -> float:
+    """The cosine head's scale s; a clear error if the model has a linear head."""
+    s = logit_scale(model)
+    if s is None:
+        raise SpatError("the self-paced cross-entropy needs the cosine head (use --head cosine)")
+    return s
+
+
+def natural_logits(
+    model: nn.Module, logits: torch.Tensor, y: torch.Tensor, self_paced_ce: bool, m: float
+) -> torch.Tensor:
+    """The logits a method's cross-entropy term sees: z̃ when ``self_paced_ce``, else f(x)."""
+    if not self_paced_ce:
+        return logits.float()
+    return self_paced_logits(logits, y, require_cosine_scale(model), m)
+
+
+# ---------------------------------------------------------------------------------------------
+# Part 2: HCP-ECP, the hard-class-pair weighted consistency
+
+
+def hcp_ecp(logits_clean: torch.Tensor, logits_adv: torch.Tensor, n: float) -> torch.Tensor:
+    """SPAT's HCP-ECP consistency term per example: Σ_j k_j·(k_j + n) = n·KL(p‖q) + Σ_j k_j².
+
+    k_j = p_j(log p_j − log q_j), p = softmax(clean logits), q = softmax(adversarial logits).
+    Each class's divergence contribution k_j is weighted by (k_j + n), so the classes whose
+    probability moves most under attack — the hard class pairs — dominate (arXiv 2210.15068).
+    Float32, shape (N,).
+    """
+    k = per_class_kl(logits_clean, logits_adv)
+    return (k * (k + n)).sum(1)
+
+
+def hcp_ecp_objective(logits_clean: torch.Tensor, n: float) -> Objective:
+    """The training adversary's objective, L_rob(x, x') = Σ_j k_j(k_j + n) per example, with
+    the clean logits fixed (detached, computed once per batch)."""
+    return consistency_objective(logits_clean, lambda clean, adv: hcp_ecp(clean, adv, n))
+
+
+_hcp_ecp_term = hcp_ecp  # the switch below has a parameter of the same name
+
+
+def consistency(
+    logits_clean: torch.Tensor, logits_adv: torch.Tensor, hcp_ecp: bool, n: float
+) -> torch.Tensor:
+    """Per-example consistency between clean and adversarial predictions, (N,).
+
+    ``hcp_ecp=False``: KL(p‖q) (TRADES). ``hcp_ecp=True``: Σ_j k_j(k_j + n) (SPAT's HCP-ECP).
+    No stop-gradient on p, as in TRADES and SPAT.
+    """
+    if hcp_ecp:
+        return _hcp_ecp_term(logits_clean, logits_adv, n)
+    return kl_divergence(logits_clean, logits_adv)
+
+
+# ---------------------------------------------------------------------------------------------
+# Part 3: the total loss and its training adversary
+
+
+def _official_threat() -> ThreatModel:
+    return ThreatModel(eps=0.031, step_size=0.007, steps=10, init="normal")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConsistencyAT(MethodDefaults):
+    """L = CE(z̃(x), y) + β · mean_i R(p_i, q_i), with q from x' = argmax_{x'∈B(x,ε)} R(p, q).
+
+    Symbols (arXiv 1901.08573 for TRADES, 2210.15068 for SPAT):
+        p = softmax(f(x)), q = softmax(f(x')); f outputs s·z for a cosine head.
+        R = KL(p‖q) (TRADES) or Σ_j k_j(k_j + n), k_j = p_j(log p_j − log q_j) (SPAT's HCP-ECP).
+        z̃ = logits, or SPAT's self-paced modulated logits when ``self_paced_ce``.
+
+    Training adversary: x' from x + 0.001·N(0, I) (``threat.init = "normal"``), K sign-gradient
+    steps on R(p, q) with p fixed, model in eval mode (BatchNorm running statistics); p is
+    computed ONCE per batch without grad. The official TRADES/SPAT code recomputes f(x) at every
+    attack step: the same adversarial examples with ~25% more work.
+
+    Outer step: the model in the caller's mode (train); clean and adversarial batches forwarded
+    separately (separate BatchNorm batch statistics), as the official code; no stop-gradient on p.
+
+    Attributes:
+        threat: ε 0.031, η 0.007, K 10, normal start (the official TRADES/SPAT CIFAR-10 values).
+        beta: β, weight of the consistency term (6 in TRADES' and SPAT's official code).
+        self_paced_ce: SPAT's self-paced CE on clean inputs (needs the cosine head).
+        m: SPAT's m (0.2).
+        hcp_ecp: SPAT's per-class weighted consistency term instead of the KL.
+        n: SPAT's n (0.2).
+        require_cosine: refuse a linear head (SPAT's definition includes the cosine head).
+    """
+
+    default_init: ClassVar[str] = "normal"
+
+    name: str = "trades"
+    threat: ThreatModel = field(default_factory=_official_threat)
+    beta: float = 6.0
+    self_paced_ce: bool = False
+    m: float = 0.2
+    hcp_ecp: bool = False
+    n: float = 0.2
+    require_cosine: bool = False
+
+    def __post_init__(self) -> None:
+        if self.beta < 0:
+            raise SpatError(f"beta must be >= 0, got {self.beta}")
+
+    def adversarial(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """The training adversary's x' for (x, y) (clean logits computed once, eval mode)."""
+        with attack_mode(model), torch.no_grad():
+            logits_clean = model(x)
+        objective = (hcp_ecp_objective(logits_clean, self.n) if self.hcp_ecp
+                     else consistency_objective(logits_clean, kl_divergence))
+        t = self.threat
+        return perturb(model, x, y, objective, eps=t.eps, step_size=t.step_size, steps=t.steps,
+                       norm=t.norm, init=t.init, generator=generator)
+
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> MethodOutput:
+        if self.require_cosine:
+            require_cosine_scale(model)
+        x_adv = self.adversarial(model, x, y, generator)
+        logits = model(x)
+        logits_adv = model(x_adv)
+        loss_nat = F.cross_entropy(
+            natural_logits(model, logits, y, self_paced_ce=self.self_paced_ce, m=self.m), y
+        )
+        loss_rob = consistency(logits, logits_adv, hcp_ecp=self.hcp_ecp, n=self.n).mean()
+        loss = loss_nat + self.beta * loss_rob
+        return MethodOutput(
+            loss=loss,
+            logits_adv=logits_adv.detach(),
+            logits_clean=logits.detach(),
+            parts={"loss_nat": loss_nat.detach(), "loss_rob": loss_rob.detach()},
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class SPAT(ConsistencyAT):
+    """SPAT with the official defaults: cosine head (s = 8, a model option), self-paced CE
+    (m = 0.2), HCP-ECP (n = 0.2), β = 6, ε 0.031, η 0.007, K 10, start x + 0.001·N(0, I).
+
+    SPAT is defined with the cosine head: a linear head is refused (``require_cosine``); its
+    linear-head ablation is ``trades`` with ``self_paced_ce``/``hcp_ecp`` switched on.
+    """
+
+    default_head: ClassVar[str] = "cosine"
+    linear_head_error: ClassVar[str | None] = (
+        "SPAT is defined with the cosine head; use --method trades with "
+        "--self-paced-ce/--hcp-ecp for a linear-head ablation")
+
+    name: str = "spat"
+    self_paced_ce: bool = True
+    hcp_ecp: bool = True
+    require_cosine: bool = True
+
+
+def spat(**kwargs) -> SPAT:
+    """SPAT with the official defaults (see :class:`SPAT`); keyword arguments override them."""
+    return SPAT(**kwargs)

@@ -1,0 +1,97 @@
+"""Each method's knowledge lives in its class (spat.methods.base.MethodDefaults): the resolved
+configs of every method come out exactly as they did when TrainConfig hard-coded them, and the
+config checks and CLI help read the classes."""
+
+from __future__ import annotations
+
+import pytest
+
+from spat.cli import main
+from spat.errors import SpatError
+from spat.methods import METHODS, SPAT, ConsistencyAT, build_method, supporting
+from spat.train.config import TrainConfig
+
+KEYS = ("model", "head", "init", "beta", "m", "n", "self_paced_ce", "hcp_ecp", "eps",
+        "step_size", "steps", "epochs", "batch_size", "lr", "weight_decay")
+_DIGITS = ("small_cnn", 0.1, 0.025, 10, 30, 64, 0.05, 5e-4)
+_CIFAR = ("resnet18", 0.031, 0.007, 10, 100, 128, 0.1, 2e-4)
+#: method → (head, init, beta, m, n, self_paced_ce, hcp_ecp), as resolved before the method
+#: classes held them (computed at commit 73a85c2, where config.py hard-coded `method == "spat"`)
+PINNED = {
+    "standard": ("linear", "none", 6.0, 0.2, 0.2, False, False),
+    "pgd_at": ("linear", "uniform", 6.0, 0.2, 0.2, False, False),
+    "trades": ("linear", "normal", 6.0, 0.2, 0.2, False, False),
+    "mart": ("linear", "normal", 6.0, 0.2, 0.2, False, False),
+    "spat": ("cosine", "normal", 6.0, 0.2, 0.2, True, True),
+}
+
+
+@pytest.mark.parametrize("dataset", ["digits", "cifar10"])
+@pytest.mark.parametrize("method", list(PINNED))
+def test_resolved_configs_pinned(dataset: str, method: str) -> None:
+    data = _DIGITS if dataset == "digits" else _CIFAR
+    expected = dict(zip(KEYS, (data[0], *PINNED[method], *data[1:]), strict=True))
+    r = TrainConfig(dataset=dataset, method=method).resolved()
+    got = {k: getattr(r, k) for k in KEYS}
+    assert got == expected
+    assert {k: type(v) for k, v in got.items()} == {k: type(v) for k, v in expected.items()}
+    assert r.resolved() == r  # a resolved config stays as it is (config.json round trip)
+
+
+def test_explicit_values_win_over_the_method_defaults() -> None:
+    r = TrainConfig(method="spat", beta=1.5, m=0.0, n=0.5, hcp_ecp=False, init="uniform",
+                    head="cosine").resolved()
+    assert (r.beta, r.m, r.n, r.hcp_ecp, r.self_paced_ce, r.init) == (1.5, 0.0, 0.5, False,
+                                                                        True, "uniform")
+
+
+def test_classes_hold_the_defaults() -> None:
+    assert SPAT.default_head == "cosine" and ConsistencyAT.default_head == "linear"
+    assert {n: c.default_init for n, c in METHODS.items()} == {
+        "standard": "none", "pgd_at": "uniform", "trades": "normal", "mart": "normal",
+        "spat": "normal"}
+    assert SPAT.hyperparameters() == {"beta": 6.0, "self_paced_ce": True, "m": 0.2,
+                                      "hcp_ecp": True, "n": 0.2, "require_cosine": True}
+    assert supporting("hcp_ecp") == ("trades", "mart", "spat")
+    assert supporting("self_paced_ce") == tuple(METHODS)
+    # the instance build_method makes from a resolved config has the class's defaults
+    s = build_method("spat")
+    assert isinstance(s, SPAT) and (s.beta, s.m, s.n, s.self_paced_ce, s.hcp_ecp) == (
+        6.0, 0.2, 0.2, True, True)
+
+
+@pytest.mark.parametrize(("kwargs", "words"), [
+    ({"method": "pgd_at", "hcp_ecp": True}, "valid: trades, mart, spat"),
+    ({"method": "spat", "head": "linear", "self_paced_ce": False}, "SPAT is defined with"),
+    ({"method": "spat", "head": "linear"}, "self-paced cross-entropy needs the cosine head"),
+    ({"method": "nope"}, "unknown method"),
+])
+def test_constraints_come_from_the_class(kwargs: dict, words: str) -> None:
+    with pytest.raises(SpatError, match=words):
+        TrainConfig(**kwargs).resolved()
+
+
+def test_cli_help_reads_the_class_defaults(capsys, monkeypatch) -> None:
+    def help_text() -> str:
+        with pytest.raises(SystemExit):
+            main(["train", "--help"])
+        return " ".join(capsys.readouterr().out.split())
+
+    out = help_text()
+    assert "β, MART λ (default 6)" in out
+    assert "margin m (default 0.2)" in out and "offset n (default 0.2)" in out
+    assert "default cosine for spat, linear otherwise" in out
+    assert "valid with: trades, mart, spat; on by default for: spat" in out
+    # a changed class default shows in the help: the text is not a copy of the value
+    monkeypatch.setattr(ConsistencyAT, "default_head", "cosine")
+    assert "default cosine for trades, spat, linear otherwise" in help_text()
+
+
+def test_build_method_refuses_unknown_hyperparameters_and_ignores_foreign_ones() -> None:
+    with pytest.raises(TypeError, match="gamma"):
+        build_method("trades", gamma=1.0)
+    # a resolved config carries every method's knobs: pgd_at has no beta or n, and ignores them
+    p = build_method("pgd_at", beta=3.0, n=0.7, m=0.1, hcp_ecp=False)
+    assert p.m == 0.1 and not hasattr(p, "beta") and not hasattr(p, "n")
+    with pytest.raises(SpatError, match="no consistency term"):
+        build_method("standard", hcp_ecp=True)
