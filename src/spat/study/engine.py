@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from spat.errors import SpatError
-from spat.study.pool import StudyProgress, _log_name, dataclasses_asdict, describe
+from spat.study.pool import StudyProgress, _log_name, dataclasses_asdict, finish_record
 from spat.study.spec import Cell, EngineSpec
 from spat.utils.threads import THREAD_ENV_VARS
+from spat.validation import one_line
 
 Log = Callable[[str], None]
 
@@ -90,16 +91,9 @@ def run_submitit(cells: Sequence[Cell], engine: EngineSpec, folder: Path, log_di
                     rec = job.result()
                 except Exception as e:  # noqa: BLE001 - a job failed or was killed
                     rec = {"key": c.key, "run_dir": c.run_dir, "stages": [],
-                           "error": f"job {job.job_id} failed: "
-                                    f"{' '.join(str(e).split())[:300]}"}
+                           "error": f"job {job.job_id} failed: {one_line(e, 300)}"}
                 rec["job_id"] = str(job.job_id)
-                records.append(rec)
-                if on_record is not None:
-                    on_record(rec)
-                if progress is not None:
-                    progress.advance(describe(rec))
-                else:
-                    log(describe(rec))
+                finish_record(rec, records, on_record, progress, log)
     finally:
         for v, old in saved.items():
             if old is None:

@@ -171,14 +171,22 @@ def run_local(cells: Sequence[Cell], plan: PoolPlan, log_dir: str, *, log: Log =
             except Exception as e:  # noqa: BLE001 - a worker died (killed, out of memory)
                 rec = {"key": c.key, "run_dir": c.run_dir, "stages": [],
                        "error": f"worker died: {type(e).__name__}: {e}"}
-            records.append(rec)
-            if on_record is not None:
-                on_record(rec)
-            if progress is not None:
-                progress.advance(describe(rec))
-            else:
-                log(describe(rec))
+            finish_record(rec, records, on_record, progress, log)
     return records
+
+
+def finish_record(rec: dict[str, Any], records: list[dict[str, Any]],
+                  on_record: Callable[[dict[str, Any]], None] | None,
+                  progress: StudyProgress | None, log: Callable[[str], None]) -> None:
+    """A finished cell's record: kept, handed to ``on_record``, and shown (one progress step,
+    or one log line without a progress bar) — the same for the local pool and the engine."""
+    records.append(rec)
+    if on_record is not None:
+        on_record(rec)
+    if progress is not None:
+        progress.advance(describe(rec))
+    else:
+        log(describe(rec))
 
 
 def _log_name(c: Cell) -> str:
