@@ -51,7 +51,8 @@ def test_classes_hold_the_defaults() -> None:
         "standard": "none", "pgd_at": "uniform", "trades": "normal", "mart": "normal",
         "spat": "normal"}
     assert SPAT.hyperparameters() == {"beta": 6.0, "self_paced_ce": True, "m": 0.2,
-                                      "hcp_ecp": True, "n": 0.2, "require_cosine": True}
+                                      "hcp_ecp": True, "n": 0.2, "require_cosine": True,
+                                      "beta_ramp_epochs": 0, "self_paced_after": 0}
     assert supporting("hcp_ecp") == ("trades", "mart", "spat")
     assert supporting("self_paced_ce") == tuple(METHODS)
     # the instance build_method makes from a resolved config has the class's defaults

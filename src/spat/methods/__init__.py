@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from spat.errors import SpatError, unknown_name
-from spat.methods.base import MethodDefaults, MethodOutput, ThreatModel, hooks
+from spat.methods.base import MethodDefaults, MethodOutput, ThreatModel, for_epoch, hooks
 from spat.methods.mart import MART
 from spat.methods.pgd_at import PGDAT
 from spat.methods.spat import SPAT, ConsistencyAT, self_paced_logits, spat
@@ -73,6 +73,9 @@ def build_method(
     if hyperparameters.get("hcp_ecp") and not cls.takes("hcp_ecp"):
         raise SpatError(f"method {name!r} has no consistency term for HCP-ECP "
                         f"(valid with: {', '.join(supporting('hcp_ecp'))})")
+    if hyperparameters.get("beta_ramp_epochs") and not cls.takes("beta_ramp_epochs"):
+        raise SpatError(f"method {name!r} has no beta/lambda weight to ramp "
+                        f"(valid with: {', '.join(supporting('beta_ramp_epochs'))})")
     given = {"threat": threat, **hyperparameters}
     kwargs: dict[str, Any] = {k: v for k, v in given.items() if v is not None and cls.takes(k)}
     return cls(**kwargs)  # type: ignore[return-value]
@@ -90,6 +93,7 @@ __all__ = [
     "Standard",
     "ThreatModel",
     "build_method",
+    "for_epoch",
     "hooks",
     "method_class",
     "method_names",

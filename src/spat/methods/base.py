@@ -81,7 +81,8 @@ class ThreatModel:
 #: The value a resolved config records for a hyperparameter the method does not have (a
 #: TrainConfig keeps flat fields, and every resolved config has always recorded one).
 UNUSED_DEFAULTS: dict[str, Any] = {"beta": 6.0, "m": 0.2, "n": 0.2, "self_paced_ce": False,
-                                   "hcp_ecp": False}
+                                   "hcp_ecp": False, "beta_ramp_epochs": 0,
+                                   "self_paced_after": 0}
 
 
 class MethodDefaults:
@@ -97,6 +98,15 @@ class MethodDefaults:
     perturbation): ``before_step(model, optimizer)`` is called after ``loss.backward()`` and
     before ``optimizer.step()``, ``after_step(model, optimizer)`` right after the step; the loop
     calls each only when the method defines it (:func:`hooks`).
+
+    Optional per-epoch hook, for hyperparameters that follow a schedule over epochs (the warm-ups
+    ``beta_ramp_epochs`` and ``self_paced_after`` of :mod:`spat.methods.spat`):
+    ``for_epoch(epoch) -> method`` returns the method to train epoch ``epoch`` (0-based, the
+    loop's index; epoch e = epoch + 1 in 1-based words) with, e.g., that epoch's β. The loop calls
+    it at the start of every epoch through :func:`for_epoch` and uses the result (its step hooks
+    included) for that epoch only. It must be a pure function of ``epoch`` and the method's
+    fields (no state carried between epochs), so that a run resumed at epoch k trains epoch k
+    with the same method as the uninterrupted run.
 
     Class variables:
         default_head: the classifier head when the config names none ("linear" or "cosine").
@@ -136,3 +146,10 @@ class MethodDefaults:
 def hooks(method: object) -> tuple[Callable[..., Any] | None, Callable[..., Any] | None]:
     """A method's optional ``(before_step, after_step)`` hooks, None where not defined."""
     return getattr(method, "before_step", None), getattr(method, "after_step", None)
+
+
+def for_epoch(method: Any, epoch: int) -> Any:
+    """The method that trains epoch ``epoch`` (0-based): ``method.for_epoch(epoch)`` where the
+    method defines that hook (:class:`MethodDefaults`), else ``method`` itself."""
+    hook = getattr(method, "for_epoch", None)
+    return method if hook is None else hook(epoch)

@@ -14,7 +14,7 @@ from spat.attacks.engine import perturb
 from spat.attacks.objectives import cross_entropy
 from spat.errors import SpatError
 from spat.methods.base import MethodDefaults, MethodOutput, ThreatModel
-from spat.methods.spat import consistency, natural_logits
+from spat.methods.spat import check_warmup, consistency, natural_logits, warmup_for_epoch
 
 
 def _mart_threat() -> ThreatModel:
@@ -38,6 +38,10 @@ class MART(MethodDefaults):
         m: SPAT's m.
         hcp_ecp: SPAT's Σ_j k_j(k_j + n) in place of the KL.
         n: SPAT's n.
+        beta_ramp_epochs: N, epochs of linear λ warm-up (:func:`spat.methods.spat.ramped_beta`);
+            0 = off (the reference method). A project option for the study of issue 11.
+        self_paced_after: N, epochs of plain CE before the self-paced CE switches on (needs
+            ``self_paced_ce``); 0 = off. A project option for the study of issue 11.
     """
 
     default_init: ClassVar[str] = "normal"
@@ -49,10 +53,17 @@ class MART(MethodDefaults):
     m: float = 0.2
     hcp_ecp: bool = False
     n: float = 0.2
+    beta_ramp_epochs: int = 0
+    self_paced_after: int = 0
 
     def __post_init__(self) -> None:
         if self.beta < 0:
             raise SpatError(f"beta must be >= 0, got {self.beta}")
+        check_warmup(self)
+
+    def for_epoch(self, epoch: int) -> MART:
+        """This method for epoch ``epoch`` (0-based) under its warm-ups."""
+        return warmup_for_epoch(self, epoch)  # type: ignore[return-value]
 
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,

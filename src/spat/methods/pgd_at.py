@@ -11,7 +11,7 @@ from torch import nn
 from spat.attacks.engine import perturb
 from spat.attacks.objectives import cross_entropy
 from spat.methods.base import MethodDefaults, MethodOutput, ThreatModel
-from spat.methods.spat import natural_logits
+from spat.methods.spat import check_warmup, natural_logits, warmup_for_epoch
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -22,6 +22,8 @@ class PGDAT(MethodDefaults):
         threat: ε 8/255, η 2/255, K 10, uniform random start (the paper's CIFAR-10 setting).
         self_paced_ce: CE on SPAT's modulated adversarial logits (needs the cosine head).
         m: SPAT's m for the self-paced CE.
+        self_paced_after: N, epochs of plain CE before the self-paced CE switches on (needs
+            ``self_paced_ce``); 0 = off. A project option for the study of issue 11.
     """
 
     name: str = "pgd_at"
@@ -31,6 +33,14 @@ class PGDAT(MethodDefaults):
     )
     self_paced_ce: bool = False
     m: float = 0.2
+    self_paced_after: int = 0
+
+    def __post_init__(self) -> None:
+        check_warmup(self)
+
+    def for_epoch(self, epoch: int) -> PGDAT:
+        """This method for epoch ``epoch`` (0-based) under its warm-up."""
+        return warmup_for_epoch(self, epoch)  # type: ignore[return-value]
 
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,

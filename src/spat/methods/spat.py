@@ -23,6 +23,13 @@ KL(p‖q) in place of HCP-ECP), so both are :class:`ConsistencyAT`; :class:`SPAT
 the parts on. The parts are also switches on the other methods (``self_paced_ce``, ``hcp_ecp``:
 :func:`natural_logits`, :func:`consistency`).
 
+Two warm-ups, NOT part of the official method (both off, 0, by default; they exist for the
+study of issue 11, which asks whether they remove the self-paced plateau): ``beta_ramp_epochs``
+(β grows linearly from 0 over the first N epochs: :func:`ramped_beta`) and ``self_paced_after``
+(plain CE on the logits f(x) = s·z for the first N epochs, the self-paced CE from epoch N + 1:
+:func:`self_paced_active`). The training loop applies them per epoch through the methods'
+``for_epoch`` hook (:func:`warmup_for_epoch`, :class:`spat.methods.base.MethodDefaults`).
+
 Import from this module with ``from spat.methods.spat import ...``: the package attribute
 ``spat.methods.spat`` is the preset function :func:`spat` (kept for existing callers, as
 ``from spat.methods import spat``), so ``import spat.methods.spat as m`` gives that function.
@@ -30,6 +37,7 @@ Import from this module with ``from spat.methods.spat import ...``: the package 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -125,6 +133,60 @@ def consistency(
 
 
 # ---------------------------------------------------------------------------------------------
+# Warm-ups (the project's options, off in the official method): schedules over epochs
+
+
+def ramped_beta(beta: float, ramp_epochs: int, epoch: int) -> float:
+    """β of epoch ``epoch`` (0-based) under a linear warm-up over N = ``ramp_epochs`` epochs.
+
+    In 1-based epochs e = epoch + 1: β_e = β · min(1, (e − 1)/N). The first N epochs are the
+    warm-up (β_1 = 0, then β/N, 2β/N, ..., (N−1)β/N) and β is reached at epoch N + 1; with
+    N = 4 and β = 6, epochs 1..5 use 0, 1.5, 3, 4.5, 6. β is constant within an epoch.
+    N = 0: β from the first epoch (the official method). Not in SPAT's paper or code.
+    """
+    if ramp_epochs <= 0 or epoch >= ramp_epochs:
+        return beta
+    return beta * epoch / ramp_epochs
+
+
+def self_paced_active(self_paced_after: int, epoch: int) -> bool:
+    """Whether the self-paced CE is on in epoch ``epoch`` (0-based) when it is switched on after
+    N = ``self_paced_after`` epochs: off (plain CE on the logits f(x), s·z for the cosine head)
+    in 1-based epochs 1..N, on from epoch N + 1. N = 0: on throughout (the official method)."""
+    return epoch >= self_paced_after
+
+
+def check_warmup(method: object) -> None:
+    """One-line :class:`SpatError` for a method's invalid warm-up fields (negative epochs, a
+    self-paced switch on a method whose self-paced CE is off)."""
+    for key in ("beta_ramp_epochs", "self_paced_after"):
+        v = getattr(method, key, 0)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise SpatError(f"{key.replace('_', ' ')} must be an integer >= 0 (epochs), got {v!r}")
+    if getattr(method, "self_paced_after", 0) and not getattr(method, "self_paced_ce", False):
+        raise SpatError("self paced after (epochs) needs the self-paced cross-entropy "
+                        "(self_paced_ce on: the default of spat)")
+
+
+def warmup_for_epoch(method: MethodDefaults, epoch: int) -> MethodDefaults:
+    """The method that trains epoch ``epoch`` (0-based) under its warm-ups: a copy with that
+    epoch's β (:func:`ramped_beta`) and self-paced switch (:func:`self_paced_active`) and the
+    warm-up fields set to 0; the method itself when it has no warm-up (bit-identical losses).
+    A pure function of ``epoch``, so resuming at any epoch trains it as the uninterrupted run."""
+    changes: dict[str, object] = {}
+    ramp = getattr(method, "beta_ramp_epochs", 0)
+    if ramp:
+        changes.update(beta=ramped_beta(method.beta, ramp, epoch),  # type: ignore[attr-defined]
+                       beta_ramp_epochs=0)
+    after = getattr(method, "self_paced_after", 0)
+    if after:
+        changes.update(self_paced_ce=(method.self_paced_ce  # type: ignore[attr-defined]
+                                      and self_paced_active(after, epoch)),
+                       self_paced_after=0)
+    return dataclasses.replace(method, **changes) if changes else method  # type: ignore[type-var]
+
+
+# ---------------------------------------------------------------------------------------------
 # Part 3: the total loss and its training adversary
 
 
@@ -157,6 +219,11 @@ class ConsistencyAT(MethodDefaults):
         hcp_ecp: SPAT's per-class weighted consistency term instead of the KL.
         n: SPAT's n (0.2).
         require_cosine: refuse a linear head (SPAT's definition includes the cosine head).
+        beta_ramp_epochs: N, epochs of linear β warm-up (:func:`ramped_beta`); 0 = off, as the
+            official method. A project option for the study of issue 11.
+        self_paced_after: N, epochs of plain CE on f(x) before the self-paced CE switches on
+            (:func:`self_paced_active`; needs ``self_paced_ce``); 0 = off, as the official
+            method. A project option for the study of issue 11.
     """
 
     default_init: ClassVar[str] = "normal"
@@ -169,10 +236,18 @@ class ConsistencyAT(MethodDefaults):
     hcp_ecp: bool = False
     n: float = 0.2
     require_cosine: bool = False
+    beta_ramp_epochs: int = 0
+    self_paced_after: int = 0
 
     def __post_init__(self) -> None:
         if self.beta < 0:
             raise SpatError(f"beta must be >= 0, got {self.beta}")
+        check_warmup(self)
+
+    def for_epoch(self, epoch: int) -> ConsistencyAT:
+        """This method for epoch ``epoch`` (0-based) under its warm-ups
+        (:func:`warmup_for_epoch`)."""
+        return warmup_for_epoch(self, epoch)  # type: ignore[return-value]
 
     def adversarial(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spat.methods.base import MethodDefaults, MethodOutput
-from spat.methods.spat import natural_logits
+from spat.methods.spat import check_warmup, natural_logits, warmup_for_epoch
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -20,6 +20,8 @@ class Standard(MethodDefaults):
     Attributes:
         self_paced_ce: use SPAT's modulated logits (needs the cosine head).
         m: SPAT's margin m for the self-paced CE (0.2 in the official code).
+        self_paced_after: N, epochs of plain CE before the self-paced CE switches on (needs
+            ``self_paced_ce``); 0 = off. A project option for the study of issue 11.
     """
 
     default_init: ClassVar[str] = "none"
@@ -27,6 +29,14 @@ class Standard(MethodDefaults):
     name: str = "standard"
     self_paced_ce: bool = False
     m: float = 0.2
+    self_paced_after: int = 0
+
+    def __post_init__(self) -> None:
+        check_warmup(self)
+
+    def for_epoch(self, epoch: int) -> Standard:
+        """This method for epoch ``epoch`` (0-based) under its warm-up."""
+        return warmup_for_epoch(self, epoch)  # type: ignore[return-value]
 
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,

@@ -26,8 +26,12 @@ IGNORED_FIELDS = ("device", "out_dir", "name", "tensorboard", "compile")
 
 
 def config_mismatch(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
-    """Fields whose saved (resolved) value differs from the wanted (resolved) one."""
-    return sorted(k for k in wanted if k not in IGNORED_FIELDS and saved.get(k) != wanted[k])
+    """Fields whose saved (resolved) value differs from the wanted (resolved) one; a field the
+    saved config lacks (recorded before it existed) has the value it had then (ADDED_FIELDS)."""
+    from spat.train.config import ADDED_FIELDS
+
+    return sorted(k for k in wanted if k not in IGNORED_FIELDS
+                  and saved.get(k, ADDED_FIELDS.get(k)) != wanted[k])
 
 
 def eval_matches(report: dict[str, Any] | None, ev: dict[str, Any], eps: float) -> bool:

@@ -98,6 +98,11 @@ class TrainConfig:
     n: float | None = None  # SPAT's HCP-ECP offset n
     self_paced_ce: bool | None = None
     hcp_ecp: bool | None = None
+    # warm-ups (epochs; 0 = off, the official method; spat.methods.spat.ramped_beta and
+    # self_paced_active): β (MART λ) grows linearly from 0 over the first beta_ramp_epochs
+    # epochs; plain CE on s·z before the self-paced CE switches on after self_paced_after epochs
+    beta_ramp_epochs: int | None = None
+    self_paced_after: int | None = None
     # optimisation
     epochs: int | None = None
     batch_size: int | None = None
@@ -224,6 +229,35 @@ class TrainConfig:
             )
         if self.head == "linear" and cls.linear_head_error:
             raise SpatError(cls.linear_head_error)
+        self._validate_warmups(cls)
+
+    def _validate_warmups(self, cls: Any) -> None:
+        """The warm-ups (``beta_ramp_epochs``, ``self_paced_after``): whole epochs >= 0, fewer
+        than ``epochs`` (else the full β / the self-paced CE is never reached), and only on a
+        method with the part they schedule; each failure one line."""
+        from spat.methods import supporting
+
+        for key, part in (("beta_ramp_epochs", "a beta/lambda weight to ramp"),
+                          ("self_paced_after", "a self-paced cross-entropy to switch on")):
+            v = getattr(self, key)
+            if v is None or v == 0:
+                continue
+            flag = key.replace("_", " ")
+            if v < 0:
+                raise SpatError(f"{flag} must be >= 0 (epochs), got {v}")
+            if not cls.takes(key):
+                raise SpatError(f"{flag} needs a method with {part} "
+                                f"(valid: {', '.join(supporting(key))}), got {self.method!r}")
+            if self.epochs is not None and v >= self.epochs:
+                raise SpatError(f"{flag} must be < epochs ({self.epochs}), got {v}: the warm-up "
+                                f"would never end")
+        if self.self_paced_after:
+            on = self.self_paced_ce if self.self_paced_ce is not None else cls.default(
+                "self_paced_ce")
+            if not on:
+                raise SpatError(f"self paced after needs the self-paced cross-entropy on "
+                                f"(self_paced_ce = true; on by default only for spat), got "
+                                f"method {self.method!r} without it")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -232,7 +266,11 @@ class TrainConfig:
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
 #: The fields that are the method's hyperparameters: ``None`` resolves to the method class's
 #: default (:meth:`spat.methods.base.MethodDefaults.default`).
-METHOD_KNOBS = ("beta", "m", "n", "self_paced_ce", "hcp_ecp")
+METHOD_KNOBS = ("beta", "m", "n", "self_paced_ce", "hcp_ecp", "beta_ramp_epochs",
+                "self_paced_after")
+#: The value that a config recorded before a field existed (its config.json lacks the key)
+#: means: runs made before the warm-ups trained without them.
+ADDED_FIELDS: dict[str, Any] = {"beta_ramp_epochs": 0, "self_paced_after": 0}
 
 
 def _fast_path_switches(cfg: TrainConfig) -> dict[str, str]:

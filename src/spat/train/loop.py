@@ -38,6 +38,7 @@ from spat import checkpoint as ckpt
 from spat.data import DataBundle, augment_batch, batches, num_batches
 from spat.errors import SpatError
 from spat.evaluation.split import evaluate_split
+from spat.methods import for_epoch as method_for_epoch
 from spat.methods import hooks as method_hooks
 from spat.train.config import TrainConfig
 from spat.train.optim import lr_factor, make_optimizer
@@ -119,7 +120,8 @@ class Trainer:
             raise SpatError(f"batch size {cfg.batch_size} is not divisible by the number of "
                             f"processes ({dist.world_size}); the batch size is global")
         self.cfg, self.data, self.method, self.device = cfg, data, method, device
-        # a method's optional optimizer hooks (AWP-style weight perturbation; MethodDefaults)
+        # a method's optional optimizer hooks (AWP-style weight perturbation; MethodDefaults);
+        # train_epoch takes them from the method of its epoch (the for_epoch hook)
         self._before_step, self._after_step = method_hooks(method)
         self.run_dir, self.dist, self.progress, self.log = run_dir, dist, progress, log
         # the fast path (bf16 autocast, channels_last, compile): "auto" resolved for this
@@ -260,8 +262,15 @@ class Trainer:
                     ) -> EpochStats:
         """One epoch of SGD over the (rank's shard of the) training set; returns its metrics
         summed over ranks. Raises :class:`NonFiniteLoss` (on every rank) at the first check
-        point after a NaN/inf loss on any rank, naming the (1-based) epoch and step."""
+        point after a NaN/inf loss on any rank, naming the (1-based) epoch and step.
+
+        The method of the epoch is ``for_epoch(method, epoch)`` (:mod:`spat.methods.base`): a
+        method with a schedule over epochs (the warm-ups) gives that epoch's hyperparameters,
+        a pure function of ``epoch``, so a resumed run trains each epoch as an uninterrupted one.
+        """
         cfg, dev = self.cfg, self.device
+        method = method_for_epoch(self.method, epoch)
+        self._before_step, self._after_step = method_hooks(method)
         seed = rank_seed(cfg.seed, epoch, self.dist.rank)
         torch.manual_seed(seed)  # dropout and anything else drawing from the global generator
         # data order: the same on all ranks (each takes its shard of one permutation)
@@ -289,7 +298,7 @@ class Trainer:
             if self.fast_path.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with self._autocast():
-                out = self.method(self.train_model, x, y, generator=attack_gen)
+                out = method(self.train_model, x, y, generator=attack_gen)
             self.optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             if self._before_step is not None:
