@@ -95,7 +95,7 @@ def test_predictions_accept_either_spelling() -> None:
 
 
 def test_analysis_attack_choice_accepts_the_command_line_key() -> None:
-    from spat.analysis.analyze import choose_attack
+    from spat.analysis.predictions import choose_attack
 
     assert choose_attack(["FGSM", "PGD-20"], "pgd20") == "PGD-20"
     with pytest.raises(SpatError, match="unknown attack 'pgd50'"):
@@ -127,7 +127,7 @@ def test_one_subset_rule_for_train_eval_and_analyze() -> None:
 
 
 def test_analyze_cache_of_the_old_head_rule_is_not_reused() -> None:
-    from spat.analysis.analyze import _prediction_meta
+    from spat.analysis.predictions import _prediction_meta
 
     old = {"checkpoint": "c", "split": "test", "eps": 0.1, "norm": "linf", "attack": "PGD-20",
            "steps": 20, "limit": 5, "examples": 5}

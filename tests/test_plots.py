@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from spat.analysis import compare, plots
-from spat.analysis.analyze import RunAnalysis, write_analysis
+from spat.analysis.analyze import write_analysis
 from spat.analysis.intervals import error_bar_extents, wilson_interval
+from spat.analysis.record import RunAnalysis
 from spat.analysis.stats import directed_flows
 from spat.cli import main
 from spat.errors import SpatError

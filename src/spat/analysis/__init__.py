@@ -9,7 +9,10 @@ become each other's targets. This package measures that for a trained run:
 * :mod:`spat.analysis.similarity` — class similarity from the classifier weights and the
   class-mean penultimate features;
 * :mod:`spat.analysis.training` — the same statistics per epoch from ``metrics.jsonl``;
-* :mod:`spat.analysis.analyze` / :mod:`spat.analysis.compare` — the reports, CSV/JSON and
-  plots (:mod:`spat.analysis.plots`);
+* :mod:`spat.analysis.analyze` / :mod:`spat.analysis.compare` — one run's analysis and the
+  comparison of runs: :mod:`spat.analysis.record` (the :class:`RunAnalysis` record and its
+  summary), :mod:`spat.analysis.predictions` (``spat eval``'s predictions or computed ones,
+  cached), :mod:`spat.analysis.writers` (CSV/JSON), :mod:`spat.analysis.markdown`
+  (``report.md``) and :mod:`spat.analysis.plots` (PNG + PDF);
 * :mod:`spat.analysis.command` — the argparse front-ends.
 """

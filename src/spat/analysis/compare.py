@@ -21,19 +21,14 @@ from typing import Any
 import numpy as np
 
 from spat.analysis import plots
-from spat.analysis.analyze import (
-    RunAnalysis,
-    _md_table,
-    choose_attack,
-    collect,
-    pct,
-    slug,
-    write_csv,
-    write_json,
-)
+from spat.analysis.analyze import collect
+from spat.analysis.markdown import md_table, pct
+from spat.analysis.predictions import choose_attack
 from spat.analysis.preflight import preflight_runs
 from spat.analysis.protocol_check import protocol_of, protocol_text, protocol_warnings
+from spat.analysis.record import RunAnalysis
 from spat.analysis.stats import class_totals, per_class_accuracy
+from spat.analysis.writers import slug, write_csv, write_json
 from spat.errors import SpatError
 from spat.utils.io import atomic_write_text, nan_to_none
 
@@ -345,7 +340,7 @@ def _markdown(analyses: Sequence[RunAnalysis], header: Sequence[str],
         *[f"- **{a.label}**: `{a.run_dir}` (method `{a.config.get('method')}`, "
           f"{a.config.get('head')} head, predictions `{a.prediction_source}`)" for a in analyses],
         "",
-        _md_table(header, table),
+        md_table(header, table),
         "",
     ]
     if not with_images:
