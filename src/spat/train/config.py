@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from spat.errors import SpatError
+from spat.utils.argtypes import count_or_fraction, fraction, switch
+from spat.utils.options import option
 from spat.validation import one_line
 
 SCHEDULES = ("piecewise", "cosine", "constant")
@@ -73,60 +75,89 @@ class TrainConfig:
 
     Units: ``eps`` and ``step_size`` in [0,1] pixel units (the CLI accepts ``8/255``); ``lr`` is
     the SGD learning rate at batch size ``batch_size`` (global, over all ranks).
+
+    Each field is also a ``spat train`` flag (``--step-size`` for ``step_size``), derived from
+    the field's type and :func:`~spat.utils.options.option` metadata (help text, option group,
+    parser) by :mod:`spat.train.command`: a new field needs no edit of the command line's code.
     """
 
     # data
-    dataset: str = "digits"
-    data_dir: str | None = None
-    download: bool = False
-    val_size: float = 0.1
-    train_subset: int | None = None
+    dataset: str = option("digits", "one of: {datasets} (default digits)", group="data")
+    data_dir: str | None = option(
+        None, "folder holding the dataset in torchvision's layout (npz: the .npz file)")
+    download: bool = option(False, "download missing data (checksums verified)")
+    val_size: float = option(0.1, "validation split carved from the training set: a count or a "
+                             "fraction", parse=count_or_fraction)
+    train_subset: int | None = option(
+        None, "train on this many training examples (fixed by the seed)")
     # model
-    model: str | None = None
-    head: str | None = None  # "linear" | "cosine"; None: the method's (cosine for spat)
-    cosine_scale: float = 8.0  # s, SPAT's scale (inverse temperature)
+    model: str | None = option(None, "one of: {models}, or wrn<depth>_<width> (default: the "
+                               "dataset's)", group="model")
+    head: str | None = option(  # None: the method's (MethodDefaults.default_head)
+        None, "classifier head: linear or cosine (SPAT's; {head_default})")
+    cosine_scale: float = option(8.0, "SPAT's s, the cosine head's scale (inverse temperature)")
     # method
-    method: str = "pgd_at"
-    eps: float | None = None
-    step_size: float | None = None
-    steps: int | None = None
-    norm: str = "linf"
-    init: str | None = None
+    method: str = option("pgd_at", "one of: {methods} (default pgd_at)", group="method")
+    eps: float | None = option(None, "ε of the L∞/L2 ball in [0,1] units; accepts 8/255 "
+                               "(default: the dataset's)", parse=fraction)
+    step_size: float | None = option(
+        None, "attack step size η (accepts 2/255; default: the dataset's)", parse=fraction)
+    steps: int | None = option(
+        None, "attack steps K of the training adversary (default: the dataset's)")
+    norm: str = option("linf", "threat model: linf or l2")
+    init: str | None = option(None, "attack random start: uniform, normal (x+0.001·N(0,I)) or "
+                              "none (default: the method's)")
     # the method's hyperparameters (METHOD_KNOBS); None: the method class's default
-    beta: float | None = None  # TRADES/SPAT β, MART λ
-    m: float | None = None  # SPAT's self-paced margin m
-    n: float | None = None  # SPAT's HCP-ECP offset n
-    self_paced_ce: bool | None = None
-    hcp_ecp: bool | None = None
+    beta: float | None = option(None, "TRADES/SPAT β, MART λ")
+    m: float | None = option(None, "SPAT's self-paced margin m")
+    n: float | None = option(None, "SPAT's HCP-ECP offset n")
+    self_paced_ce: bool | None = option(
+        None, "SPAT part: self-paced cross-entropy (needs --head cosine)")
+    hcp_ecp: bool | None = option(
+        None, "SPAT part: per-class weighted consistency Σ k_j(k_j+n) instead of KL")
     # warm-ups (epochs; 0 = off, the official method; spat.methods.spat.ramped_beta and
     # self_paced_active): β (MART λ) grows linearly from 0 over the first beta_ramp_epochs
     # epochs; plain CE on s·z before the self-paced CE switches on after self_paced_after epochs
-    beta_ramp_epochs: int | None = None
-    self_paced_after: int | None = None
+    beta_ramp_epochs: int | None = option(
+        None, "warm-up: β (MART λ) grows linearly from 0 over this many epochs")
+    self_paced_after: int | None = option(
+        None, "warm-up: plain CE on s·z for this many epochs, then the self-paced CE")
     # optimisation
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    momentum: float = 0.9
-    weight_decay: float | None = None
-    nesterov: bool = False
-    schedule: str = "piecewise"
+    epochs: int | None = option(None, "number of epochs (default: the dataset's)",
+                                group="optimisation")
+    batch_size: int | None = option(None, "global batch size (default: the dataset's)")
+    lr: float | None = option(None, "SGD learning rate (default: the dataset's)")
+    momentum: float = option(0.9, "SGD momentum")
+    weight_decay: float | None = option(None, "weight decay (default: the dataset's)")
+    nesterov: bool = option(False, "Nesterov momentum")
+    schedule: str = option("piecewise", "piecewise (×0.1 at 75% and 90% of the epochs), cosine "
+                           "or constant (default piecewise)")
     # validation and test
-    val_steps: int = 10
-    test_steps: int = 20
-    test_subset: int | None = None  # evaluate the final test on this many (fixed) examples
-    eval_batch_size: int = 512
+    val_steps: int = option(10, "PGD steps of the per-epoch validation attack",
+                            group="evaluation")
+    test_steps: int = option(20, "PGD steps of the final test attack")
+    test_subset: int | None = option(
+        None, "final test on this many examples (a fixed random subset; default all)")
+    eval_batch_size: int = option(512, "batch size of the evaluation attacks", hidden=True)
     # runtime
-    seed: int = 0
-    device: str = "auto"
+    seed: int = option(0, "random seed", group="runtime")
+    device: str = option("auto", "auto (CUDA when present), cpu, cuda, cuda:N, mps")
     # fast path, "auto" | "on" | "off" (spat.utils.hardware; resolved per device in env.json)
-    amp: str = "auto"  # bf16 autocast of the training step; auto: CUDA, or a CPU with native bf16
-    channels_last: str = "auto"  # NHWC memory format; auto: on for CPU and CUDA
-    compile: str = "auto"  # torch.compile; auto: off (measured not to pay; see benchmarks)
-    deterministic: bool = False
-    out_dir: str = "runs"
-    name: str | None = None
-    tensorboard: bool = False  # also write TensorBoard event files to RUN/tensorboard/
+    amp: str = option("auto", "bf16 autocast of the training step (default auto: on for CUDA "
+                      "and for a CPU with native bf16, AVX512-BF16/AMX; evaluation is always "
+                      "fp32)", parse=switch, metavar="{auto,on,off}")
+    channels_last: str = option("auto", "NHWC memory format (default auto: on for CPU and "
+                                "CUDA)", parse=switch, metavar="{auto,on,off}")
+    compile: str = option("auto", "torch.compile the training model (default auto: off, "
+                          "measured not to pay; a bare --compile means on)", parse=switch,
+                          metavar="{auto,on,off}", nargs="?", const="on")
+    deterministic: bool = option(False, "deterministic kernels")
+    out_dir: str = option("runs", "parent folder of run directories")
+    name: str | None = option(
+        None, "run directory name (default: time_dataset_model_method_seed)")
+    tensorboard: bool = option(False, "also log losses, learning rate, accuracies and the "
+                               "validation confusion matrix to RUN/tensorboard/ (needs the "
+                               "tensorboard package; metrics.jsonl stays the record)")
 
     # ------------------------------------------------------------------
     def defaults(self) -> DatasetDefaults:

@@ -29,3 +29,21 @@ def positive_int(text: str) -> int:
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
     return v
+
+
+def count_or_fraction(text: str) -> float:
+    """A count (an integer ≥ 1: ``"500"`` → 500) or a fraction (``"0.1"``, ``"0"``) — e.g. the
+    validation split carved from the training set."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a count or a fraction, got {text!r}") from None
+    return int(v) if v.is_integer() and v >= 1 else v
+
+
+def switch(text: str) -> str:
+    """``auto``/``on``/``off`` (the fast-path options --amp, --channels-last, --compile)."""
+    if text not in ("auto", "on", "off"):
+        raise argparse.ArgumentTypeError(f"invalid value {text!r} (valid: auto, on, off)")
+    return text
