@@ -138,8 +138,9 @@ def test_hard_pairs_refusals() -> None:
 
 
 def test_the_facade_is_small_and_lazy() -> None:
-    assert set(spat.__all__) == {"EvalReport", "HardPairs", "Run", "TrainConfig", "__version__",
-                                 "evaluate", "hard_pairs", "load_model", "load_run", "train"}
+    assert set(spat.__all__) == {"EvalOptions", "EvalReport", "HardPairs", "Run", "TrainConfig",
+                                 "__version__", "evaluate", "hard_pairs", "load_model",
+                                 "load_run", "train"}
     for name in spat.__all__:
         assert getattr(spat, name) is not None
     with pytest.raises(AttributeError):

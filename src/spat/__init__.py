@@ -3,7 +3,8 @@ arXiv 2210.15068), the standard baselines (PGD-AT, TRADES, MART), the field's ev
 and hard-class-pair analysis.
 
 The Python API (:mod:`spat.api`, README "Python API"): ``spat.train``, ``spat.load_run``,
-``spat.evaluate``, ``spat.hard_pairs``, ``spat.load_model`` and the types they return. They are
+``spat.evaluate``, ``spat.hard_pairs``, ``spat.load_model``, the types they return and
+``spat.EvalOptions`` (the evaluation settings). They are
 imported on first use, so ``import spat`` (and the command line's start-up) stays light.
 """
 
@@ -15,6 +16,7 @@ from spat._version import __version__
 
 if TYPE_CHECKING:
     from spat.api import (
+        EvalOptions,
         EvalReport,
         HardPairs,
         Run,
@@ -25,8 +27,8 @@ if TYPE_CHECKING:
         load_run,
     )
 
-_API = ("EvalReport", "HardPairs", "Run", "TrainConfig", "evaluate", "hard_pairs", "load_model",
-        "load_run")
+_API = ("EvalOptions", "EvalReport", "HardPairs", "Run", "TrainConfig", "evaluate",
+        "hard_pairs", "load_model", "load_run")
 
 
 def __getattr__(name: str) -> Any:
@@ -43,5 +45,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'spat' has no attribute {name!r}")
 
 
-__all__ = ["EvalReport", "HardPairs", "Run", "TrainConfig", "__version__", "evaluate",
-           "hard_pairs", "load_model", "load_run", "train"]
+__all__ = ["EvalOptions", "EvalReport", "HardPairs", "Run", "TrainConfig", "__version__",
+           "evaluate", "hard_pairs", "load_model", "load_run", "train"]

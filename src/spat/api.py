@@ -19,7 +19,7 @@ from torch import nn
 from spat.analysis.pairs import HardPairs, hard_pairs
 from spat.data import Split
 from spat.errors import SpatError
-from spat.evaluation.attacks import DEFAULT_ATTACKS
+from spat.evaluation.options import EvalOptions
 from spat.evaluation.protocol import evaluate as _evaluate
 from spat.evaluation.report import EvalReport
 from spat.runs import Run, load_run
@@ -49,20 +49,26 @@ def evaluate(
     y: torch.Tensor | None = None,
     *,
     eps: float,
-    attacks: Sequence[str] | str = DEFAULT_ATTACKS,
+    attacks: Sequence[str] | str = EvalOptions.attacks,
     norm: str = "linf",
-    n_examples: int | None = None,
-    seed: int = 0,
-    batch_size: int = 500,
+    n_examples: int | None = EvalOptions.n_examples,
+    seed: int = EvalOptions.seed,
+    batch_size: int = EvalOptions.batch_size,
+    attack_logits: str = EvalOptions.attack_logits,
     device: torch.device | str | None = None,
     class_names: Sequence[str] | None = None,
     progress: bool = False,
+    options: EvalOptions | None = None,
 ) -> EvalReport:
     """Robust accuracy of any classifier of [0, 1] images under ``attacks`` at radius ``eps``.
 
     ``x``: images (N, C, H, W) in [0, 1] with ``y`` their labels (N,), or ``(x, y)`` / a
     :class:`~spat.data.Split` with ``y`` omitted. ``attacks``: keys of
-    :data:`spat.evaluation.attacks.CHOICES` (``"pgd20"``, ``"aa"``, ...). Runs on ``device``,
+    :data:`spat.evaluation.attacks.CHOICES` (``"pgd20"``, ``"aa"``, ...). ``attack_logits``:
+    ``"model"`` (the model's outputs) or ``"unit_cosine"`` (a cosine head's s·z divided by s,
+    the official SPAT evaluation's temperature 1). These keywords build an
+    :class:`~spat.evaluation.EvalOptions`; ``options`` supplies the other fields (restarts,
+    step size, sanity checks), the keywords win. Runs on ``device``,
     by default the model's own device. The report's typed fields (``clean_accuracy``,
     ``robust_accuracy``, ``accuracies``) and ``predictions`` (for :func:`hard_pairs`) hold the
     result; nothing is written. The full protocol: :func:`spat.evaluation.evaluate`.
@@ -79,8 +85,9 @@ def evaluate(
         if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
             raise SpatError("evaluate(model, x, y): x and y must be tensors")
         split = (x, y)
-    return _evaluate(model, split, eps=eps, attacks=attacks, norm=norm, n_examples=n_examples,
-                     seed=seed, batch_size=batch_size,
+    opts = EvalOptions.of(options, eps=eps, attacks=attacks, norm=norm, n_examples=n_examples,
+                          seed=seed, batch_size=batch_size, attack_logits=attack_logits)
+    return _evaluate(model, split, opts,
                      device=model_device(model) if device is None else device,
                      class_names=class_names, progress=progress)
 
@@ -96,5 +103,5 @@ def load_model(source: str | os.PathLike[str], weights: str | os.PathLike[str] |
     return _load_model(source, weights, **kwargs)
 
 
-__all__ = ["EvalReport", "HardPairs", "Run", "TrainConfig", "evaluate", "hard_pairs",
+__all__ = ["EvalOptions", "EvalReport", "HardPairs", "Run", "TrainConfig", "evaluate", "hard_pairs",
            "load_model", "load_run", "train"]

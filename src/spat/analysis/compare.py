@@ -172,7 +172,7 @@ def compare_runs(
     for w in warnings:
         log(f"warning: {w}")
     if warnings:
-        what = ", ".join(k for k in ("examples", "attacks", "ε")
+        what = ", ".join(k for k in ("examples", "attacks", "attack logits", "ε")
                          if any(f"different {k}" in w or f"test {k}" in w or
                                 (k == "ε" and "ε or norm" in w) for w in warnings))
         table.append(["⚠ not comparable", *([f"{what} differ"] * len(rows))])

@@ -1,13 +1,15 @@
 """Were the runs of a comparison evaluated the same way? ``spat compare`` (and a study) put
 numbers side by side only when they were measured on the same test examples, under the same
-attacks, at the same ε and norm; otherwise it warns, in the table and in its JSON.
+attacks on the same logits, at the same ε and norm; otherwise it warns, in the table and in its
+JSON.
 
 What is compared, from what each run recorded: ``RUN/eval/report.json`` (``n_examples``,
 ``subset.indices`` — the evaluated test indices, or the whole test set in order —, ``eps``,
-``norm``, the attacks) when the predictions come from ``spat eval``; the prediction cache's
-``predictions.json`` (``examples``, ``eps``, ``norm``, ``attack``) when ``spat analyze``
-computed them; and always the predictions' own label vector (same examples in the same order
-have the same labels).
+``norm``, the attacks, and ``settings.attack_logits``: the model's own logits, or a cosine
+head's s·z / s) when the predictions come from ``spat eval``; the prediction cache's
+``predictions.json`` (``examples``, ``eps``, ``norm``, ``attack``; always the model's logits)
+when ``spat analyze`` computed them; and always the predictions' own label vector (same
+examples in the same order have the same labels).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from spat.evaluation.report import attack_logits_of
 
 
 def _digest(values: Any) -> str:
@@ -31,6 +35,7 @@ def protocol_of(a: Any) -> dict[str, Any]:
         "labels_digest": _digest([int(v) for v in labels.tolist()]),
         "attacks": sorted(a.attacks),
         "eps": None, "norm": None, "indices": None, "source": a.prediction_source,
+        "attack_logits": "model",
     }
     rep = a.eval_report if str(a.prediction_source).endswith(
         str(Path("eval") / "predictions.npz")) else None
@@ -38,6 +43,7 @@ def protocol_of(a: Any) -> dict[str, Any]:
         subset = rep.get("subset") or {}
         idx = subset.get("indices")
         out.update(eps=rep.get("eps"), norm=rep.get("norm"),
+                   attack_logits=attack_logits_of(rep),
                    indices=(_digest(idx) if idx is not None
                             else f"all {subset.get('of', rep.get('n_examples'))} in order"))
     else:
@@ -55,7 +61,9 @@ def protocol_of(a: Any) -> dict[str, Any]:
 def protocol_text(p: dict[str, Any]) -> str:
     """``"500 ex., ε 0.1 linf, FGSM+PGD-20"``."""
     eps = "?" if p["eps"] is None else f"{float(p['eps']):.4g}"
-    return f"{p['examples']} ex., ε {eps} {p['norm'] or ''}, {'+'.join(p['attacks'])}".strip()
+    on = "" if p.get("attack_logits", "model") == "model" else f" on {p['attack_logits']} logits"
+    return (f"{p['examples']} ex., ε {eps} {p['norm'] or ''}, "
+            f"{'+'.join(p['attacks'])}{on}").strip()
 
 
 def protocol_warnings(labels: Sequence[str], protocols: Sequence[dict[str, Any]]) -> list[str]:
@@ -85,4 +93,9 @@ def protocol_warnings(labels: Sequence[str], protocols: Sequence[dict[str, Any]]
         each = "; ".join(f"{lab}: ε {p['eps']} {p['norm']}"
                          for lab, p in zip(labels, protocols, strict=True))
         warnings.append(f"the runs were evaluated at different ε or norm ({each})")
+    if len({p.get("attack_logits", "model") for p in protocols}) > 1:
+        each = "; ".join(f"{lab}: {p.get('attack_logits', 'model')}"
+                         for lab, p in zip(labels, protocols, strict=True))
+        warnings.append(f"the runs were evaluated with different attack logits ({each}); "
+                        f"robust accuracies are not comparable")
     return warnings

@@ -11,6 +11,7 @@ from typing import Any
 from spat.checkpoint import WHICH_HELP, check_which
 from spat.errors import SpatError
 from spat.evaluation.attacks import ATTACK_KEYS, CHOICES, DEFAULT_ATTACKS
+from spat.evaluation.options import ATTACK_LOGITS, EvalOptions
 from spat.utils.argtypes import fraction
 
 
@@ -94,6 +95,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-examples", dest="n_examples", type=int, default=None,
                    help="evaluate the first N of a permutation of the test set seeded by --seed "
                    "(default: the whole test set, in order)")
+    p.add_argument("--attack-logits", dest="attack_logits", choices=ATTACK_LOGITS,
+                   default="model",
+                   help="logits every attack sees: model (the model's outputs; s·z for a cosine "
+                   "head) or unit_cosine (s·z / s = z, temperature 1, as the official SPAT "
+                   "evaluation; needs a cosine head). Clean accuracy is the same")
     p.add_argument("--restarts", type=int, default=1,
                    help="random starts of PGD and CW (worst case kept per example)")
     p.add_argument("--step-size", dest="step_size", type=fraction, default=None,
@@ -130,26 +136,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Run the evaluation, print the table, say where the files are."""
     from rich.console import Console
 
-    from spat.evaluation.attacks import parse_attacks
     from spat.evaluation.report import PREDICTIONS_FILE, REPORT_FILE, print_report
     from spat.evaluation.run import evaluate_run
     from spat.utils.threads import apply_threads
 
     apply_threads(args.threads)
     check_which(args.which)
-    keys = parse_attacks(args.attacks)
     for name, value, low in (("n-examples", args.n_examples, 1), ("restarts", args.restarts, 1),
                              ("batch-size", args.batch_size, 1),
                              ("sanity-examples", args.sanity_examples, 0)):
-        if value is not None and value < low:
+        if value is not None and value < low:  # the flag's own name in the message
             raise SpatError(f"--{name} must be >= {low}, got {value}")
+    opts = options_from_args(args)
     out = Console(highlight=False)
     t0 = time.perf_counter()
     if args.model is not None or args.run is None:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise SpatError("--model evaluates in one process; run it without torchrun (a run "
                             "directory can be evaluated sharded)")
-        report, out_dir = _eval_model(args, keys, out)
+        report, out_dir = _eval_model(args, opts, out)
     else:
         for flag in ("weights", "dataset"):
             if getattr(args, flag) is not None:
@@ -160,11 +165,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         dist = init_distributed(args.device)  # under torchrun: one shard per rank
         try:
             report, out_dir = evaluate_run(
-                args.run, which=args.which, out=args.out, attacks=keys, eps=args.eps,
-                norm=args.norm, n_examples=args.n_examples, seed=args.seed,
-                restarts=args.restarts, step_size=args.step_size, batch_size=args.batch_size,
-                device=args.device, data_dir=args.data_dir, resume=args.resume,
-                sanity_examples=args.sanity_examples,
+                args.run, opts, which=args.which, out=args.out, device=args.device,
+                data_dir=args.data_dir, resume=args.resume,
                 progress=not (args.no_progress or quiet()) and dist.is_main,
                 console=Console(stderr=True), log=info if dist.is_main else lambda s: None,
                 dist=dist, tensorboard=args.tensorboard,
@@ -180,7 +182,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_model(args: argparse.Namespace, keys: list[str], out: Any) -> tuple[Any, Any]:
+def options_from_args(args: argparse.Namespace) -> EvalOptions:
+    """The :class:`EvalOptions` of ``spat eval``'s flags (validated there)."""
+    return EvalOptions(eps=args.eps, attacks=args.attacks, norm=args.norm,
+                       n_examples=args.n_examples, seed=args.seed, restarts=args.restarts,
+                       step_size=args.step_size, batch_size=args.batch_size,
+                       sanity_examples=args.sanity_examples, attack_logits=args.attack_logits)
+
+
+def _eval_model(args: argparse.Namespace, opts: EvalOptions, out: Any) -> tuple[Any, Any]:
     """``spat eval --model ...``: one call of :func:`spat.evaluation.external.evaluate_model`."""
     from rich.console import Console
 
@@ -195,11 +205,8 @@ def _eval_model(args: argparse.Namespace, keys: list[str], out: Any) -> tuple[An
     if args.dataset is None:
         raise SpatError("--model needs --dataset (the test split to evaluate on)")
     return evaluate_model(
-        args.model, dataset=args.dataset, weights=args.weights, data_dir=args.data_dir,
-        out=args.out, attacks=keys, eps=args.eps, norm=args.norm or "linf",
-        n_examples=args.n_examples, seed=args.seed, restarts=args.restarts,
-        step_size=args.step_size, batch_size=args.batch_size, device=args.device,
-        cosine_scale=args.cosine_scale, resume=args.resume,
-        sanity_examples=args.sanity_examples, progress=not (args.no_progress or quiet()),
+        args.model, opts, dataset=args.dataset, weights=args.weights, data_dir=args.data_dir,
+        out=args.out, device=args.device, cosine_scale=args.cosine_scale, resume=args.resume,
+        progress=not (args.no_progress or quiet()),
         console=Console(stderr=True), log=info,
     )

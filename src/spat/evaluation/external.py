@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from torch import nn
 
 from spat.data import Split
 from spat.errors import SpatError
-from spat.evaluation.attacks import DEFAULT_ATTACKS
+from spat.evaluation.options import EvalOptions
 from spat.evaluation.protocol import Log, evaluate
 from spat.evaluation.report import EvalReport
 from spat.evaluation.run import STATE_SUBDIR
@@ -38,38 +37,31 @@ def check_out_dir(out: Path) -> None:
 
 def evaluate_model(
     model: str | os.PathLike[str] | nn.Module,
+    options: EvalOptions | None = None,
     *,
     dataset: str,
     weights: str | os.PathLike[str] | None = None,
     data_dir: str | None = None,
     out: str | os.PathLike[str] | None = None,
-    attacks: Sequence[str] | str = DEFAULT_ATTACKS,
-    eps: float | None = None,
-    norm: str = "linf",
-    n_examples: int | None = None,
-    seed: int = 0,
-    restarts: int = 1,
-    step_size: float | None = None,
-    batch_size: int = 500,
     device: str = "auto",
     cosine_scale: float = 8.0,
     resume: bool = True,
-    sanity_examples: int = 100,
     progress: bool = True,
     console: Any = None,
     log: Log | None = None,
+    **settings: Any,
 ) -> tuple[EvalReport, Path]:
     """Evaluate any classifier of [0, 1] images on ``dataset``'s test split.
 
     ``model``: an ``nn.Module``, a ``package.module:factory`` spec, ``official-trades`` /
     ``official-spat`` (with ``weights``), or a portable spat model file (see
-    :func:`spat.models.external.load_model`). ``eps`` defaults to the dataset's training ε
-    (:data:`spat.train.config.DATASET_DEFAULTS`; 0.031 for CIFAR, as the official SPAT/TRADES
-    code; give ``8/255`` for RobustBench's threat model). Output in ``out`` (default
-    ``./eval-<model>-<dataset>``). Returns the report and the output folder.
+    :func:`spat.models.external.load_model`). The settings are ``options`` with any
+    :class:`EvalOptions` field given in ``settings`` replaced. ``eps`` defaults to the
+    dataset's training ε (:data:`spat.train.config.DATASET_DEFAULTS`; 0.031 for CIFAR, as the
+    official SPAT/TRADES code; give ``8/255`` for RobustBench's threat model). Output in
+    ``out`` (default ``./eval-<model>-<dataset>``). Returns the report and the output folder.
     """
     from spat.data import load_dataset
-    from spat.evaluation.attacks import parse_attacks
     from spat.models.external import (
         architecture_name,
         head_name,
@@ -79,7 +71,7 @@ def evaluate_model(
     from spat.train.config import DATASET_DEFAULTS
     from spat.utils.env import environment, resolve_device
 
-    keys = parse_attacks(attacks if isinstance(attacks, str) else list(attacks))
+    opts = EvalOptions.of(options, **settings)
     dev = resolve_device(device)
     out_dir = Path(out) if out is not None else default_out(
         model if isinstance(model, nn.Module) else os.fspath(model), dataset)
@@ -99,10 +91,9 @@ def evaluate_model(
                         f"images are {shape}")
     _probe(net, data.test, dev, spec, info.name)
     defaults = DATASET_DEFAULTS.get(info.name)
-    if eps is None:
-        if defaults is None:
-            raise SpatError(f"give --eps: dataset {dataset!r} has no default ε")
-        eps = defaults.eps
+    if opts.eps is None and defaults is None:
+        raise SpatError(f"give --eps: dataset {dataset!r} has no default ε")
+    opts = opts.with_threat(defaults.eps if defaults is not None else None, "linf")
     metadata = {
         "model": spec,
         "weights": None if weights is None else str(weights),
@@ -115,11 +106,9 @@ def evaluate_model(
         "environment": environment(dev),
     }
     report = evaluate(
-        net, data.test, eps=float(eps), attacks=keys, norm=norm, n_examples=n_examples,
-        seed=seed, restarts=restarts, step_size=step_size, batch_size=batch_size, device=dev,
-        class_names=list(info.class_names), state_dir=out_dir / STATE_SUBDIR, resume=resume,
-        sanity_examples=sanity_examples, progress=progress, console=console, log=log,
-        metadata=metadata,
+        net, data.test, opts, device=dev, class_names=list(info.class_names),
+        state_dir=out_dir / STATE_SUBDIR, resume=resume, progress=progress, console=console,
+        log=log, metadata=metadata,
     )
     report.save(out_dir)
     return report, out_dir

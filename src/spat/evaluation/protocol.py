@@ -29,7 +29,6 @@ from torch import nn
 from spat._version import __version__
 from spat.attacks import autoattack as aa_mod
 from spat.attacks.context import attack_mode
-from spat.attacks.geometry import check_norm
 from spat.attacks.presets import pgd
 from spat.data import Split, batches
 from spat.data.subset import subset_indices
@@ -37,12 +36,11 @@ from spat.errors import SpatError
 from spat.evaluation import sanity
 from spat.evaluation.attacks import (
     BY_KEY,
-    DEFAULT_ATTACKS,
     attack_name,
-    parse_attacks,
     white_box_spec,
 )
 from spat.evaluation.core import Predictions, predict_under_attacks
+from spat.evaluation.options import EvalOptions, attacked_model
 from spat.evaluation.report import SCHEMA, EvalReport, summarize
 from spat.evaluation.sharding import combine, predict_sharded_batches, shard_index
 from spat.utils.distributed import SINGLE, DistContext
@@ -121,23 +119,6 @@ def _derived_seed(seed: int, key: str) -> int:
 def _generator(device: torch.device, seed: int) -> torch.Generator:
     dev = device if device.type in ("cpu", "cuda") else torch.device("cpu")
     return torch.Generator(device=dev).manual_seed(seed)
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalOptions:
-    """The validated settings of one :func:`evaluate` call that its steps share (the model,
-    the data, the cache and the progress display travel separately). Units as in
-    :func:`evaluate`: ``eps`` and ``step_size`` in [0, 1] pixel units."""
-
-    eps: float
-    norm: str
-    seed: int
-    restarts: int
-    step_size: float | None
-    batch_size: int
-    device: torch.device
-    sanity_examples: int
-    square_queries: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,28 +235,20 @@ class _Progress:
 def evaluate(
     model: nn.Module,
     split: Split | tuple[torch.Tensor, torch.Tensor],
+    options: EvalOptions | None = None,
     *,
-    eps: float,
-    attacks: Sequence[str] | str = DEFAULT_ATTACKS,
-    norm: str = "linf",
-    n_examples: int | None = None,
-    seed: int = 0,
-    restarts: int = 1,
-    step_size: float | None = None,
-    batch_size: int = 500,
     device: torch.device | str = "cpu",
     class_names: Sequence[str] | None = None,
     state_dir: str | os.PathLike[str] | None = None,
     resume: bool = True,
-    sanity_examples: int = 100,
-    square_queries: int = 1000,
     progress: bool = False,
     console: Any = None,
     log: Log | None = None,
     metadata: dict[str, Any] | None = None,
     dist: DistContext = SINGLE,
+    **settings: Any,
 ) -> EvalReport:
-    """Evaluate ``model`` on (a seeded subset of) ``split`` under ``attacks``.
+    """Evaluate ``model`` on (a seeded subset of) ``split`` under ``options.attacks``.
 
     Args:
         model: any ``nn.Module`` that maps images in [0, 1] to logits (on ``device``);
@@ -283,27 +256,20 @@ def evaluate(
         split: the examples: a ``spat.data.Split`` (e.g. ``load_data(cfg).test``) or plain
             tensors ``(x, y)``, x float (N, C, H, W) in [0, 1] (or uint8 0..255), y (N,) class
             indices.
-        eps: radius of the threat ball in [0, 1] pixel units.
-        attacks: keys of :data:`spat.evaluation.attacks.CHOICES` (a list or "a,b"); clean is
-            always evaluated. They run (and accumulate) in the canonical order
-            fgsm, pgd20, pgd100, cw20, cw100, aa-fast, aa.
-        norm: "linf" or "l2".
-        n_examples: evaluate the first N of a permutation seeded by ``seed`` (None: all, in
-            order).
-        seed: subset seed; each attack's random start is seeded from (seed, attack key);
-            AutoAttack gets ``seed`` itself.
-        restarts, step_size: of PGD and CW (default step ε/4; FGSM always steps ε).
-        batch_size: examples per attack batch (also AutoAttack's batch size).
+        options: the evaluation settings (:class:`~spat.evaluation.options.EvalOptions`: ε,
+            attacks, norm, subset, seed, restarts, step size, batch size, sanity checks, attack
+            logits); ``eps`` is required. Attacks run (and accumulate) in the canonical order
+            fgsm, pgd20, pgd100, cw20, cw100, aa-fast, aa; each white-box attack's random start
+            is seeded from (seed, attack key), AutoAttack gets ``seed`` itself.
+        **settings: any :class:`EvalOptions` field (``eps=0.1, attacks=["pgd20"]``), replacing
+            the value in ``options``.
+        device: where the attacks run.
         class_names: for per-class accuracy (default "0", "1", ...).
         state_dir: where finished attacks and AutoAttack's running state are saved; None: no
             saving, no reuse.
         resume: reuse saved results with the same fingerprint (model weights, data subset,
-            ε, norm, seed, batch size, device type, attack settings) and continue an interrupted
-            AutoAttack; False: recompute everything.
-        sanity_examples: examples for the attack-based sanity checks (ε sweep, black-box
-            check); 0 skips those two.
-        square_queries: queries of the black-box check's Square attack (when standard
-            AutoAttack, which includes Square, did not run).
+            ε, norm, seed, batch size, device type, attack logits, attack settings) and continue
+            an interrupted AutoAttack; False: recompute everything.
         progress: show rich progress bars (on ``console``, default stderr).
         log: receives one-line messages (reuse, recomputation); default: nothing.
         metadata: extra top-level fields of the report (run directory, config, ...).
@@ -314,32 +280,18 @@ def evaluate(
 
     Returns:
         An :class:`EvalReport` (JSON document in ``.data``, predictions in ``.predictions``).
+        Clean predictions come from ``model`` itself; with ``attack_logits="unit_cosine"``
+        every attack and attack-based check sees ``model(x) / s`` (same predictions).
     """
     t_start = time.perf_counter()
     log = log or (lambda s: None)
     split = as_split(split)
-    keys = parse_attacks(attacks if isinstance(attacks, str) else list(attacks))
-    norm = check_norm(norm.lower())
-    if not (eps > 0 and eps < float("inf")):
-        raise SpatError(f"eps must be > 0, got {eps}")
-    if norm == "linf" and eps > 1:  # [0,1] pixel units: an L∞ ball of radius > 1 is everything
-        raise SpatError(f"eps must be in (0, 1] for linf (pixel units in [0, 1]; 8/255 is "
-                        f"written 8/255 or 0.031), got {eps}")
-    if batch_size < 1:
-        raise SpatError(f"batch size must be >= 1, got {batch_size}")
-    if restarts < 1:
-        raise SpatError(f"restarts must be >= 1, got {restarts}")
-    if step_size is not None and not step_size > 0:
-        raise SpatError(f"step size must be > 0, got {step_size}")
-    if sanity_examples < 0:
-        raise SpatError(f"sanity examples must be >= 0, got {sanity_examples}")
+    opts = EvalOptions.of(options, **settings).with_threat(None, None)
     if len(split) == 0:
         raise SpatError("the split to evaluate is empty")
     device = torch.device(device)
-    opts = EvalOptions(eps=float(eps), norm=norm, seed=int(seed), restarts=int(restarts),
-                       step_size=step_size, batch_size=int(batch_size), device=device,
-                       sanity_examples=int(sanity_examples), square_queries=int(square_queries))
-    index = select_subset(len(split), n_examples, seed)
+    attacked, scale = attacked_model(model, opts.attack_logits)
+    index = select_subset(len(split), opts.n_examples, opts.seed)
     sub = Split(images=split.images[index], labels=split.labels[index])
     n = len(sub)
     cache = _Cache(Path(state_dir) if state_dir is not None else None, resume, log, dist)
@@ -358,9 +310,9 @@ def evaluate(
         raise SpatError(f"the model's outputs on clean test images are not finite (NaN or inf "
                         f"for {bad} of {len(x0)} examples); its weights are broken, nothing to "
                         f"evaluate")
-    checks.append(sanity.check_deterministic(model, x0))
-    checks.append(sanity.check_logits(model, x0))
-    checks.append(sanity.check_gradients(model, x0, y0))
+    checks.append(sanity.check_deterministic(attacked, x0))
+    checks.append(sanity.check_logits(attacked, x0))
+    checks.append(sanity.check_gradients(attacked, x0, y0))
     names = list(class_names) if class_names is not None else [str(i) for i in
                                                                range(num_classes)]
     if len(names) != num_classes:
@@ -370,66 +322,35 @@ def evaluate(
                         f"{num_classes} outputs")
 
     common = {
-        "model": model_digest(model), "data": _split_digest(sub, index), "eps": float(eps),
-        "norm": norm, "seed": int(seed), "batch_size": int(batch_size),
+        "model": model_digest(model), "data": _split_digest(sub, index), "eps": opts.eps,
+        "norm": opts.norm, "seed": opts.seed, "batch_size": opts.batch_size,
         "device_type": device.type, "spat": __version__,
     }
+    if opts.attack_logits != "model":  # absent: the model's logits (results saved before the
+        common["attack_logits"] = opts.attack_logits  # option existed stay reusable)
+        common["logit_scale"] = scale
     outcomes: list[AttackOutcome] = []
     prog = _Progress(progress, console)
+    job = _Job(model=attacked, sub=sub, opts=opts, device=device, cache=cache, common=common,
+               prog=prog, log=log, dist=dist)
     with prog.running():
-        clean_preds = predict_under_attacks(model, sub, [], batch_size=batch_size,
+        clean_preds = predict_under_attacks(model, sub, [], batch_size=opts.batch_size,
                                             device=device).clean
-        for key in keys:
-            choice = BY_KEY[key]
-            name = attack_name(key, restarts=restarts)
-            if choice.kind == "autoattack":
-                settings: dict[str, Any] = {"version": choice.version, "seed": int(seed),
-                                            "batch_size": int(batch_size)}
-            else:
-                spec = white_box_spec(key, eps, norm, restarts=restarts, step_size=step_size)
-                settings = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
-                settings["seed"] = _derived_seed(seed, key)
-                settings["random_start"] = PER_BATCH_SEEDING
-            fp = {**common, "attack": key, "settings": settings}
-            saved = cache.get(key, name, fp)
-            if saved is not None:
-                log(f"{name}: reusing the saved result ({saved['seconds']:.1f} s when computed) "
-                    f"from {cache.path(key, fp)}")
-                outcomes.append(AttackOutcome.from_record(saved, reused=True))
-                continue
-            logger.debug("%s: computing on %d examples (rank %d of %d), settings %s", name, n,
-                         dist.rank, dist.world_size, json.dumps(settings, sort_keys=True))
-            t0 = time.perf_counter()
-            if choice.kind == "autoattack":
-                result = _run_autoattack(model, sub, key, name, choice.version or "standard",
-                                         opts, cache, fp, prog, dist)
-            else:
-                update = prog.task(name, n if not dist.enabled else
-                                   len(shard_index(n, batch_size, dist)))
-                adv = predict_sharded_batches(
-                    model, sub, spec, batch_size=batch_size, device=device, dist=dist,
-                    seed_of=lambda b, s0=settings["seed"]: _derived_seed(s0, f"batch-{b}"),
-                    on_batch=lambda k, u=update: u(advance=k))
-                result = {"details": {}, "warnings": [], "predictions": adv.tolist()}
-            result.update(key=key, name=name, kind=choice.kind, settings=settings,
-                          seconds=time.perf_counter() - t0)
-            cache.put(key, fp, result)
-            outcomes.append(AttackOutcome.from_record(result, reused=False))
+        for key in opts.attacks:
+            outcomes.append(_attack(job, key))
 
         adversarial = {o.name: torch.tensor(o.predictions, dtype=torch.int64) for o in outcomes}
         preds = Predictions(labels=sub.labels.clone().to(torch.int64), clean=clean_preds,
                             adversarial=adversarial)
 
         # ---- attack-based sanity checks on a small subset --------------------------------
-        m = min(sanity_examples, n)
+        m = min(opts.sanity_examples, n)
         if m > 0:
             # small (m examples): rank 0 runs them, with its own (non-collective) cache, and
             # the others receive the result
-            own = _Cache(cache.root, cache.resume, log)
-            checks.append(dist.on_main(lambda: _eps_sweep(
-                model, sub, m, opts, num_classes, own, common, prog, log)))
-            checks.append(dist.on_main(lambda: _black_box(
-                model, sub, m, preds, outcomes, opts, own, common, prog, log)))
+            own = dataclasses.replace(job, cache=_Cache(cache.root, cache.resume, log))
+            checks.append(dist.on_main(lambda: _eps_sweep(own, m, num_classes)))
+            checks.append(dist.on_main(lambda: _black_box(own, m, preds, outcomes)))
         else:
             checks.append(sanity.Check("eps_sweep", None, "skipped (--sanity-examples 0)"))
             checks.append(sanity.Check("black_box", None, "skipped (--sanity-examples 0)"))
@@ -440,21 +361,81 @@ def evaluate(
     for o in outcomes:
         warnings.extend(f"{o.name}: {w}" for w in o.warnings)
 
-    data = _build(preds, outcomes, names, checks, warnings, index, len(split), opts, metadata)
+    data = _build(preds, outcomes, names, checks, warnings, index, len(split), job, scale,
+                  metadata)
     data["settings"]["processes"] = dist.world_size
     data["timing"] = {"total_seconds": time.perf_counter() - t_start,
                       "attack_seconds": {o.name: o.seconds for o in outcomes}}
     return EvalReport(data=data, predictions=preds, checks=checks, warnings=warnings)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """What the steps of one :func:`evaluate` call share: the attacked module (the model, or
+    its unit-cosine logits), the evaluated subset, the settings, and the plumbing (device,
+    saved results, the fingerprint part common to every result, progress, log, ranks)."""
+
+    model: nn.Module
+    sub: Split
+    opts: EvalOptions
+    device: torch.device
+    cache: _Cache
+    common: dict[str, Any]
+    prog: _Progress
+    log: Log
+    dist: DistContext
+
+
+def _attack(job: _Job, key: str) -> AttackOutcome:
+    """Run (or reuse the saved result of) the attack ``key`` on every example of the subset."""
+    opts, n = job.opts, len(job.sub)
+    choice = BY_KEY[key]
+    name = attack_name(key, restarts=opts.restarts)
+    if choice.kind == "autoattack":
+        settings: dict[str, Any] = {"version": choice.version, "seed": opts.seed,
+                                    "batch_size": opts.batch_size}
+    else:
+        assert opts.eps is not None and opts.norm is not None
+        spec = white_box_spec(key, opts.eps, opts.norm, restarts=opts.restarts,
+                              step_size=opts.step_size)
+        settings = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
+        settings["seed"] = _derived_seed(opts.seed, key)
+        settings["random_start"] = PER_BATCH_SEEDING
+    fp = {**job.common, "attack": key, "settings": settings}
+    saved = job.cache.get(key, name, fp)
+    if saved is not None:
+        job.log(f"{name}: reusing the saved result ({saved['seconds']:.1f} s when computed) "
+                f"from {job.cache.path(key, fp)}")
+        return AttackOutcome.from_record(saved, reused=True)
+    logger.debug("%s: computing on %d examples (rank %d of %d), settings %s", name, n,
+                 job.dist.rank, job.dist.world_size, json.dumps(settings, sort_keys=True))
+    t0 = time.perf_counter()
+    if choice.kind == "autoattack":
+        result = _run_autoattack(job, key, name, choice.version or "standard", fp)
+    else:
+        update = job.prog.task(name, n if not job.dist.enabled else
+                               len(shard_index(n, opts.batch_size, job.dist)))
+        adv = predict_sharded_batches(
+            job.model, job.sub, spec, batch_size=opts.batch_size, device=job.device,
+            dist=job.dist,
+            seed_of=lambda b, s0=settings["seed"]: _derived_seed(s0, f"batch-{b}"),
+            on_batch=lambda k, u=update: u(advance=k))
+        result = {"details": {}, "warnings": [], "predictions": adv.tolist()}
+    result.update(key=key, name=name, kind=choice.kind, settings=settings,
+                  seconds=time.perf_counter() - t0)
+    job.cache.put(key, fp, result)
+    return AttackOutcome.from_record(result, reused=False)
+
+
 def _full_batch(sub: Split, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     return next(batches(sub, len(sub), device=device))
 
 
-def _run_autoattack(model: nn.Module, sub: Split, key: str, name: str, version: str,
-                    opts: EvalOptions, cache: _Cache, fp: dict[str, Any], prog: _Progress,
-                    dist: DistContext = SINGLE) -> dict[str, Any]:
-    batch_size, device = opts.batch_size, opts.device
+def _run_autoattack(job: _Job, key: str, name: str, version: str, fp: dict[str, Any]
+                    ) -> dict[str, Any]:
+    opts, sub, cache, dist = job.opts, job.sub, job.cache, job.dist
+    batch_size, device = opts.batch_size, job.device
+    assert opts.eps is not None and opts.norm is not None
     # Under torchrun each rank runs the official algorithm on its batches of the examples
     # (see spat.evaluation.sharding); an interrupted sharded run starts its AutoAttack over.
     state = cache.path(key, fp, ".aa-state.json") if not dist.enabled else None
@@ -471,10 +452,10 @@ def _run_autoattack(model: nn.Module, sub: Split, key: str, name: str, version: 
 
     def on_progress(s: str, done: int, total: int) -> None:
         if s not in tasks:
-            tasks[s] = prog.task(f"{name}: {aa_mod.LABELS[s]}", total)
+            tasks[s] = job.prog.task(f"{name}: {aa_mod.LABELS[s]}", total)
         tasks[s](completed=done, total=total)
 
-    r = aa_mod.run_autoattack(model, x, y, eps=opts.eps, norm=opts.norm, version=version,
+    r = aa_mod.run_autoattack(job.model, x, y, eps=opts.eps, norm=opts.norm, version=version,
                               seed=opts.seed, batch_size=batch_size, device=device,
                               state_path=state,
                               progress=on_progress)
@@ -504,35 +485,39 @@ def _run_autoattack(model: nn.Module, sub: Split, key: str, name: str, version: 
     return {"predictions": predictions.tolist(), "details": details, "warnings": r.warnings}
 
 
-def _eps_sweep(model: nn.Module, sub: Split, m: int, opts: EvalOptions, num_classes: int,
-               cache: _Cache, common: dict[str, Any], prog: _Progress, log: Log
-               ) -> sanity.Check:
+def _eps_sweep(job: _Job, m: int, num_classes: int) -> sanity.Check:
+    """PGD-20 accuracy on the first ``m`` examples at a sweep of radii around ε."""
+    opts, sub, cache = job.opts, job.sub, job.cache
     eps, norm, seed = opts.eps, opts.norm, opts.seed
-    batch_size, device = opts.batch_size, opts.device
+    assert eps is not None and norm is not None
+    batch_size, device = opts.batch_size, job.device
     dim = int(sub.images[0].numel())
     eps_values = sanity.sweep_epsilons(eps, norm, dim)
-    fp = {**common, "attack": "sanity-eps-sweep", "examples": m, "eps_values": eps_values}
+    fp = {**job.common, "attack": "sanity-eps-sweep", "examples": m, "eps_values": eps_values}
     saved = cache.get("sanity-eps-sweep", "ε sweep", fp)
     if saved is None:
         small = Split(images=sub.images[:m], labels=sub.labels[:m])
-        update = prog.task("sanity: ε sweep (PGD-20)", m * len(eps_values))
+        update = job.prog.task("sanity: ε sweep (PGD-20)", m * len(eps_values))
         accs = []
         for i, e in enumerate(eps_values):
             gen = _generator(device, _derived_seed(seed, f"sanity-eps-{i}"))
-            p = predict_under_attacks(model, small, [pgd(e, steps=20, norm=norm)],
+            p = predict_under_attacks(job.model, small, [pgd(e, steps=20, norm=norm)],
                                       batch_size=batch_size, device=device, generator=gen,
                                       on_batch=lambda k: update(advance=k))
             accs.append(p.accuracy(next(iter(p.adversarial))))
         saved = {"accuracy": accs}
         cache.put("sanity-eps-sweep", fp, saved)
     else:
-        log("ε sweep: reusing the saved result")
+        job.log("ε sweep: reusing the saved result")
     return sanity.check_eps_sweep(eps_values, saved["accuracy"], m, num_classes)
 
 
-def _black_box(model: nn.Module, sub: Split, m: int, preds: Predictions,
-               outcomes: list[AttackOutcome], opts: EvalOptions, cache: _Cache,
-               common: dict[str, Any], prog: _Progress, log: Log) -> sanity.Check:
+def _black_box(job: _Job, m: int, preds: Predictions, outcomes: list[AttackOutcome]
+               ) -> sanity.Check:
+    """Square (black box) on the first ``m`` examples that every white-box attack left
+    correct; or, when standard AutoAttack ran, its own Square step."""
+    opts, sub, cache = job.opts, job.sub, job.cache
+    assert opts.eps is not None and opts.norm is not None
     queries = opts.square_queries
     for o in outcomes:
         if o.key == "aa":
@@ -548,26 +533,28 @@ def _black_box(model: nn.Module, sub: Split, m: int, preds: Predictions,
     source = f"{queries} queries, on the first {m} examples"
     if idx.numel() == 0:
         return sanity.check_black_box(0, 0, source)
-    fp = {**common, "attack": "sanity-square", "queries": int(queries),
+    fp = {**job.common, "attack": "sanity-square", "queries": int(queries),
           "points": _digest(idx.tolist())}
     saved = cache.get("sanity-square", "Square check", fp)
     if saved is None:
-        x, y = _full_batch(Split(images=sub.images[idx], labels=sub.labels[idx]), opts.device)
-        update = prog.task(f"sanity: Square ({queries} queries)", 1)
-        out = aa_mod.run_square(model, x, y, eps=opts.eps, norm=opts.norm, n_queries=queries,
-                                seed=opts.seed, batch_size=opts.batch_size, device=opts.device)
+        x, y = _full_batch(Split(images=sub.images[idx], labels=sub.labels[idx]), job.device)
+        update = job.prog.task(f"sanity: Square ({queries} queries)", 1)
+        out = aa_mod.run_square(job.model, x, y, eps=opts.eps, norm=opts.norm, n_queries=queries,
+                                seed=opts.seed, batch_size=opts.batch_size, device=job.device)
         update(completed=1)
         saved = {"broken": int((out != y.cpu()).sum())}
         cache.put("sanity-square", fp, saved)
     else:
-        log("Square check: reusing the saved result")
+        job.log("Square check: reusing the saved result")
     return sanity.check_black_box(int(idx.numel()), saved["broken"], source)
 
 
 def _build(preds: Predictions, outcomes: list[AttackOutcome], names: list[str],
            checks: list[sanity.Check], warnings: list[str], index: torch.Tensor, n_total: int,
-           opts: EvalOptions, metadata: dict[str, Any] | None) -> dict[str, Any]:
+           job: _Job, scale: float | None, metadata: dict[str, Any] | None) -> dict[str, Any]:
+    opts = job.opts
     eps, norm, seed = opts.eps, opts.norm, opts.seed
+    assert eps is not None and norm is not None
     labels = preds.labels
     clean = summarize(preds.correct(None), labels, names)
     cum = preds.correct(None)
@@ -607,8 +594,9 @@ def _build(preds: Predictions, outcomes: list[AttackOutcome], names: list[str],
         "settings": {
             "attacks": [o.key for o in outcomes], "restarts": opts.restarts,
             "step_size": opts.step_size, "default_step_size": "eps/4 (PGD/CW); eps (FGSM)",
-            "batch_size": opts.batch_size, "device": str(opts.device),
+            "batch_size": opts.batch_size, "device": str(job.device),
             "sanity_examples": opts.sanity_examples,
+            "attack_logits": opts.attack_logits, "logit_scale": scale,
         },
         "classes": names,
         "class_counts": torch.bincount(labels, minlength=len(names))[:len(names)].tolist(),

@@ -116,6 +116,12 @@ class EvalReport:
         return path, npz
 
 
+def attack_logits_of(report: dict[str, Any]) -> str:
+    """The logits a report's attacks saw (``settings.attack_logits``); ``"model"`` for a report
+    written before the option existed, whose attacks all saw the model's own outputs."""
+    return str((report.get("settings") or {}).get("attack_logits") or "model")
+
+
 def _pct(v: float | None) -> str:
     return "—" if v is None else f"{100 * v:6.2f}%"
 
@@ -129,8 +135,12 @@ def print_report(report: EvalReport, console: Any = None) -> None:
     d = report.data
     title = (f"{d.get('dataset') or 'data'} · {d.get('architecture') or 'model'} · "
              f"{d['threat_model']} ε={d['eps']:.4g} · {d['n_examples']} examples")
+    logits = attack_logits_of(d)
+    scale = (d.get("settings") or {}).get("logit_scale")
     table = Table(title=title, title_justify="left")
-    table.add_column("attack")
+    # attacks on a cosine head's s·z / s are never mistaken for attacks on the model's logits
+    table.add_column("attack" if logits == "model" else
+                     f"attack on z = s·z/{scale:g}" if scale else f"attack ({logits})")
     table.add_column("accuracy", justify="right")
     table.add_column("worst case", justify="right")
     table.add_column("worst class", justify="right")
@@ -157,6 +167,10 @@ def print_report(report: EvalReport, console: Any = None) -> None:
     console.print(table)
     if d["attacks"]:
         console.print("  worst case: correct under clean and every attack up to that row")
+    if logits == "unit_cosine":
+        console.print("  every attack saw the temperature-1 cosine logits z = s·z / s (as the "
+                      "official SPAT evaluation), not the model's s·z; clean accuracy is the "
+                      "same", markup=False)
     for a in d["attacks"]:
         subs = a.get("details", {}).get("robust_accuracy_after")
         if subs:

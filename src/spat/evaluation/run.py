@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from spat.errors import SpatError
-from spat.evaluation.attacks import DEFAULT_ATTACKS
+from spat.evaluation.options import EvalOptions
 from spat.evaluation.protocol import Log, evaluate
 from spat.evaluation.report import EvalReport
 from spat.utils.distributed import SINGLE, DistContext
@@ -29,30 +28,24 @@ def run_dir_of(folder: Path) -> Path:
 
 def evaluate_run(
     path: str | os.PathLike[str],
+    options: EvalOptions | None = None,
     *,
     which: str = "best",
     out: str | os.PathLike[str] | None = None,
-    attacks: Sequence[str] | str = DEFAULT_ATTACKS,
-    eps: float | None = None,
-    norm: str | None = None,
-    n_examples: int | None = None,
-    seed: int = 0,
-    restarts: int = 1,
-    step_size: float | None = None,
-    batch_size: int = 500,
     device: str = "auto",
     data_dir: str | None = None,
     resume: bool = True,
-    sanity_examples: int = 100,
     progress: bool = True,
     console: Any = None,
     log: Log | None = None,
     dist: DistContext = SINGLE,
     tensorboard: bool = False,
+    **settings: Any,
 ) -> tuple[EvalReport, Path]:
     """Evaluate the ``which`` checkpoint of the run (or checkpoint folder) at ``path`` on its
     dataset's test split and write ``report.json`` and ``predictions.npz`` to ``out``
-    (default ``RUN/eval``). ε and norm default to the run's training values.
+    (default ``RUN/eval``). The settings are ``options`` with any :class:`EvalOptions` field
+    given in ``settings`` replaced; ε and norm default to the run's training values.
 
     Under torchrun (``dist``) every rank calls this and attacks its shard of the examples
     (:mod:`spat.evaluation.sharding`); rank 0 reads the checkpoint and broadcasts the weights,
@@ -61,11 +54,10 @@ def evaluate_run(
 
     Returns the report and the output folder.
     """
-    from spat.evaluation.attacks import parse_attacks
     from spat.runs import load_data, load_run
     from spat.utils.env import environment, resolve_device
 
-    keys = parse_attacks(attacks if isinstance(attacks, str) else list(attacks))
+    opts = EvalOptions.of(options, **settings)
     if tensorboard:
         from spat.utils.tensorboard import require_tensorboard
 
@@ -81,11 +73,10 @@ def evaluate_run(
     folder = loaded.checkpoint
     run = run_dir_of(folder)
     out_dir = check_output_dir(Path(out) if out is not None else run / "eval", "--out")
-    the_norm = (norm or cfg.norm).lower()
-    if eps is None and the_norm != cfg.norm:
+    if opts.eps is None and opts.norm is not None and opts.norm != cfg.norm:
         raise SpatError(f"the run was trained with norm {cfg.norm!r}; give --eps for an "
-                        f"evaluation in {the_norm!r}")
-    the_eps = float(cfg.eps if eps is None else eps)
+                        f"evaluation in {opts.norm!r}")
+    opts = opts.with_threat(float(cfg.eps), cfg.norm)
     if data_dir is not None:
         cfg = dataclasses.replace(cfg, data_dir=data_dir)
     data = load_data(cfg)
@@ -110,10 +101,8 @@ def evaluate_run(
     dist.on_main(claim.acquire)
     try:
         report = evaluate(
-            model, data.test, eps=the_eps, attacks=keys, norm=the_norm, n_examples=n_examples,
-            seed=seed, restarts=restarts, step_size=step_size, batch_size=batch_size,
-            device=dev, class_names=list(info.class_names), state_dir=out_dir / STATE_SUBDIR,
-            resume=resume, sanity_examples=sanity_examples, progress=progress,
+            model, data.test, opts, device=dev, class_names=list(info.class_names),
+            state_dir=out_dir / STATE_SUBDIR, resume=resume, progress=progress,
             console=console, log=log, metadata=metadata, dist=dist,
         )
         if dist.is_main:

@@ -35,7 +35,10 @@ def config_mismatch(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
 
 
 def eval_matches(report: dict[str, Any] | None, ev: dict[str, Any], eps: float) -> bool:
-    """Whether ``eval/report.json`` was made with the study's evaluation settings."""
+    """Whether ``eval/report.json`` was made with the study's evaluation settings (a report
+    without ``settings.attack_logits`` attacked the model's own logits)."""
+    from spat.evaluation.report import attack_logits_of
+
     if not report:
         return False
     settings = report.get("settings") or {}
@@ -47,6 +50,7 @@ def eval_matches(report: dict[str, Any] | None, ev: dict[str, Any], eps: float) 
             and abs(float(report.get("eps", -1)) - want_eps) < 1e-12
             and int(report.get("seed", -1)) == int(ev["seed"])
             and int(settings.get("restarts", 1)) == int(ev["restarts"])
+            and attack_logits_of(report) == ev.get("attack_logits", "model")
             and (ev["n_examples"] is None and subset.get("indices") is None
                  or ev["n_examples"] is not None and n == min(int(ev["n_examples"]),
                                                               int(subset.get("of") or n))))
@@ -163,7 +167,8 @@ def _run_stages(cell: dict[str, Any], record: dict[str, Any], device: str | None
         report, _ = evaluate_run(
             run, which=ev["which"], attacks=list(ev["attacks"]), eps=ev.get("eps"),
             n_examples=ev.get("n_examples"), seed=ev["seed"], restarts=ev["restarts"],
-            batch_size=ev["batch_size"], device=cfg.device, resume=True,
+            batch_size=ev["batch_size"], attack_logits=ev.get("attack_logits", "model"),
+            device=cfg.device, resume=True,
             sanity_examples=ev["sanity_examples"], progress=False,
             console=Console(file=sys.stdout, force_terminal=False), log=print)
         record["stages"].append("eval")

@@ -64,6 +64,15 @@ def _md_table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(out)
 
 
+def _eval_overrides(spec: StudySpec) -> str:
+    """``"; spat_t1: attack_logits = unit_cosine"`` for each variant's own eval settings."""
+    def text(x: Any) -> str:
+        return "+".join(map(str, x)) if isinstance(x, list | tuple) else str(x)
+
+    return "".join(f"; {v}: " + ", ".join(f"{k} = {text(x)}" for k, x in ov.items())
+                   for v, ov in spec.variant_eval.items())
+
+
 def render_markdown(spec: StudySpec, aggs: list[Aggregate], metrics: list[str],
                     results: list[CellResult], figures: list[str]) -> str:
     done = sum(1 for r in results if r.done)
@@ -74,7 +83,8 @@ def render_markdown(spec: StudySpec, aggs: list[Aggregate], metrics: list[str],
               f"{', '.join(spec.variants)} (baseline **{spec.baseline}**); seeds "
               f"{', '.join(map(str, spec.seeds))}. {done} of {len(results)} cells finished. "
               f"Evaluation: {', '.join(spec.eval.attacks)} on "
-              f"{spec.eval.n_examples or 'all'} test examples, checkpoint `{spec.eval.which}`.",
+              f"{spec.eval.n_examples or 'all'} test examples, checkpoint `{spec.eval.which}`"
+              + _eval_overrides(spec) + ".",
               "", "Accuracies in %, mean ± sample std over seeds, [95 % Student-t interval]. "
               f"'{EXCESS}': mean over classes (with ≥ 5 errors) of the top wrong class's share "
               "of a class's errors minus its expectation under uniform wrong targets for the "
@@ -161,6 +171,8 @@ def write_outputs(spec: StudySpec, aggs: list[Aggregate], metrics: list[str],
         "datasets": list(spec.datasets), "variants": spec.variants, "baseline": spec.baseline,
         "seeds": list(spec.seeds), "train": spec.train,
         "eval": {**spec.eval.__dict__, "attacks": list(spec.eval.attacks)},
+        "variant_eval": {v: {k: list(x) if isinstance(x, tuple) else x for k, x in ov.items()}
+                         for v, ov in spec.variant_eval.items()},
         "metrics": metrics,
         "cells": [{"key": r.cell.key, "dataset": r.cell.dataset, "variant": r.cell.variant,
                    "seed": r.cell.seed, "run_dir": r.cell.run_dir, "done": r.done,

@@ -18,6 +18,9 @@
     [variants.spat_s16]
     method = "spat"
     cosine_scale = 16
+    [variants.spat_t1]             # a variant may override evaluation settings too
+    method = "spat"
+    eval = { attack_logits = "unit_cosine" }   # or a [variants.spat_t1.eval] table
 
     [eval]                         # the evaluation of every cell
     attacks = ["fgsm", "pgd20"]
@@ -49,7 +52,8 @@ CELL_FIELDS = ("dataset", "seed", "out_dir", "name", "resume")
 STUDY_KEYS = {"name": str, "out_dir": str, "datasets": list, "seeds": list, "baseline": str,
               "description": str}
 EVAL_KEYS = {"attacks": list, "n_examples": int, "which": str, "seed": int, "batch_size": int,
-             "restarts": int, "sanity_examples": int, "eps": float, "analyze": bool}
+             "restarts": int, "sanity_examples": int, "eps": float, "analyze": bool,
+             "attack_logits": str}
 ENGINE_KEYS = {"kind": str, "workers": int, "threads": int, "cluster": str, "partition": str,
                "timeout_min": int, "cpus_per_job": int, "gpus_per_job": int, "mem_gb": int,
                "array_parallelism": int}
@@ -71,6 +75,7 @@ class EvalSpec:
     sanity_examples: int = 0
     eps: float | None = None
     analyze: bool = True
+    attack_logits: str = "model"
 
 
 @dataclass(frozen=True)
@@ -121,6 +126,14 @@ class StudySpec:
     eval: EvalSpec = field(default_factory=EvalSpec)
     engine: EngineSpec = field(default_factory=EngineSpec)
     description: str = ""
+    #: Per-variant evaluation settings replacing those of [eval] (a variant's ``eval`` table).
+    variant_eval: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def eval_of(self, variant: str) -> dict[str, Any]:
+        """The evaluation settings of ``variant``'s cells: [eval] with its overrides."""
+        ev = {**dataclasses.asdict(self.eval), **self.variant_eval.get(variant, {})}
+        ev["attacks"] = list(ev["attacks"])
+        return ev
 
     @property
     def study_dir(self) -> Path:
@@ -187,6 +200,36 @@ def _check_train_settings(src: str, where: str, table: Any) -> dict[str, Any]:
     return dict(table)
 
 
+def _check_eval(src: str, where: str, table: Any) -> dict[str, Any]:
+    """An ``[eval]`` table (or a variant's ``eval`` override): known keys of the right types,
+    values valid for :class:`spat.evaluation.EvalOptions`; attacks in canonical order."""
+    from spat.evaluation.attacks import parse_attacks
+    from spat.evaluation.options import ATTACK_LOGITS
+
+    ev = _check_table(src, where, table, EVAL_KEYS)
+    if "attacks" in ev:
+        if not all(isinstance(a, str) for a in ev["attacks"]):
+            raise SpatError(f"{src}: {where}.attacks must be a list of attack names")
+        try:
+            ev["attacks"] = tuple(parse_attacks(ev["attacks"]))
+        except SpatError as e:
+            raise SpatError(f"{src}: {where}.attacks: {e}") from None
+    if ev.get("which", "best") not in ("best", "last"):
+        raise SpatError(f"{src}: {where}.which must be 'best' or 'last', got {ev['which']!r}")
+    for k, low in (("n_examples", 1), ("batch_size", 1), ("restarts", 1),
+                   ("sanity_examples", 0), ("seed", 0)):
+        if k in ev and ev[k] < low:
+            raise SpatError(f"{src}: {where}.{k} must be >= {low}, got {ev[k]}")
+    if "eps" in ev:
+        ev["eps"] = float(ev["eps"])
+        if not 0 <= ev["eps"] <= 1:
+            raise SpatError(f"{src}: {where}.eps must be in [0, 1], got {ev['eps']}")
+    if ev.get("attack_logits", "model") not in ATTACK_LOGITS:
+        raise SpatError(f"{src}: {where}.attack_logits must be one of "
+                        f"{', '.join(ATTACK_LOGITS)}, got {ev['attack_logits']!r}")
+    return ev
+
+
 def parse_study(data: dict[str, Any], src: str) -> StudySpec:
     """Validate the TOML document ``data`` (from file ``src``) into a :class:`StudySpec`."""
     allowed = ("study", "train", "variants", "eval", "engine")
@@ -225,34 +268,19 @@ def parse_study(data: dict[str, Any], src: str) -> StudySpec:
     if not isinstance(variants_raw, dict) or not variants_raw:
         raise SpatError(f"{src}: missing [variants.<name>] tables (at least one variant)")
     variants: dict[str, dict[str, Any]] = {}
+    variant_eval: dict[str, dict[str, Any]] = {}
     for vname, vtab in variants_raw.items():
         if not _NAME.match(vname):
             raise SpatError(f"{src}: variant name {vname!r} must be a plain folder name")
+        if isinstance(vtab, dict) and "eval" in vtab:
+            vtab = dict(vtab)
+            variant_eval[vname] = _check_eval(src, f"variants.{vname}.eval", vtab.pop("eval"))
         variants[vname] = _check_train_settings(src, f"variants.{vname}", vtab)
     baseline = st.get("baseline", next(iter(variants)))
     if baseline not in variants:
         raise SpatError(f"{src}: study.baseline {baseline!r} is not a variant "
                         f"(valid: {', '.join(variants)})")
-    ev = _check_table(src, "eval", data.get("eval", {}), EVAL_KEYS)
-    if "attacks" in ev:
-        from spat.evaluation.attacks import parse_attacks
-
-        if not all(isinstance(a, str) for a in ev["attacks"]):
-            raise SpatError(f"{src}: eval.attacks must be a list of attack names")
-        try:
-            ev["attacks"] = tuple(parse_attacks(ev["attacks"]))
-        except SpatError as e:
-            raise SpatError(f"{src}: eval.attacks: {e}") from None
-    if ev.get("which", "best") not in ("best", "last"):
-        raise SpatError(f"{src}: eval.which must be 'best' or 'last', got {ev['which']!r}")
-    for k, low in (("n_examples", 1), ("batch_size", 1), ("restarts", 1),
-                   ("sanity_examples", 0), ("seed", 0)):
-        if k in ev and ev[k] < low:
-            raise SpatError(f"{src}: eval.{k} must be >= {low}, got {ev[k]}")
-    if "eps" in ev:
-        ev["eps"] = float(ev["eps"])
-        if not 0 <= ev["eps"] <= 1:
-            raise SpatError(f"{src}: eval.eps must be in [0, 1], got {ev['eps']}")
+    ev = _check_eval(src, "eval", data.get("eval", {}))
     eng = _check_table(src, "engine", data.get("engine", {}), ENGINE_KEYS)
     if eng.get("kind", "local") not in ENGINES:
         raise SpatError(f"{src}: engine.kind must be one of {', '.join(ENGINES)}, "
@@ -269,7 +297,8 @@ def parse_study(data: dict[str, Any], src: str) -> StudySpec:
     spec = StudySpec(path=src, name=name, out_dir=st.get("out_dir", "runs/studies"),
                      datasets=tuple(datasets), seeds=tuple(seeds), variants=variants,
                      baseline=baseline, train=train, eval=EvalSpec(**ev),
-                     engine=EngineSpec(**eng), description=st.get("description", ""))
+                     engine=EngineSpec(**eng), description=st.get("description", ""),
+                     variant_eval=variant_eval)
     plan_cells(spec)  # validates every cell's config now
     return spec
 
@@ -292,10 +321,9 @@ def plan_cells(spec: StudySpec) -> list[Cell]:
     """Every cell of the grid (dataset-major, then variant, then seed), each config validated
     (``TrainConfig.resolved()``); a bad setting names the file, the variant and the field."""
     cells = []
-    ev = dataclasses.asdict(spec.eval)
-    ev["attacks"] = list(ev["attacks"])
     for ds in spec.datasets:
         for vname, vset in spec.variants.items():
+            ev = spec.eval_of(vname)
             for seed in spec.seeds:
                 parent = spec.study_dir / ds / vname
                 values = {**spec.train, **vset, "dataset": ds, "seed": seed,
@@ -303,7 +331,11 @@ def plan_cells(spec: StudySpec) -> list[Cell]:
                 src = f"{spec.path}: variants.{vname} (dataset {ds}, seed {seed})"
                 try:
                     cfg = config_from_dict(values, source=src)
-                    cfg.resolved()
+                    resolved = cfg.resolved()
+                    if ev["attack_logits"] == "unit_cosine" and resolved.head != "cosine":
+                        raise SpatError(f"eval.attack_logits 'unit_cosine' divides a cosine "
+                                        f"head's logits by s, but this variant trains a "
+                                        f"{resolved.head} head")
                 except SpatError as e:
                     msg = str(e)
                     raise SpatError(msg if msg.startswith(spec.path) else f"{src}: {msg}") \
