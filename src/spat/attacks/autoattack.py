@@ -33,7 +33,9 @@ import hashlib
 import io
 import json
 import logging
+import logging.handlers
 import os
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -56,6 +58,8 @@ VERSIONS: dict[str, tuple[str, ...]] = {
 }
 #: Report labels of the sub-attacks.
 LABELS = {"apgd-ce": "APGD-CE", "apgd-t": "APGD-T", "fab-t": "FAB-T", "square": "Square"}
+#: The attribute of ``pyautoattack.AutoAttack`` that runs each sub-attack.
+ATTACKERS = {"apgd-ce": "apgd", "apgd-t": "apgd_targeted", "fab-t": "fab", "square": "square"}
 #: Our norm names -> AutoAttack's.
 AA_NORMS = {"linf": "Linf", "l2": "L2"}
 STATE_FORMAT = "spat.autoattack-state/1"
@@ -100,16 +104,6 @@ class AutoAttackResult:
     x_adv: torch.Tensor | None = None
 
 
-def _attack_device(model: nn.Module, x: torch.Tensor,
-                   device: torch.device | str | None) -> torch.device:
-    """``device``, or where the model's parameters live (where ``x`` lives for a model without
-    parameters)."""
-    if device is None:
-        p = next(iter(model.parameters()), None)
-        return p.device if p is not None else x.device
-    return torch.device(device)
-
-
 def aa_norm(norm: str) -> str:
     """``"linf"``/``"Linf"`` → ``"Linf"``, ``"l2"``/``"L2"`` → ``"L2"``."""
     return AA_NORMS[check_norm(norm.lower())]
@@ -124,53 +118,50 @@ def pyautoattack_version() -> str | None:
     return str(getattr(pyautoattack, "__version__", "unknown"))
 
 
-def _import() -> Any:
+@contextlib.contextmanager
+def _session(model: nn.Module, x: torch.Tensor, device: torch.device | str | None,
+             sink: list[str], log: list[str]) -> Iterator[tuple[Any, torch.device]]:
+    """Yields ``(pyautoattack, device)`` with the model in attack mode, the caller's RNG state
+    restored afterwards (every sub-attack call reseeds torch's global generator) and
+    pyautoattack's output captured. ``device``: default where the model's parameters live
+    (where ``x`` lives for a model without parameters)."""
     try:
         import pyautoattack
     except ImportError as e:  # pragma: no cover - it is a dependency
         raise SpatError("AutoAttack needs the pyautoattack package (pip install "
                         f"pyautoattack==0.2.0): {e}") from None
-    return pyautoattack
-
-
-class _Capture(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
+    if device is None:
+        p = next(iter(model.parameters()), None)
+        device = p.device if p is not None else x.device
+    dev = torch.device(device)
+    rng = ([dev.index if dev.index is not None else torch.cuda.current_device()]
+           if dev.type == "cuda" else [])
+    with attack_mode(model), torch.random.fork_rng(devices=rng), _captured(sink, log):
+        yield pyautoattack, dev
 
 
 @contextlib.contextmanager
 def _captured(sink: list[str], log: list[str]) -> Iterator[None]:
-    """Route pyautoattack's logger, ``warnings.warn`` and prints into ``sink``/``log``."""
+    """Route pyautoattack's logger (warnings and above to ``sink``, the rest to ``log``),
+    ``warnings.warn`` (to ``sink``) and prints (to ``log``)."""
     logger = logging.getLogger("auto-attack")
-    saved = (logger.propagate, logger.level, list(logger.handlers))
-    handler = _Capture()
-    logger.handlers = [handler]
-    logger.propagate = False
+    saved = (logger.propagate, logger.level, logger.handlers)
+    handler = logging.handlers.BufferingHandler(sys.maxsize)  # never flushes
+    logger.handlers, logger.propagate = [handler], False
     logger.setLevel(logging.DEBUG)
     out = io.StringIO()
-    caught: list[warnings.WarningMessage] = []
+    rec: list[warnings.WarningMessage] | None = []
     try:
         with warnings.catch_warnings(record=True) as rec, contextlib.redirect_stdout(out):
             warnings.simplefilter("always")
-            try:
-                yield
-            finally:
-                caught.extend(rec)
+            yield
     finally:
-        logger.propagate, level, logger.handlers = saved[0], saved[1], saved[2]
-        logger.setLevel(level)
-        for r in handler.records:
+        logger.propagate, logger.handlers = saved[0], saved[2]
+        logger.setLevel(saved[1])
+        for r in handler.buffer:
             (sink if r.levelno >= logging.WARNING else log).append(r.getMessage())
-        sink.extend(str(w.message) for w in caught)
+        sink.extend(str(w.message) for w in rec or ())
         log.extend(line for line in out.getvalue().splitlines() if line.strip())
-
-
-def _dedupe(items: list[str]) -> list[str]:
-    return list(dict.fromkeys(items))
 
 
 def _fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
@@ -183,12 +174,6 @@ def _fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
 def _perturbation(delta: torch.Tensor, norm: str) -> torch.Tensor:
     flat = delta.flatten(1)
     return flat.abs().amax(1) if norm == "Linf" else flat.norm(p=2, dim=1)
-
-
-def _rng_devices(device: torch.device) -> list[int]:
-    if device.type == "cuda":
-        return [device.index if device.index is not None else torch.cuda.current_device()]
-    return []
 
 
 def run_autoattack(
@@ -233,44 +218,25 @@ def run_autoattack(
     if not eps >= 0:
         raise SpatError(f"eps must be >= 0, got {eps}")
     the_norm = aa_norm(norm)
-    device = _attack_device(model, x, device)
-    paa = _import()
     n = int(y.shape[0])
     if n == 0:
         raise SpatError("AutoAttack needs at least one example")
-    x = x.detach()
-    y = y.detach().to(torch.int64)
+    x, y = x.detach(), y.detach().to(torch.int64)
+    report = progress or (lambda sub, done, total: None)
     sink: list[str] = []
     log: list[str] = []
-    with attack_mode(model), torch.random.fork_rng(devices=_rng_devices(device)), \
-            _captured(sink, log):
+    with _session(model, x, device, sink, log) as (paa, dev):
         aa = paa.AutoAttack(model, norm=the_norm, eps=float(eps), seed=int(seed),
-                            version="standard", device=device)
-        first_x = x[:batch_size].to(device)
-        first_y = y[:batch_size].to(device)
-        # AutoAttack's checks on the type of defence, as in run_standard_evaluation.
-        paa.checks.check_randomized(aa.get_logits, first_x, first_y, bs=batch_size,
-                                    logger=aa.logger)
-        n_cls = int(paa.checks.check_range_output(aa.get_logits, first_x, logger=aa.logger))
-        paa.checks.check_dynamic(model, first_x, False, logger=aa.logger)
-        subs = list(VERSIONS[version])
-        if n_cls < 2:
-            raise SpatError(f"AutoAttack needs at least 2 classes, the model outputs {n_cls}")
-        n_targets = min(9, n_cls - 1)
-        if n_targets < 9:
-            sink.append(f"{n_cls} classes: APGD-T and FAB-T use {n_targets} target classes "
-                        "instead of 9")
-        if n_cls < 4 and "apgd-t" in subs:
-            subs.remove("apgd-t")
-            sink.append(f"{n_cls} classes: APGD-T skipped (its targeted DLR loss needs >= 4)")
-        aa.apgd_targeted.n_target_classes = n_targets
-        aa.fab.n_target_classes = n_targets
-        paa.checks.check_n_classes(n_cls, subs, aa.apgd_targeted.n_target_classes,
-                                   aa.fab.n_target_classes, logger=aa.logger)
+                            version="standard", device=dev)
+        # the settings every sub-attack call of run_standard_evaluation sets (the seeds are
+        # the constructor's); AutoAttack's checks on the type of defence, as there
+        aa.apgd.loss, aa.fab.targeted, aa.fab.n_restarts = "ce", True, 1
+        subs, n_cls = _checks(paa, aa, x[:batch_size].to(dev), y[:batch_size].to(dev),
+                              version, batch_size, sink)
         settings = {
             "version": version, "norm": the_norm, "eps": float(eps), "seed": int(seed),
             "batch_size": int(batch_size), "sub_attacks": subs, "n_classes": n_cls,
-            "target_classes": n_targets,
+            "target_classes": aa.fab.n_target_classes,
             "apgd": {"n_iter": aa.apgd.n_iter, "n_restarts": aa.apgd.n_restarts,
                      "rho": aa.apgd.thr_decr, "eot_iter": aa.apgd.eot_iter},
             "apgd_t": {"n_iter": aa.apgd_targeted.n_iter,
@@ -284,19 +250,7 @@ def run_autoattack(
         state = _load_state(state_path, key, log)
         resumed = state is not None
         if state is None:
-            clean = torch.empty(n, dtype=torch.int64)
-            with torch.no_grad():
-                for s in range(0, n, batch_size):
-                    clean[s:s + batch_size] = aa.get_logits(
-                        x[s:s + batch_size].to(device)).argmax(1).cpu()
-            broken = torch.where(clean == y.cpu(), -1, 0)
-            state = {
-                "format": STATE_FORMAT, "key": key, "clean": clean.tolist(),
-                "pred": clean.tolist(), "broken_by": broken.tolist(), "done": [],
-                "current": None,
-                "robust_accuracy": {"clean": float((broken == -1).sum()) / n},
-                "seconds": {}, "max_perturbation": 0.0,
-            }
+            state = _fresh_state(aa, x, y, dev, batch_size, key)
             _save_state(state_path, state)
             log.append(f"initial accuracy: {state['robust_accuracy']['clean']:.2%}")
         else:
@@ -304,87 +258,93 @@ def run_autoattack(
         pred = torch.tensor(state["pred"], dtype=torch.int64)
         broken = torch.tensor(state["broken_by"], dtype=torch.int64)
         x_adv = x.clone() if return_adv else None
-        y_cpu = y.cpu()
         for i, sub in enumerate(subs, start=1):
             if sub in state["done"]:
                 continue
             cur = state["current"]
-            if cur is None or cur["attack"] != sub:
+            if cur is None or cur["attack"] != sub:  # attack the points that are still robust
                 order = torch.nonzero(broken == -1).flatten().tolist()
                 cur = state["current"] = {"attack": sub, "order": order, "batches_done": 0}
                 _save_state(state_path, state)
-            order = cur["order"]
-            total = len(order)
-            n_batches = (total + batch_size - 1) // batch_size
-            t0 = time.perf_counter()
-            if progress is not None:
-                progress(sub, min(cur["batches_done"] * batch_size, total), total)
-            for b in range(cur["batches_done"], n_batches):
-                idx = torch.tensor(order[b * batch_size:(b + 1) * batch_size], dtype=torch.int64)
-                xb = x[idx.to(x.device)].to(device)
-                yb = y[idx.to(y.device)].to(device)
-                adv = _run_sub(aa, sub, xb, yb, int(seed)).detach()
+            order, total = cur["order"], len(cur["order"])
+            report(sub, min(cur["batches_done"] * batch_size, total), total)
+            seconds = state["seconds"]
+            seconds.setdefault(sub, 0.0)
+            for start in range(cur["batches_done"] * batch_size, total, batch_size):
+                t0 = time.perf_counter()
+                idx = torch.tensor(order[start:start + batch_size], dtype=torch.int64)
+                xb, yb = x[idx.to(x.device)].to(dev), y[idx.to(y.device)].to(dev)
+                adv = getattr(aa, ATTACKERS[sub]).perturb(xb, yb).detach()
                 with torch.no_grad():
                     out = aa.get_logits(adv).argmax(1)
-                fooled = (out != yb).cpu()
-                hit = idx[fooled]
-                pred[hit] = out.cpu()[fooled]
-                broken[hit] = i
+                fooled = out != yb
+                hit = idx[fooled.cpu()]
+                pred[hit], broken[hit] = out[fooled].cpu(), i
                 if bool(fooled.any()):
-                    size = float(_perturbation(adv[fooled.to(adv.device)] - xb[fooled.to(
-                        xb.device)], the_norm).max())
+                    size = float(_perturbation(adv[fooled] - xb[fooled], the_norm).max())
                     state["max_perturbation"] = max(state["max_perturbation"], size)
                     if x_adv is not None:
-                        x_adv[hit.to(x_adv.device)] = adv[fooled.to(adv.device)].to(x_adv.dtype)
-                cur["batches_done"] = b + 1
+                        x_adv[hit.to(x_adv.device)] = adv[fooled].to(x_adv.device, x_adv.dtype)
+                cur["batches_done"] += 1
                 state["pred"], state["broken_by"] = pred.tolist(), broken.tolist()
-                state["seconds"][sub] = state["seconds"].get(sub, 0.0) + (
-                    time.perf_counter() - t0)
-                t0 = time.perf_counter()
+                seconds[sub] += time.perf_counter() - t0
                 _save_state(state_path, state)
-                if progress is not None:
-                    progress(sub, min((b + 1) * batch_size, total), total)
-            acc = float((broken == -1).sum()) / n
-            state["robust_accuracy"][sub] = acc
-            state["seconds"].setdefault(sub, 0.0)
+                report(sub, min(start + batch_size, total), total)
+            acc = state["robust_accuracy"][sub] = float((broken == -1).sum()) / n
             state["done"].append(sub)
             state["current"] = None
             _save_state(state_path, state)
             log.append(f"robust accuracy after {LABELS[sub]}: {acc:.2%} "
-                       f"({state['seconds'][sub]:.1f} s)")
+                       f"({seconds[sub]:.1f} s)")
         # AutoAttack's check that Square (black-box) did not beat the white-box attacks.
         paa.checks.check_square_sr(dict(state["robust_accuracy"]), logger=aa.logger)
         if state["max_perturbation"] > eps * (1 + 1e-5) + 1e-6:
             sink.append("AutoAttack returned a perturbation of size "
                         f"{state['max_perturbation']:.6f} > eps {eps:.6f}")
-        if not bool((pred[broken == -1] == y_cpu[broken == -1]).all()):  # pragma: no cover
-            sink.append("internal: a robust example has a wrong prediction")
     return AutoAttackResult(
         predictions=pred, clean_predictions=torch.tensor(state["clean"], dtype=torch.int64),
         broken_by=broken, sub_attacks=subs, robust_accuracy=dict(state["robust_accuracy"]),
         seconds=dict(state["seconds"]), max_perturbation=float(state["max_perturbation"]),
-        warnings=_dedupe(sink), log=log, resumed=resumed, settings=settings, x_adv=x_adv,
+        warnings=list(dict.fromkeys(sink)), log=log, resumed=resumed, settings=settings,
+        x_adv=x_adv,
     )
 
 
-def _run_sub(aa: Any, sub: str, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
-    """One sub-attack call on a batch, exactly as ``AutoAttack.run_standard_evaluation``."""
-    if sub == "apgd-ce":
-        aa.apgd.loss = "ce"
-        aa.apgd.seed = seed
-        return aa.apgd.perturb(x, y)
-    if sub == "apgd-t":
-        aa.apgd_targeted.seed = seed
-        return aa.apgd_targeted.perturb(x, y)
-    if sub == "fab-t":
-        aa.fab.targeted = True
-        aa.fab.n_restarts = 1
-        aa.fab.seed = seed
-        return aa.fab.perturb(x, y)
-    if sub == "square":
-        aa.square.seed = seed
-        return aa.square.perturb(x, y)
-    raise SpatError(f"unknown AutoAttack sub-attack {sub!r}")  # pragma: no cover
+def _checks(paa: Any, aa: Any, x: torch.Tensor, y: torch.Tensor, version: str,
+            batch_size: int, sink: list[str]) -> tuple[list[str], int]:
+    """AutoAttack's checks on the first batch (randomised defence, probability outputs, dynamic
+    defence, number of classes); sets the number of target classes of APGD-T and FAB-T (9, or
+    K − 1 for K ≤ 9 classes) and drops APGD-T below 4 classes. Returns the sub-attacks to run
+    and K."""
+    paa.checks.check_randomized(aa.get_logits, x, y, bs=batch_size, logger=aa.logger)
+    n_cls = int(paa.checks.check_range_output(aa.get_logits, x, logger=aa.logger))
+    paa.checks.check_dynamic(aa.model, x, False, logger=aa.logger)
+    if n_cls < 2:
+        raise SpatError(f"AutoAttack needs at least 2 classes, the model outputs {n_cls}")
+    n_targets = aa.apgd_targeted.n_target_classes = aa.fab.n_target_classes = min(9, n_cls - 1)
+    if n_targets < 9:
+        sink.append(f"{n_cls} classes: APGD-T and FAB-T use {n_targets} target classes "
+                    "instead of 9")
+    subs = list(VERSIONS[version])
+    if n_cls < 4 and "apgd-t" in subs:
+        subs.remove("apgd-t")
+        sink.append(f"{n_cls} classes: APGD-T skipped (its targeted DLR loss needs >= 4)")
+    paa.checks.check_n_classes(n_cls, subs, n_targets, n_targets, logger=aa.logger)
+    return subs, n_cls
+
+
+def _fresh_state(aa: Any, x: torch.Tensor, y: torch.Tensor, device: torch.device,
+                 batch_size: int, key: dict[str, Any]) -> dict[str, Any]:
+    """The state before the first sub-attack: the clean predictions; the correctly classified
+    examples are the robust set (``broken_by`` -1), the others are broken by nothing (0)."""
+    with torch.no_grad():
+        clean = torch.cat([aa.get_logits(x[s:s + batch_size].to(device)).argmax(1).cpu()
+                           for s in range(0, len(y), batch_size)])
+    broken = torch.where(clean == y.cpu(), -1, 0)
+    return {"format": STATE_FORMAT, "key": key, "clean": clean.tolist(),
+            "pred": clean.tolist(), "broken_by": broken.tolist(), "done": [], "current": None,
+            "robust_accuracy": {"clean": float((broken == -1).sum()) / len(y)},
+            "seconds": {}, "max_perturbation": 0.0}
 
 
 def _load_state(path: str | os.PathLike[str] | None, key: dict[str, Any],
@@ -427,23 +387,14 @@ def run_square(
     the evaluation's sanity check "the black-box attack is not stronger than the white-box ones".
     """
     the_norm = aa_norm(norm)
-    device = _attack_device(model, x, device)
-    paa = _import()
-    from pyautoattack.square import SquareAttack
-
     out = torch.empty(int(y.shape[0]), dtype=torch.int64)
-    sink: list[str] = []
-    log: list[str] = []
-    with attack_mode(model), torch.random.fork_rng(devices=_rng_devices(device)), \
-            _captured(sink, log):
-        del paa
-        sq = SquareAttack(model, p_init=0.8, n_queries=int(n_queries), eps=float(eps),
-                          norm=the_norm, n_restarts=1, seed=int(seed), verbose=False,
-                          device=device, resc_schedule=False)
+    with _session(model, x, device, [], []) as (paa, dev):
+        sq = paa.square.SquareAttack(model, p_init=0.8, n_queries=int(n_queries),
+                                     eps=float(eps), norm=the_norm, n_restarts=1,
+                                     seed=int(seed), verbose=False, device=dev,
+                                     resc_schedule=False)
         for s in range(0, int(y.shape[0]), batch_size):
-            xb = x[s:s + batch_size].to(device)
-            yb = y[s:s + batch_size].to(device)
-            adv = sq.perturb(xb, yb)
+            adv = sq.perturb(x[s:s + batch_size].to(dev), y[s:s + batch_size].to(dev))
             with torch.no_grad():
                 out[s:s + batch_size] = model(adv).argmax(1).cpu()
     return out

@@ -1,0 +1,58 @@
+"""Our AutoAttack driver (:func:`spat.attacks.autoattack.run_autoattack`, which runs the
+sub-attacks itself to save a resumable state) against the official loop,
+``pyautoattack.AutoAttack.run_standard_evaluation`` (Croce & Hein, arXiv 2003.01690): the same
+sub-attacks on the same still-robust points in the same batches with the same seeds must give
+the same adversarial images and predictions, bit for bit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from spat.attacks.autoattack import run_autoattack
+
+pyautoattack = pytest.importorskip("pyautoattack")
+
+
+def _problem(n: int = 24) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A random linear 10-class model on 8×8 images; 3 labels made wrong on purpose."""
+    g = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.randn(10, 64, generator=g))
+        model[1].bias.zero_()
+    model.eval()
+    x = torch.rand(n, 1, 8, 8, generator=g)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    y[:3] = (y[:3] + 1) % 10
+    return model, x, y
+
+
+@pytest.mark.parametrize("version", ["standard", "fast"])
+def test_same_result_as_run_standard_evaluation(version: str) -> None:
+    model, x, y = _problem()
+    eps, seed, bs = 0.03, 0, 16  # 2 batches of robust points: the batching is exercised
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ours = run_autoattack(model, x, y, eps=eps, norm="Linf", version=version, seed=seed,
+                              batch_size=bs, return_adv=True)
+        aa = pyautoattack.AutoAttack(model, norm="Linf", eps=eps, seed=seed,
+                                     version="standard")
+        aa.verbose = False
+        if version == "fast":  # the standard settings, the first two sub-attacks
+            aa.attacks_to_run = ["apgd-ce", "apgd-t"]
+        x_adv, y_adv = aa.run_standard_evaluation(x, y, batch_size=bs)
+    finally:
+        torch.set_num_threads(n)
+    assert torch.equal(ours.predictions, y_adv)
+    assert ours.x_adv is not None and torch.equal(ours.x_adv, x_adv)
+    robust = ours.broken_by == -1
+    assert torch.equal(robust, y_adv == y)
+    # the attack found something on the clean-correct points, and kept the clean mistakes
+    assert 0 < int((ours.broken_by > 0).sum()) and torch.equal(ours.broken_by == 0,
+                                                                 model(x).argmax(1) != y)
+    last = ours.sub_attacks[-1]
+    assert ours.robust_accuracy[last] == pytest.approx(float(robust.float().mean()))
