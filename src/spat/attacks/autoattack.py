@@ -228,8 +228,8 @@ def run_autoattack(
     with _session(model, x, device, sink, log) as (paa, dev):
         aa = paa.AutoAttack(model, norm=the_norm, eps=float(eps), seed=int(seed),
                             version="standard", device=dev)
-        # the settings every sub-attack call of run_standard_evaluation sets (the seeds are
-        # the constructor's); AutoAttack's checks on the type of defence, as there
+        # what run_standard_evaluation sets before every sub-attack call (each attack's seed
+        # is already the constructor's), then its checks on the type of defence
         aa.apgd.loss, aa.fab.targeted, aa.fab.n_restarts = "ce", True, 1
         subs, n_cls = _checks(paa, aa, x[:batch_size].to(dev), y[:batch_size].to(dev),
                               version, batch_size, sink)
