@@ -42,3 +42,19 @@ class TinyNet(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.drop(torch.relu(self.bn(self.conv(x))))
         return self.fc(h.flatten(1))
+
+
+def linear_problem(n: int = 24) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """A random linear 10-class model on 8×8 images in eval mode, n images and their labels:
+    the model's own predictions except the first 3, made wrong on purpose (clean mistakes)."""
+    g = torch.Generator().manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.randn(10, 64, generator=g))
+        model[1].bias.zero_()
+    model.eval()
+    x = torch.rand(n, 1, 8, 8, generator=g)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    y[:3] = (y[:3] + 1) % 10
+    return model, x, y

@@ -8,31 +8,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from spat.attacks.autoattack import run_autoattack
+from tests.conftest import linear_problem
 
 pyautoattack = pytest.importorskip("pyautoattack")
 
 
-def _problem(n: int = 24) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    """A random linear 10-class model on 8×8 images; 3 labels made wrong on purpose."""
-    g = torch.Generator().manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
-    with torch.no_grad():
-        model[1].weight.copy_(torch.randn(10, 64, generator=g))
-        model[1].bias.zero_()
-    model.eval()
-    x = torch.rand(n, 1, 8, 8, generator=g)
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    y[:3] = (y[:3] + 1) % 10
-    return model, x, y
-
-
 @pytest.mark.parametrize("version", ["standard", "fast"])
 def test_same_result_as_run_standard_evaluation(version: str) -> None:
-    model, x, y = _problem()
+    model, x, y = linear_problem()
     eps, seed, bs = 0.03, 0, 16  # 2 batches of robust points: the batching is exercised
     n = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -24,6 +24,7 @@ from spat.evaluation.attacks import ATTACK_KEYS
 from spat.runs import load_data, load_run
 from spat.train.config import TrainConfig
 from spat.train.run import train
+from tests.conftest import linear_problem
 
 N = 64
 CLI_ATTACKS = "fgsm,pgd20,pgd100,aa-fast"
@@ -213,7 +214,7 @@ def test_rerun_reuses_saved_attacks(evaluated: tuple[Path, str], tmp_path: Path,
 
 
 def test_interrupted_autoattack_resumes_where_it_stopped(tmp_path: Path):
-    model, x, y = _linear_problem()
+    model, x, y = linear_problem()
     state = tmp_path / "aa.json"
     seen: list[tuple[str, int]] = []
 
@@ -235,23 +236,9 @@ def test_interrupted_autoattack_resumes_where_it_stopped(tmp_path: Path):
 
 
 # ------------------------------------------------------------------- AutoAttack adapter
-def _linear_problem(n: int = 24) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
-    with torch.no_grad():
-        model[1].weight.copy_(torch.randn(10, 64, generator=g))
-        model[1].bias.zero_()
-    model.eval()
-    x = torch.rand(n, 1, 8, 8, generator=g)
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    y[:3] = (y[:3] + 1) % 10  # three clean mistakes
-    return model, x, y
-
-
 @pytest.mark.parametrize("norm,eps", [("Linf", 0.03), ("L2", 0.25)])
 def test_autoattack_adapter_on_a_linear_model(norm: str, eps: float):
-    model, x, y = _linear_problem()
+    model, x, y = linear_problem()
     r = aa_mod.run_autoattack(model, x, y, eps=eps, norm=norm, version="fast", seed=0,
                               batch_size=16, return_adv=True)
     assert r.predictions.shape == (24,) and r.predictions.dtype == torch.int64
@@ -274,7 +261,7 @@ def test_autoattack_adapter_on_a_linear_model(norm: str, eps: float):
 
 
 def test_autoattack_adapter_rejects_bad_input():
-    model, x, y = _linear_problem(4)
+    model, x, y = linear_problem(4)
     with pytest.raises(SpatError, match="version"):
         aa_mod.run_autoattack(model, x, y, eps=0.1, version="plus")
     with pytest.raises(SpatError, match="norm"):
