@@ -270,6 +270,21 @@ def test_dry_run_lists_cells(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     assert not (tmp_path / "dry" / "digits").exists()  # nothing ran
 
 
+def test_cells_run_seed_by_seed(tmp_path: Path) -> None:
+    """The plan lists variant-major; the run order is seed-major, so a study stopped early has
+    every variant of its first seeds (whole paired comparisons)."""
+    from spat.study.run import seed_major
+
+    spec = load_study(_write(tmp_path, "order"))
+    cells = plan_cells(spec)
+    assert [(c.variant, c.seed) for c in cells] == [
+        ("pgd_at", 0), ("pgd_at", 1), ("trades", 0), ("trades", 1)]
+    assert [(c.variant, c.seed) for c in seed_major(cells, spec.seeds)] == [
+        ("pgd_at", 0), ("trades", 0), ("pgd_at", 1), ("trades", 1)]
+    reversed_seeds = seed_major(cells, list(reversed(spec.seeds)))
+    assert [c.seed for c in reversed_seeds] == [1, 1, 0, 0]
+
+
 # ----------------------------------------------------------------------------- studies
 def _table(study_dir: Path) -> list[dict[str, str]]:
     with open(study_dir / "study.csv", newline="") as f:

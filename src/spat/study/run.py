@@ -139,6 +139,15 @@ def engine_plan(spec: StudySpec, cells: list[Cell], kind: str, workers: int | No
     return plan_pool(cells, workers or spec.engine.workers, threads or spec.engine.threads)
 
 
+def seed_major(cells: list[Cell], seeds: list[int]) -> list[Cell]:
+    """The run order: every dataset and variant of the first seed, then of the next, ... (stable
+    otherwise), so that a study stopped early has whole seeds done — paired comparisons of
+    every variant on the seeds it has — instead of some variants on every seed and others on
+    none."""
+    rank = {s: i for i, s in enumerate(seeds)}
+    return sorted(cells, key=lambda c: rank.get(c.seed, len(rank)))
+
+
 def run_study(spec: StudySpec, *, engine: str | None = None, workers: int | None = None,
               threads: int | None = None, aggregate_only: bool = False, figures: bool = True,
               progress: bool | None = None, log: Log = print) -> dict[str, Any]:
@@ -153,7 +162,7 @@ def run_study(spec: StudySpec, *, engine: str | None = None, workers: int | None
     kind = engine or spec.engine.kind
     plan = engine_plan(spec, cells, kind, workers, threads)
     states = {c.key: cell_state(dataclasses_asdict(c)) for c in cells}  # conflicts stop here
-    todo = [c for c in cells if states[c.key] != "done"]
+    todo = seed_major([c for c in cells if states[c.key] != "done"], spec.seeds)
     study_dir = spec.study_dir
     study_dir.mkdir(parents=True, exist_ok=True)
     log_dir = str(study_dir / "logs")
