@@ -247,6 +247,143 @@ def test_study_file_errors_name_file_and_field(tmp_path: Path, edit: str, field:
     assert str(p) in msg and field in msg and "\n" not in msg
 
 
+PAIRS_STUDY = """
+[study]
+name = "pairs"
+out_dir = "{out}"
+datasets = ["digits"]
+seeds = [0, 1, 2, 3]
+baseline = "a"
+{pairs}
+[train]
+device = "cpu"
+[variants.a]
+method = "pgd_at"
+[variants.b]
+method = "trades"
+[variants.c]
+method = "spat"
+[eval]
+attacks = ["pgd20"]
+"""
+
+
+def _pairs_spec(tmp: Path, pairs: str, name: str = "pairs.toml"):
+    p = tmp / name
+    p.write_text(PAIRS_STUDY.format(out=(tmp / "out").as_posix(), pairs=pairs))
+    return load_study(p)
+
+
+@pytest.mark.parametrize("pairs, why", [
+    ('pairs = "c"', "must be a list"),
+    ('pairs = ["c", "b"]', "two variant names"),
+    ('pairs = [["c"]]', "two variant names"),
+    ('pairs = [["c", "b", "a"]]', "two variant names"),
+    ('pairs = [["c", 1]]', "two variant names"),
+    ('pairs = [["c", "d"]]', "'d' is not a variant"),
+    ('pairs = [["b", "b"]]', "with itself"),
+    ('pairs = [["c", "b"], ["c", "b"]]', "twice"),
+])
+def test_study_pairs_errors_name_file_and_field(tmp_path: Path, pairs: str, why: str) -> None:
+    with pytest.raises(SpatError) as e:
+        _pairs_spec(tmp_path, pairs)
+    msg = str(e.value)
+    assert str(tmp_path / "pairs.toml") in msg and "study.pairs" in msg and why in msg
+    assert "\n" not in msg
+
+
+def _pairs_results(spec) -> list:
+    """Hand-made finished cells: PGD-20 per seed for a, b, c; c's seed 3 is unfinished."""
+    from spat.study.aggregate import CellResult
+
+    pgd = {"a": [0.40, 0.42, 0.41, 0.43], "b": [0.50, 0.51, 0.49, 0.47],
+           "c": [0.52, 0.55, 0.50, None]}
+    out = []
+    for cell in plan_cells(spec):
+        v = pgd[cell.variant][cell.seed]
+        out.append(CellResult(cell, {"clean": 0.9, "PGD-20": v} if v is not None else {}))
+    return out
+
+
+def test_named_pair_difference_on_a_fixed_table(tmp_path: Path) -> None:
+    """c − b on the seeds both finished (0, 1, 2: differences 0.02, 0.04, 0.01, as in
+    test_paired_intervals_on_a_fixed_table); seed 3, unfinished for c, is left out. A pair
+    whose second variant is the baseline gives the baseline table's numbers exactly."""
+    from spat.study.aggregate import aggregate, pair_differences
+
+    spec = _pairs_spec(tmp_path, 'pairs = [["c", "b"], ["b", "a"]]')
+    assert spec.pairs == (("c", "b"), ("b", "a"))
+    aggs, metrics = aggregate(spec, _pairs_results(spec))
+    cb, ba = pair_differences(spec, aggs, metrics)
+    assert (cb.dataset, cb.variant, cb.minus, cb.label) == ("digits", "c", "b", "c − b")
+    t, b = cb.diff_t["PGD-20"], cb.diff_boot["PGD-20"]
+    sd = math.sqrt(((0.02 - 0.07 / 3) ** 2 + (0.04 - 0.07 / 3) ** 2 + (0.01 - 0.07 / 3) ** 2) / 2)
+    half = 4.302652729749464 * sd / math.sqrt(3)  # t_{0.975, 2}
+    assert (t.mean, t.std, t.n) == (pytest.approx(0.07 / 3), pytest.approx(sd), 3)
+    assert (t.low, t.high) == (pytest.approx(0.07 / 3 - half), pytest.approx(0.07 / 3 + half))
+    assert (b.low, b.high, b.n) == (pytest.approx(0.01), pytest.approx(0.04), 3)
+    assert cb.differences["PGD-20"][:3] == pytest.approx([0.02, 0.04, 0.01])
+    assert math.isnan(cb.differences["PGD-20"][3])
+    assert cb.diff_t["clean"].mean == 0.0
+    by = {a.variant: a for a in aggs}
+    assert ba.diff_t == by["b"].diff_t and ba.diff_boot == by["b"].diff_boot  # same numbers
+    assert ba.diff_t["PGD-20"].mean == pytest.approx(0.0775)  # 4 seeds: 0.1, .09, .08, .04
+
+
+def test_named_pairs_in_md_csv_json_and_absent_pairs_change_nothing(tmp_path: Path) -> None:
+    from spat.study.aggregate import aggregate
+    from spat.study.report import write_outputs
+
+    # the same study (same folder) with and without pairs, each output read right after writing
+    with_pairs = _pairs_spec(tmp_path, 'pairs = [["c", "b"]]')
+    plain = _pairs_spec(tmp_path, "", name="plain.toml")
+    assert plain.pairs == () and plain.study_dir == with_pairs.study_dir
+    files = {}
+    for key, spec in (("w", with_pairs), ("p", plain)):
+        results = _pairs_results(spec)
+        aggs, metrics = aggregate(spec, results)
+        write_outputs(spec, aggs, metrics, results, figures=False)
+        files[key] = {f: (spec.study_dir / f"study.{f}").read_text() for f in ("md", "csv", "json")}
+    w, p = files["w"], files["p"]
+    # study.md: the pair's table right after the baseline's paired table, same cell format
+    md = w["md"].split("\n")
+    row = next(line for line in md if line.startswith("| c − b |"))
+    assert row == "| c − b | +0.0 [+0.0, +0.0] {+0.0, +0.0} | +2.3 [-1.5, +6.1] {+1.0, +4.0} |"
+    i = md.index(row)
+    assert md[i - 2] == "| pair | clean | PGD-20 |" and md[i - 4].startswith(
+        "Paired differences between named pairs")
+    assert md[i - 6].startswith("| c |")  # the last row of the baseline's paired table
+    # without pairs: the same document less that table
+    block = "\n".join(md[i - 4:i + 2]) + "\n"
+    assert block in w["md"]
+    assert w["md"].replace(block, "", 1).replace("pairs.toml", "plain.toml") == p["md"]
+    # study.csv: a `minus` column; the baseline rows name the baseline; the pair's rows after
+    wrows = list(csv.DictReader(w["csv"].splitlines()))
+    prows = list(csv.DictReader(p["csv"].splitlines()))
+    assert "minus" not in prows[0] and list(wrows[0])[-1] == "minus"
+    assert len(wrows) == len(prows) + 2
+    for a, b in zip(wrows, prows, strict=False):
+        assert {k: v for k, v in a.items() if k != "minus"} == b
+        assert a["minus"] == ("" if a["variant"] == "a" else "a")
+    pair = {r["metric"]: r for r in wrows[-2:]}
+    assert pair["PGD-20"]["variant"] == "c" and pair["PGD-20"]["minus"] == "b"
+    assert float(pair["PGD-20"]["diff_mean"]) == pytest.approx(0.07 / 3, abs=1e-6)
+    assert (float(pair["PGD-20"]["diff_boot_low"]), float(pair["PGD-20"]["diff_boot_high"])) \
+        == (pytest.approx(0.01), pytest.approx(0.04))
+    # study.json: a `pairs` list, the differences per seed; none without pairs
+    wj, pj = json.loads(w["json"]), json.loads(p["json"])
+    assert "pairs" not in pj and set(wj) - set(pj) == {"pairs"}
+    (entry,) = wj["pairs"]
+    assert (entry["dataset"], entry["variant"], entry["minus"]) == ("digits", "c", "b")
+    got = entry["metrics"]["PGD-20"]
+    assert got["differences"][:3] == pytest.approx([0.02, 0.04, 0.01])
+    assert got["differences"][3] is None
+    assert got["paired_t"]["mean"] == pytest.approx(0.07 / 3) and got["paired_t"]["n"] == 3
+    assert got["paired_bootstrap"]["low"] == pytest.approx(0.01)
+    assert {k: v for k, v in wj.items() if k not in ("pairs", "file")} == \
+        {k: v for k, v in pj.items() if k != "file"}
+
+
 def test_study_cli_error_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture
                                             ) -> None:
     from spat.cli import main

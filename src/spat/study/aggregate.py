@@ -4,7 +4,8 @@ Per dataset × variant and per metric (clean accuracy, each attack's accuracy, A
 run, the worst case over the attacks, the worst class's accuracy under that worst case, and the
 hard-pair excess concentration): mean, sample std and a 95 % Student-t interval over the seeds;
 and against the baseline variant on the same seeds the paired difference with a paired t
-interval and a paired percentile-bootstrap interval (fixed RNG seed). The hard-pair
+interval and a paired percentile-bootstrap interval (fixed RNG seed), and the same for each
+named pair ``[a, b]`` of ``study.pairs`` (a − b; :func:`pair_differences`). The hard-pair
 concentration is also computed on the confusion matrix pooled over seeds (so classes with few
 errors per seed get enough), each number beside its null expectation under uniform wrong
 targets (:func:`spat.analysis.stats.honest_concentration`).
@@ -161,16 +162,67 @@ def aggregate(spec: StudySpec, results: list[CellResult], *, resamples: int = 10
             rs = [by.get((ds, v, s)) for s in spec.seeds]
             vals = {k: [_val(r, k) for r in rs] for k in metrics}
             summary = {k: t_interval(vals[k]) for k in metrics}
-            dt, db = {}, {}
+            dt: dict[str, Interval] = {}
+            db: dict[str, Interval] = {}
             if v != spec.baseline:
-                for k in metrics:
-                    dt[k] = paired_t_interval(vals[k], base_vals[k])
-                    db[k] = paired_bootstrap_interval(vals[k], base_vals[k], resamples=resamples,
-                                                      rng_seed=rng_seed)
+                dt, db = paired_differences(vals, base_vals, metrics, resamples=resamples,
+                                            rng_seed=rng_seed)
             out.append(Aggregate(ds, v, list(spec.seeds), vals, summary, dt, db,
                                  _pooled([r for r in rs if r is not None and r.done]),
                                  sum(1 for r in rs if r is not None and r.done), len(rs)))
     return out, metrics
+
+
+def paired_differences(values: dict[str, list[float]], minus: dict[str, list[float]],
+                       metrics: list[str], *, resamples: int = 10_000, rng_seed: int = 0
+                       ) -> tuple[dict[str, Interval], dict[str, Interval]]:
+    """Per metric, the paired difference ``values − minus`` (same seeds, same order; a seed
+    missing on either side is dropped): its paired t interval and its paired percentile
+    bootstrap interval (``resamples`` resamples of the seeds, RNG seed ``rng_seed``)."""
+    dt = {k: paired_t_interval(values[k], minus[k]) for k in metrics}
+    db = {k: paired_bootstrap_interval(values[k], minus[k], resamples=resamples,
+                                       rng_seed=rng_seed) for k in metrics}
+    return dt, db
+
+
+@dataclass
+class PairDifference:
+    """One dataset × named pair of ``study.pairs``: per metric the per-seed differences
+    ``variant − minus`` (NaN where either cell is unfinished) and their paired t and paired
+    bootstrap intervals, as the baseline differences of :class:`Aggregate`."""
+
+    dataset: str
+    variant: str
+    minus: str
+    differences: dict[str, list[float]]
+    diff_t: dict[str, Interval]
+    diff_boot: dict[str, Interval]
+
+    @property
+    def label(self) -> str:
+        """``"a − b"`` (with a minus sign, U+2212)."""
+        return f"{self.variant} − {self.minus}"
+
+
+def pair_differences(spec: StudySpec, aggs: list[Aggregate], metrics: list[str], *,
+                     resamples: int = 10_000, rng_seed: int = 0) -> list[PairDifference]:
+    """The paired difference of every ``study.pairs`` entry ``[a, b]`` (a − b) on each dataset
+    (dataset-major, then the file's order), from the per-seed values in ``aggs``, by
+    :func:`paired_differences` with the baseline's resamples and RNG seed; ``[]`` without
+    pairs."""
+    by = {(a.dataset, a.variant): a for a in aggs}
+    out = []
+    for ds in spec.datasets:
+        for first, second in spec.pairs:
+            a, b = by.get((ds, first)), by.get((ds, second))
+            if a is None or b is None:
+                continue
+            dt, db = paired_differences(a.values, b.values, metrics, resamples=resamples,
+                                        rng_seed=rng_seed)
+            diffs = {k: [x - y for x, y in zip(a.values[k], b.values[k], strict=True)]
+                     for k in metrics}
+            out.append(PairDifference(ds, first, second, diffs, dt, db))
+    return out
 
 
 def _val(r: CellResult | None, k: str) -> float:

@@ -1,5 +1,10 @@
 """The study's outputs: ``study.md`` (tables), ``study.csv`` (one row per dataset × variant ×
-metric), ``study.json`` (everything, per-seed values included) and the figures."""
+metric), ``study.json`` (everything, per-seed values included) and the figures.
+
+With ``study.pairs``, each named pair ``a − b`` adds a table after the baseline's paired table,
+CSV rows ``variant = a, minus = b`` (a ``minus`` column that then also names the baseline on the
+baseline-difference rows) and a ``pairs`` list in the JSON. Without it, the files are those of a
+study without pairs, byte for byte."""
 
 from __future__ import annotations
 
@@ -7,10 +12,12 @@ import csv
 import io
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from spat.study.aggregate import EXCESS, Aggregate, CellResult
+from spat.analysis.stats import Interval
+from spat.study.aggregate import EXCESS, Aggregate, CellResult, PairDifference, pair_differences
 from spat.study.spec import StudySpec
 from spat.utils.io import atomic_write_text, json_safe
 
@@ -33,19 +40,36 @@ def _num(v: Any) -> Any:
     return v
 
 
-def csv_rows(aggs: list[Aggregate], metrics: list[str]) -> list[list[Any]]:
+def _values_text(values: list[float]) -> str:
+    return " ".join("nan" if math.isnan(x) else f"{x:.6g}" for x in values)
+
+
+def csv_rows(aggs: list[Aggregate], metrics: list[str], pairs: Sequence[PairDifference] = (),
+             baseline: str | None = None) -> list[list[Any]]:
+    """One row per dataset × variant × metric: the variant's summary over seeds and its paired
+    difference to the baseline. With ``pairs``: a last column ``minus`` (the variant the
+    difference is taken against: ``baseline``, empty on the baseline's own rows) and, after
+    those rows, one row per pair × metric: variant ``a``'s summary and the difference a − b."""
     header = ["dataset", "variant", "metric", "n", "mean", "std", "ci95_low", "ci95_high",
               "diff_mean", "diff_t_low", "diff_t_high", "diff_boot_low", "diff_boot_high",
               "values"]
-    rows: list[list[Any]] = [header]
+    rows: list[list[Any]] = [header + (["minus"] if pairs else [])]
+
+    def row(a: Aggregate, m: str, d: Interval | None, b: Interval | None) -> list[Any]:
+        s = a.summary[m]
+        return [a.dataset, a.variant, m, s.n, s.mean, s.std, s.low, s.high,
+                d.mean if d else None, d.low if d else None, d.high if d else None,
+                b.low if b else None, b.high if b else None, _values_text(a.values[m])]
+
     for a in aggs:
         for m in metrics:
-            s = a.summary[m]
             d, b = a.diff_t.get(m), a.diff_boot.get(m)
-            rows.append([a.dataset, a.variant, m, s.n, s.mean, s.std, s.low, s.high,
-                         d.mean if d else None, d.low if d else None, d.high if d else None,
-                         b.low if b else None, b.high if b else None,
-                         " ".join("nan" if math.isnan(x) else f"{x:.6g}" for x in a.values[m])])
+            rows.append(row(a, m, d, b) + ([baseline if d else None] if pairs else []))
+    by = {(a.dataset, a.variant): a for a in aggs}
+    for p in pairs:
+        for m in metrics:
+            rows.append(row(by[p.dataset, p.variant], m, p.diff_t[m], p.diff_boot[m])
+                        + [p.minus])
     return rows
 
 
@@ -73,8 +97,24 @@ def _eval_overrides(spec: StudySpec) -> str:
                    for v, ov in spec.variant_eval.items())
 
 
+def _diff_cells(dt: dict[str, Interval], db: dict[str, Interval], metrics: list[str]
+                ) -> list[str]:
+    """``+1.2 [-0.3, +2.7] {+0.1, +2.2}`` per metric: mean [paired t] {paired bootstrap}."""
+    cells = []
+    for m in metrics:
+        d, b = dt[m], db[m]
+        cell = _signed(d.mean)
+        if not math.isnan(d.low):
+            cell += f" [{_signed(d.low)}, {_signed(d.high)}]"
+        if not math.isnan(b.low):
+            cell += f" {{{_signed(b.low)}, {_signed(b.high)}}}"
+        cells.append(cell)
+    return cells
+
+
 def render_markdown(spec: StudySpec, aggs: list[Aggregate], metrics: list[str],
-                    results: list[CellResult], figures: list[str]) -> str:
+                    results: list[CellResult], figures: list[str],
+                    pairs: Sequence[PairDifference] = ()) -> str:
     done = sum(1 for r in results if r.done)
     lines = [f"# Study {spec.name}", ""]
     if spec.description:
@@ -108,19 +148,16 @@ def render_markdown(spec: StudySpec, aggs: list[Aggregate], metrics: list[str],
             lines += [f"Paired difference to **{spec.baseline}** on the same seeds, in points: "
                       "mean [95 % paired t interval] {95 % paired bootstrap interval, 10,000 "
                       "resamples, fixed seed}.", ""]
-            rows = []
-            for a in others:
-                cells = []
-                for m in metrics:
-                    d, b = a.diff_t[m], a.diff_boot[m]
-                    cell = _signed(d.mean)
-                    if not math.isnan(d.low):
-                        cell += f" [{_signed(d.low)}, {_signed(d.high)}]"
-                    if not math.isnan(b.low):
-                        cell += f" {{{_signed(b.low)}, {_signed(b.high)}}}"
-                    cells.append(cell)
-                rows.append([a.variant, *cells])
+            rows = [[a.variant, *_diff_cells(a.diff_t, a.diff_boot, metrics)] for a in others]
             lines += [_md_table(["variant", *metrics], rows), ""]
+        named = [p for p in pairs if p.dataset == ds]
+        if named:
+            lines += ["Paired differences between named pairs (`study.pairs`), first − second "
+                      "on the seeds both have finished, in points: mean [95 % paired t "
+                      "interval] {95 % paired bootstrap interval, 10,000 resamples, fixed "
+                      "seed}.", ""]
+            rows = [[p.label, *_diff_cells(p.diff_t, p.diff_boot, metrics)] for p in named]
+            lines += [_md_table(["pair", *metrics], rows), ""]
         pooled = [a for a in sub if a.pooled]
         if pooled:
             att = pooled[0].pooled["attack"]  # type: ignore[index]
@@ -155,16 +192,21 @@ def render_markdown(spec: StudySpec, aggs: list[Aggregate], metrics: list[str],
 
 
 def write_outputs(spec: StudySpec, aggs: list[Aggregate], metrics: list[str],
-                  results: list[CellResult], *, figures: bool = True) -> dict[str, Path]:
-    """Write study.md, study.csv, study.json (and figures) into the study folder."""
+                  results: list[CellResult], *, figures: bool = True,
+                  pairs: list[PairDifference] | None = None) -> dict[str, Path]:
+    """Write study.md, study.csv, study.json (and figures) into the study folder. ``pairs``:
+    the named pairs' differences (default: :func:`pair_differences` of ``spec.pairs``)."""
+    if pairs is None:
+        pairs = pair_differences(spec, aggs, metrics)
     out = spec.study_dir
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
     if figures and any(r.done for r in results):
         from spat.study.figures import plot_all
 
-        files.update(plot_all(aggs, metrics, spec.baseline, out))
-    atomic_write_text(out / "study.csv", _csv_text(csv_rows(aggs, metrics)))
+        files.update(plot_all(aggs, metrics, spec.baseline, out, list(pairs)))
+    atomic_write_text(out / "study.csv", _csv_text(csv_rows(aggs, metrics, pairs,
+                                                             spec.baseline)))
     files["study.csv"] = out / "study.csv"
     doc = {
         "schema": "spat.study/1", "study": spec.name, "file": spec.path,
@@ -189,9 +231,16 @@ def write_outputs(spec: StudySpec, aggs: list[Aggregate], metrics: list[str],
             "hard_pairs_pooled": a.pooled,
         } for a in aggs],
     }
+    if spec.pairs:
+        doc["pairs"] = [{
+            "dataset": p.dataset, "variant": p.variant, "minus": p.minus,
+            "metrics": {m: {"differences": [_num(x) for x in p.differences[m]],
+                            "paired_t": p.diff_t[m].to_dict(),
+                            "paired_bootstrap": p.diff_boot[m].to_dict()} for m in metrics},
+        } for p in pairs]
     atomic_write_text(out / "study.json", json.dumps(json_safe(doc), indent=2) + "\n")
     files["study.json"] = out / "study.json"
-    md = render_markdown(spec, aggs, metrics, results, sorted(files))
+    md = render_markdown(spec, aggs, metrics, results, sorted(files), pairs)
     atomic_write_text(out / "study.md", md)
     files["study.md"] = out / "study.md"
     return files

@@ -153,7 +153,7 @@ def run_study(spec: StudySpec, *, engine: str | None = None, workers: int | None
               progress: bool | None = None, log: Log = print) -> dict[str, Any]:
     """Run the missing cells of ``spec`` and aggregate. Returns ``{files, records, failed,
     plan}``; cells that fail are reported (the others still run and are aggregated)."""
-    from spat.study.aggregate import aggregate, read_cell
+    from spat.study.aggregate import aggregate, pair_differences, read_cell
     from spat.study.cell import cell_state
     from spat.study.pool import StudyProgress, dataclasses_asdict, run_local
     from spat.study.report import write_outputs
@@ -193,10 +193,11 @@ def run_study(spec: StudySpec, *, engine: str | None = None, workers: int | None
             bar.close()
     results = [read_cell(c) for c in cells]
     aggs, metrics = aggregate(spec, results)
-    files = write_outputs(spec, aggs, metrics, results, figures=figures)
+    pairs = pair_differences(spec, aggs, metrics)
+    files = write_outputs(spec, aggs, metrics, results, figures=figures, pairs=pairs)
     failed = [r for r in records if r.get("error")]
     return {"files": files, "records": records, "failed": failed, "plan": plan,
-            "results": results, "aggregates": aggs, "metrics": metrics}
+            "results": results, "aggregates": aggs, "metrics": metrics, "pairs": pairs}
 
 
 def _save_record(rec: dict[str, Any]) -> None:

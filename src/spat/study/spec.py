@@ -8,6 +8,7 @@
     datasets = ["digits"]
     seeds = [0, 1, 2]
     baseline = "pgd_at"            # the variant the paired differences are taken against
+    pairs = [["spat_s16", "spat_t1"]]   # optional: more paired differences, first − second
 
     [train]                        # spat train settings shared by every cell
     epochs = 5
@@ -50,7 +51,7 @@ from spat.train.config import FIELD_NAMES, TrainConfig, config_from_dict
 #: Settings a study sets itself for each cell (not allowed in [train] or a variant).
 CELL_FIELDS = ("dataset", "seed", "out_dir", "name", "resume")
 STUDY_KEYS = {"name": str, "out_dir": str, "datasets": list, "seeds": list, "baseline": str,
-              "description": str}
+              "description": str, "pairs": list}
 EVAL_KEYS = {"attacks": list, "n_examples": int, "which": str, "seed": int, "batch_size": int,
              "restarts": int, "sanity_examples": int, "eps": float, "analyze": bool,
              "attack_logits": str}
@@ -128,6 +129,8 @@ class StudySpec:
     description: str = ""
     #: Per-variant evaluation settings replacing those of [eval] (a variant's ``eval`` table).
     variant_eval: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Named pairs ``(a, b)`` whose paired difference a − b is reported beside the baseline's.
+    pairs: tuple[tuple[str, str], ...] = ()
 
     def eval_of(self, variant: str) -> dict[str, Any]:
         """The evaluation settings of ``variant``'s cells: [eval] with its overrides."""
@@ -230,6 +233,27 @@ def _check_eval(src: str, where: str, table: Any) -> dict[str, Any]:
     return ev
 
 
+def _check_pairs(src: str, raw: list[Any], variants: dict[str, Any]
+                 ) -> tuple[tuple[str, str], ...]:
+    """``study.pairs``: a list of ``[a, b]`` (two different variants, each pair once)."""
+    pairs: list[tuple[str, str]] = []
+    for i, p in enumerate(raw):
+        where = f"study.pairs[{i}]"
+        if not (isinstance(p, list) and len(p) == 2 and all(isinstance(v, str) for v in p)):
+            raise SpatError(f"{src}: {where} must be a list of two variant names "
+                            f'["a", "b"] (the difference a − b), got {p!r}')
+        for v in p:
+            if v not in variants:
+                raise SpatError(f"{src}: {where}: {v!r} is not a variant "
+                                f"(valid: {', '.join(variants)})")
+        if p[0] == p[1]:
+            raise SpatError(f"{src}: {where} pairs {p[0]!r} with itself")
+        if tuple(p) in pairs:
+            raise SpatError(f"{src}: {where} lists the pair {p[0]} − {p[1]} twice")
+        pairs.append((p[0], p[1]))
+    return tuple(pairs)
+
+
 def parse_study(data: dict[str, Any], src: str) -> StudySpec:
     """Validate the TOML document ``data`` (from file ``src``) into a :class:`StudySpec`."""
     allowed = ("study", "train", "variants", "eval", "engine")
@@ -280,6 +304,7 @@ def parse_study(data: dict[str, Any], src: str) -> StudySpec:
     if baseline not in variants:
         raise SpatError(f"{src}: study.baseline {baseline!r} is not a variant "
                         f"(valid: {', '.join(variants)})")
+    pairs = _check_pairs(src, st.get("pairs", []), variants)
     ev = _check_eval(src, "eval", data.get("eval", {}))
     eng = _check_table(src, "engine", data.get("engine", {}), ENGINE_KEYS)
     if eng.get("kind", "local") not in ENGINES:
@@ -298,7 +323,7 @@ def parse_study(data: dict[str, Any], src: str) -> StudySpec:
                      datasets=tuple(datasets), seeds=tuple(seeds), variants=variants,
                      baseline=baseline, train=train, eval=EvalSpec(**ev),
                      engine=EngineSpec(**eng), description=st.get("description", ""),
-                     variant_eval=variant_eval)
+                     variant_eval=variant_eval, pairs=pairs)
     plan_cells(spec)  # validates every cell's config now
     return spec
 
