@@ -592,3 +592,60 @@ def test_compare_warns_when_runs_were_evaluated_differently(tmp_path: Path,
     assert all(r["protocol_mismatch"] for r in diff["runs"])
     md = (tmp_path / "diff" / "comparison.md").read_text()
     assert md.startswith("> **Warning:**") and "not comparable" in md
+
+
+def _children(pid: int) -> set[int]:
+    """Live (non-zombie) processes whose parent is ``pid``, from /proc."""
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.add(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc")
+def test_sigterm_stops_the_study_and_its_workers(tmp_path: Path) -> None:
+    """``kill`` (SIGTERM, a batch system's time limit) on a running ``spat study`` stops its
+    worker processes too (exit 130, like Ctrl-C) instead of leaving them running."""
+    path = _write(tmp_path, "term")
+    path.write_text(path.read_text().replace("epochs = 1\n", "epochs = 200\n"))  # still running
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "spat", "study", str(path), "--workers", "2",
+                             "--threads", "1", "--no-figures"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    workers: set[int] = set()
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            if list((tmp_path / "term").glob("digits/*/seed*/config.json")):
+                workers = {p for p in _children(proc.pid) if "spawn_main" in
+                           Path(f"/proc/{p}/cmdline").read_text(errors="replace")}
+                if len(workers) == 2:
+                    break
+            time.sleep(0.05)
+        assert proc.poll() is None and len(workers) == 2, "no two running workers to stop"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 130
+        deadline = time.time() + 20
+        while time.time() < deadline and any(_alive(p) for p in workers):
+            time.sleep(0.1)
+        assert not any(_alive(p) for p in workers), "workers left running after SIGTERM"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        for p in workers:
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)

@@ -9,11 +9,14 @@ each of the k workers sees one GPU (``CUDA_VISIBLE_DEVICES``).
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -160,19 +163,55 @@ def run_local(cells: Sequence[Cell], plan: PoolPlan, log_dir: str, *, log: Log =
         for g in plan.gpus:
             queue.put(g)
     records: list[dict[str, Any]] = []
-    with cf.ProcessPoolExecutor(max_workers=plan.workers, mp_context=ctx,
-                                initializer=_init_worker, initargs=(plan.threads, queue)) as ex:
-        futures = {ex.submit(run_cell, dataclasses_asdict(c), threads=plan.threads,
-                             log_path=os.path.join(log_dir, _log_name(c))): c for c in cells}
-        for fut in cf.as_completed(futures):
-            c = futures[fut]
-            try:
-                rec = fut.result()
-            except Exception as e:  # noqa: BLE001 - a worker died (killed, out of memory)
-                rec = {"key": c.key, "run_dir": c.run_dir, "stages": [],
-                       "error": f"worker died: {type(e).__name__}: {e}"}
-            finish_record(rec, records, on_record, progress, log)
+    with _sigterm_as_interrupt(), \
+            cf.ProcessPoolExecutor(max_workers=plan.workers, mp_context=ctx,
+                                   initializer=_init_worker, initargs=(plan.threads, queue)) as ex:
+        try:
+            futures = {ex.submit(run_cell, dataclasses_asdict(c), threads=plan.threads,
+                                 log_path=os.path.join(log_dir, _log_name(c))): c for c in cells}
+            for fut in cf.as_completed(futures):
+                c = futures[fut]
+                try:
+                    rec = fut.result()
+                except Exception as e:  # noqa: BLE001 - a worker died (killed, out of memory)
+                    rec = {"key": c.key, "run_dir": c.run_dir, "stages": [],
+                           "error": f"worker died: {type(e).__name__}: {e}"}
+                finish_record(rec, records, on_record, progress, log)
+        except BaseException:
+            stop_workers(ex)
+            raise
     return records
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While the pool runs, SIGTERM (``kill``, a batch system's time limit) stops the study
+    like Ctrl-C does: as a KeyboardInterrupt in the main thread, so the workers are stopped
+    too instead of being left running. A no-op outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def stop_workers(ex: cf.ProcessPoolExecutor) -> None:
+    """Stop the pool now: cancel the queued cells and terminate the running workers (their
+    cells stop mid-way and resume from their last checkpoint or saved attack next time)."""
+    procs = list((getattr(ex, "_processes", None) or {}).values())  # shutdown() forgets them
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()
+    ex.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        proc.join(timeout=10)
 
 
 def finish_record(rec: dict[str, Any], records: list[dict[str, Any]],
