@@ -12,9 +12,8 @@ from torch import nn
 
 from spat.attacks.engine import perturb
 from spat.attacks.objectives import cross_entropy
-from spat.errors import SpatError
 from spat.methods.base import MethodDefaults, MethodOutput, ThreatModel
-from spat.methods.spat import check_warmup, consistency, natural_logits, warmup_for_epoch
+from spat.methods.spat import WarmupMethod, consistency, natural_logits
 
 
 def _mart_threat() -> ThreatModel:
@@ -23,7 +22,7 @@ def _mart_threat() -> ThreatModel:
 
 
 @dataclass(frozen=True, kw_only=True)
-class MART(MethodDefaults):
+class MART(WarmupMethod, MethodDefaults):
     """L = BCE(f(x'), y) + λ · mean_i KL(p(x_i)‖p(x'_i)) · (1 − p_y(x_i)).
 
     BCE(f(x'), y) = CE(f(x'), y) − log(1 − max_{k≠y} p_k(x')), the boosted CE; x' is PGD-K on CE.
@@ -55,15 +54,6 @@ class MART(MethodDefaults):
     n: float = 0.2
     beta_ramp_epochs: int = 0
     self_paced_after: int = 0
-
-    def __post_init__(self) -> None:
-        if self.beta < 0:
-            raise SpatError(f"beta must be >= 0, got {self.beta}")
-        check_warmup(self)
-
-    def for_epoch(self, epoch: int) -> MART:
-        """This method for epoch ``epoch`` (0-based) under its warm-ups."""
-        return warmup_for_epoch(self, epoch)  # type: ignore[return-value]
 
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,

@@ -194,8 +194,27 @@ def _official_threat() -> ThreatModel:
     return ThreatModel(eps=0.031, step_size=0.007, steps=10, init="normal")
 
 
+class WarmupMethod:
+    """What a method with β (MART's λ) and the warm-ups shares: β ≥ 0 and valid warm-ups
+    (:func:`check_warmup`) at construction, and :meth:`for_epoch` for the training loop."""
+
+    beta: float
+    beta_ramp_epochs: int
+    self_paced_after: int
+
+    def __post_init__(self) -> None:
+        if self.beta < 0:
+            raise SpatError(f"beta must be >= 0, got {self.beta}")
+        check_warmup(self)
+
+    def for_epoch(self, epoch: int) -> WarmupMethod:
+        """This method for epoch ``epoch`` (0-based) under its warm-ups
+        (:func:`warmup_for_epoch`)."""
+        return warmup_for_epoch(self, epoch)  # type: ignore[arg-type,return-value]
+
+
 @dataclass(frozen=True, kw_only=True)
-class ConsistencyAT(MethodDefaults):
+class ConsistencyAT(WarmupMethod, MethodDefaults):
     """L = CE(z̃(x), y) + β · mean_i R(p_i, q_i), with q from x' = argmax_{x'∈B(x,ε)} R(p, q).
 
     Symbols (arXiv 1901.08573 for TRADES, 2210.15068 for SPAT):
@@ -239,15 +258,6 @@ class ConsistencyAT(MethodDefaults):
     beta_ramp_epochs: int = 0
     self_paced_after: int = 0
 
-    def __post_init__(self) -> None:
-        if self.beta < 0:
-            raise SpatError(f"beta must be >= 0, got {self.beta}")
-        check_warmup(self)
-
-    def for_epoch(self, epoch: int) -> ConsistencyAT:
-        """This method for epoch ``epoch`` (0-based) under its warm-ups
-        (:func:`warmup_for_epoch`)."""
-        return warmup_for_epoch(self, epoch)  # type: ignore[return-value]
 
     def adversarial(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
