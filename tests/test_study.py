@@ -500,6 +500,30 @@ def test_study_through_local_pool(pool_study: tuple[Path, dict]) -> None:
         cell_state(cell)
 
 
+def test_read_cell_class_pair_share_from_the_saved_predictions(
+        pool_study: tuple[Path, dict]) -> None:
+    """The 8 → 1 share of a real cell, recomputed from predictions.npz with numpy alone; a
+    class the dataset does not have is an error naming the study file and the field."""
+    from spat.study.aggregate import read_cell
+
+    cells = plan_cells(load_study(pool_study[0].parent / "ref.toml"))
+    checked = 0
+    for cell in cells:
+        with np.load(Path(cell.run_dir) / "eval" / "predictions.npz") as f:
+            y, adv = f["labels"], f["adv/PGD-20"]
+        wrong8 = (y == 8) & (adv != 8)
+        got = read_cell(cell, [("8", "1")]).metrics["8→1"]
+        if wrong8.sum():
+            assert got == pytest.approx(((adv == 1) & wrong8).sum() / wrong8.sum())
+            checked += 1
+        else:
+            assert math.isnan(got)
+    assert checked  # at least one cell has misclassified 8s
+    with pytest.raises(SpatError, match=r"^x\.toml: study\.class_pairs\.digits: 'eight' is "
+                       r"not a class of this dataset \(classes: 0, 1, 2"):
+        read_cell(cells[0], [("eight", "1")], "x.toml")
+
+
 def test_cell_analysis_stage_then_done(pool_study: tuple[Path, dict]) -> None:
     """A finished cell whose study asks for the per-run analysis gets it (spat analyze's
     files), and is then done: a rerun does nothing."""
@@ -649,3 +673,102 @@ def test_sigterm_stops_the_study_and_its_workers(tmp_path: Path) -> None:
         for p in workers:
             if _alive(p):
                 os.kill(p, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("entry, why", [
+    ('class_pairs = [["8", "1"]]', "must be a table"),
+    ('class_pairs = { mnist = [["8", "1"]] }', "'mnist' is not a dataset of this study"),
+    ('class_pairs = { digits = [] }', "non-empty list"),
+    ('class_pairs = { digits = [["8"]] }', "two class names"),
+    ('class_pairs = { digits = [["8", 1]] }', "two class names"),
+    ('class_pairs = { digits = [["8", ""]] }', "two class names"),
+    ('class_pairs = { digits = [["8", "8"]] }', "with itself"),
+    ('class_pairs = { digits = [["8", "1"], ["8", "1"]] }', "twice"),
+])
+def test_study_class_pairs_errors_name_file_and_field(tmp_path: Path, entry: str,
+                                                      why: str) -> None:
+    with pytest.raises(SpatError) as e:
+        _pairs_spec(tmp_path, entry)
+    msg = str(e.value)
+    assert str(tmp_path / "pairs.toml") in msg and "class_pairs" in msg and why in msg
+    assert "\n" not in msg
+
+
+def test_class_pair_counts_and_shares_by_hand() -> None:
+    """Row = true class. Class 0 has 2 + 6 + 2 = 10 errors, 6 of them to class 1: 0 → 1 is
+    0.6, 0 → 2 is 0.2; class 2 has no error, so 2 → 0 is NaN (not 0)."""
+    from spat.study.aggregate import class_pair_counts, class_pair_shares
+
+    conf = np.array([[5, 6, 2, 2], [1, 9, 0, 0], [0, 0, 7, 0], [0, 3, 0, 4]])
+    names = ["zero", "one", "two", "three"]
+    pairs = [("zero", "one"), ("zero", "two"), ("two", "zero"), ("three", "one")]
+    assert class_pair_counts(conf, names, pairs) == {
+        "zero→one": (6, 10), "zero→two": (2, 10), "two→zero": (0, 0), "three→one": (3, 3)}
+    shares = class_pair_shares(conf, names, pairs)
+    assert shares["zero→one"] == 0.6 and shares["zero→two"] == 0.2
+    assert math.isnan(shares["two→zero"]) and shares["three→one"] == 1.0
+    with pytest.raises(SpatError, match=r"study.class_pairs: 'four' is not a class .*zero"):
+        class_pair_counts(conf, names, [("four", "one")])
+
+
+def _class_pair_results(spec, shares: bool = True) -> list:
+    """Hand-made cells of the pairs study with PGD-20 confusions over 3 digit classes (named
+    "8", "1", "3"): 8's errors that land in 1 are 3/4, 1/2, 2/4 for a and 1/4, 0/2, 1/2 for c,
+    so c − a is -0.5, -0.5, 0.0 on seeds 0-2 (seed 3 of c unfinished). ``shares``: add the
+    8 → 1 metric (as read_cell does with study.class_pairs)."""
+    from spat.study.aggregate import class_pair_shares
+
+    to_1 = {"a": [(3, 1), (1, 1), (2, 2), (1, 1)], "b": [(2, 2)] * 4,
+            "c": [(1, 3), (0, 2), (1, 1), None]}
+    names = ["8", "1", "3"]
+    out = []
+    for r in _pairs_results(spec):
+        split = to_1[r.cell.variant][r.cell.seed]
+        if split is not None:
+            conf = np.array([[6, split[0], split[1]], [0, 10, 0], [0, 1, 9]])
+            r.confusion, r.class_names, r.primary = conf, names, "PGD-20"
+            if shares:
+                r.metrics.update(class_pair_shares(conf, names, [("8", "1")]))
+        out.append(r)
+    return out
+
+
+def test_class_pairs_table_in_md_json_and_absent_class_pairs_change_nothing(
+        tmp_path: Path) -> None:
+    from spat.study.aggregate import aggregate
+    from spat.study.report import write_outputs
+
+    with_cp = _pairs_spec(tmp_path, 'class_pairs = { digits = [["8", "1"]] }')
+    plain = _pairs_spec(tmp_path, "", name="plain.toml")
+    assert with_cp.class_pairs == {"digits": (("8", "1"),)} and plain.class_pairs == {}
+    docs = {}
+    for key, spec in (("w", with_cp), ("p", plain)):
+        results = _class_pair_results(spec, shares=key == "w")
+        aggs, metrics = aggregate(spec, results)
+        assert metrics[-1] == ("8→1" if key == "w" else "PGD-20")
+        write_outputs(spec, aggs, metrics, results, figures=False)
+        docs[key] = {f: (spec.study_dir / f"study.{f}").read_text() for f in ("md", "json")}
+    md = docs["w"]["md"].split("\n")
+    # the accuracy tables keep their columns; the class pair has its own table
+    assert "| variant (cells) | clean | PGD-20 |" in md
+    i = md.index("| variant | 8→1 |")
+    assert md[i - 2].startswith("Named class pairs (`study.class_pairs`), the measure of the "
+                                "paper's Fig. 1: of class a's test images that PGD-20")
+    # a: shares .75 .5 .5 .5 -> mean 56.25, sd 12.5; pooled 7 of 12 errors
+    assert md[i + 2] == "| a | 56.2 ± 12.5 [36.4, 76.1] (7/12) |"
+    # c: .25 0 .5 on seeds 0-2, pooled 2 of 8
+    assert md[i + 4] == "| c | 25.0 ± 25.0 [-37.1, 87.1] (2/8) |"
+    # c − a: -0.5, -0.5, 0 -> mean -1/3, sd sqrt(1/12), t_{0.975,2} = 4.3027 -> [-105.0, +38.4]
+    j = md.index("| variant | 8→1 |", i + 1)
+    assert md[j + 3] == "| c | -33.3 [-105.0, +38.4] {-50.0, +0.0} |"
+    # without class pairs: the same document less that block
+    block = "\n".join(md[i - 2:j + 5]) + "\n"
+    assert docs["w"]["md"].replace(block, "", 1).replace("pairs.toml", "plain.toml") \
+        == docs["p"]["md"]
+    wj = json.loads(docs["w"]["json"])
+    assert wj["class_pairs"] == {"digits": [["8", "1"]]} and "class_pairs" not in json.loads(
+        docs["p"]["json"])
+    pooled = {a["variant"]: a["hard_pairs_pooled"]["class_pairs"]["8→1"]
+              for a in wj["aggregates"]}
+    assert pooled["a"] == {"count": 7, "errors": 12, "share": 7 / 12}
+    assert pooled["c"] == {"count": 2, "errors": 8, "share": 0.25}

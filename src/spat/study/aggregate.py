@@ -8,12 +8,18 @@ interval and a paired percentile-bootstrap interval (fixed RNG seed), and the sa
 named pair ``[a, b]`` of ``study.pairs`` (a − b; :func:`pair_differences`). The hard-pair
 concentration is also computed on the confusion matrix pooled over seeds (so classes with few
 errors per seed get enough), each number beside its null expectation under uniform wrong
-targets (:func:`spat.analysis.stats.honest_concentration`).
+targets (:func:`spat.analysis.stats.honest_concentration`). With ``study.class_pairs``, each
+named class pair a → b is one more metric per cell, the measure of the paper's Fig. 1
+(arXiv 2210.15068: the share of misclassified dog images that PGD-20 turns into "cat"): of
+class a's test images the primary attack misclassifies, the share predicted as b
+(:func:`class_pair_shares`), with the same summaries and paired differences, and pooled over
+seeds as counts.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +45,47 @@ CLEAN, WORST_CASE, WORST_CLASS, EXCESS = ("clean", "worst case", "worst class",
 #: attack, PGD-10 by default) at its best epoch, read from metrics.jsonl: the numbers to select
 #: settings on, never the test set.
 VAL_CLEAN, VAL_ROBUST = "val_clean_acc", "val_robust_acc"
+#: The arrow of a class-pair metric's name, ``"Shirt→T-shirt/top"`` (never in an attack's name).
+ARROW = "→"
+
+
+def class_pair_metric(a: str, b: str) -> str:
+    """The metric name of the class pair a → b."""
+    return f"{a}{ARROW}{b}"
+
+
+def is_class_pair_metric(metric: str) -> bool:
+    return ARROW in metric
+
+
+def class_pair_counts(confusion: np.ndarray, class_names: Sequence[str],
+                      pairs: Sequence[tuple[str, str]], *, where: str = "study.class_pairs"
+                      ) -> dict[str, tuple[int, int]]:
+    """Per pair a → b: ``(count, errors)``, where ``errors`` is the number of class-a images
+    (row a of ``confusion``, rows = true class, columns = prediction) predicted as any other
+    class and ``count`` those predicted as b. A name that is not a class raises
+    :class:`SpatError` naming ``where`` and the classes."""
+    names = list(class_names)
+    out = {}
+    for a, b in pairs:
+        for c in (a, b):
+            if c not in names:
+                raise SpatError(f"{where}: {c!r} is not a class of this dataset (classes: "
+                                f"{', '.join(names)})")
+        ia, ib = names.index(a), names.index(b)
+        row = np.asarray(confusion[ia])
+        out[class_pair_metric(a, b)] = (int(row[ib]), int(row.sum() - row[ia]))
+    return out
+
+
+def class_pair_shares(confusion: np.ndarray, class_names: Sequence[str],
+                      pairs: Sequence[tuple[str, str]], *, where: str = "study.class_pairs"
+                      ) -> dict[str, float]:
+    """Per pair a → b, ``count / errors`` of :func:`class_pair_counts` (NaN when class a has
+    no error): the paper's Fig. 1 measure for one model."""
+    return {k: (c / n if n else math.nan)
+            for k, (c, n) in class_pair_counts(confusion, class_names, pairs,
+                                               where=where).items()}
 
 
 @dataclass
@@ -63,8 +110,11 @@ def _primary(names: list[str]) -> str | None:
     return next((a for a in names if a.upper().startswith("PGD")), names[0] if names else None)
 
 
-def read_cell(cell: Cell) -> CellResult:
-    """The metrics of ``cell`` from ``RUN/eval/report.json`` and ``predictions.npz``."""
+def read_cell(cell: Cell, class_pairs: Sequence[tuple[str, str]] = (), src: str = "study"
+              ) -> CellResult:
+    """The metrics of ``cell`` from ``RUN/eval/report.json`` and ``predictions.npz``
+    (``class_pairs``: its dataset's named class pairs, one share metric each; ``src``: the
+    study file, named by the error for a class name the dataset does not have)."""
     run = Path(cell.run_dir)
     res = CellResult(cell)
     rep = read_json_object_or_none(run / "eval" / "report.json")
@@ -93,6 +143,9 @@ def read_cell(cell: Cell) -> CellResult:
             hc = honest_concentration(res.confusion)
             m[EXCESS] = hc.mean_excess_top_share
     m.update(best_epoch_validation(run))
+    if class_pairs and res.confusion is not None:
+        m.update(class_pair_shares(res.confusion, res.class_names, class_pairs,
+                                   where=f"{src}: study.class_pairs.{cell.dataset}"))
     res.metrics = m
     return res
 
@@ -138,7 +191,7 @@ class Aggregate:
 
 def metric_order(results: list[CellResult]) -> list[str]:
     """Metrics in display order: clean, attacks (as evaluated), worst case, worst class,
-    excess top share."""
+    excess top share, validation accuracies, class pairs."""
     seen: list[str] = []
     for r in results:
         for k in r.metrics:
@@ -146,6 +199,7 @@ def metric_order(results: list[CellResult]) -> list[str]:
                 seen.append(k)
     fixed = [CLEAN]
     tail = [k for k in (WORST_CASE, WORST_CLASS, EXCESS, VAL_CLEAN, VAL_ROBUST) if k in seen]
+    tail += [k for k in seen if is_class_pair_metric(k)]
     return [k for k in fixed if k in seen] + [k for k in seen if k not in fixed + tail] + tail
 
 
@@ -168,7 +222,8 @@ def aggregate(spec: StudySpec, results: list[CellResult], *, resamples: int = 10
                 dt, db = paired_differences(vals, base_vals, metrics, resamples=resamples,
                                             rng_seed=rng_seed)
             out.append(Aggregate(ds, v, list(spec.seeds), vals, summary, dt, db,
-                                 _pooled([r for r in rs if r is not None and r.done]),
+                                 _pooled([r for r in rs if r is not None and r.done],
+                                         spec.class_pairs.get(ds, ())),
                                  sum(1 for r in rs if r is not None and r.done), len(rs)))
     return out, metrics
 
@@ -231,8 +286,10 @@ def _val(r: CellResult | None, k: str) -> float:
     return float(r.metrics[k])
 
 
-def _pooled(rs: list[CellResult]) -> dict[str, Any] | None:
-    """Hard-pair concentration of the confusion pooled over seeds, beside its null."""
+def _pooled(rs: list[CellResult], class_pairs: Sequence[tuple[str, str]] = ()
+            ) -> dict[str, Any] | None:
+    """Hard-pair concentration of the confusion pooled over seeds, beside its null (and,
+    with ``class_pairs``, each named pair's pooled count / errors)."""
     confs = [r.confusion for r in rs if r.confusion is not None]
     if not confs:
         return None
@@ -240,7 +297,7 @@ def _pooled(rs: list[CellResult]) -> dict[str, Any] | None:
     names = rs[0].class_names
     hc = honest_concentration(pooled)
     flows = directed_flows(pooled)
-    return {
+    out = {
         "attack": rs[0].primary, "seeds": len(confs), "examples": int(pooled.sum()),
         "errors": int(hc.observed.errors.sum()),
         "mean_top_share": hc.observed.mean_top_share,
@@ -253,3 +310,8 @@ def _pooled(rs: list[CellResult]) -> dict[str, Any] | None:
         "top_pair": flows[0].to_dict(names) if flows else None,
         "per_class": hc.to_dict(names),
     }
+    if class_pairs:
+        out["class_pairs"] = {k: {"count": c, "errors": n, "share": c / n if n else None}
+                              for k, (c, n) in class_pair_counts(pooled, names,
+                                                                 class_pairs).items()}
+    return out

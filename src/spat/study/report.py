@@ -4,7 +4,9 @@ metric), ``study.json`` (everything, per-seed values included) and the figures.
 With ``study.pairs``, each named pair ``a − b`` adds a table after the baseline's paired table,
 CSV rows ``variant = a, minus = b`` (a ``minus`` column that then also names the baseline on the
 baseline-difference rows) and a ``pairs`` list in the JSON. Without it, the files are those of a
-study without pairs, byte for byte."""
+study without pairs, byte for byte. ``study.class_pairs`` adds, per dataset, one table of the
+named class pairs' shares (the paper's Fig. 1 measure) and their paired differences; their
+metrics are left out of the accuracy tables and figures."""
 
 from __future__ import annotations
 
@@ -17,7 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from spat.analysis.stats import Interval
-from spat.study.aggregate import EXCESS, Aggregate, CellResult, PairDifference, pair_differences
+from spat.study.aggregate import (
+    EXCESS,
+    Aggregate,
+    CellResult,
+    PairDifference,
+    class_pair_metric,
+    is_class_pair_metric,
+    pair_differences,
+)
 from spat.study.spec import StudySpec
 from spat.utils.io import atomic_write_text, json_safe
 
@@ -112,9 +122,48 @@ def _diff_cells(dt: dict[str, Interval], db: dict[str, Interval], metrics: list[
     return cells
 
 
+def _summary_cell(s: Interval) -> str:
+    cell = f"{_f(s.mean)} ± {_f(s.std)}"
+    if not math.isnan(s.low):
+        cell += f" [{_f(s.low)}, {_f(s.high)}]"
+    return cell
+
+
+def _class_pair_lines(spec: StudySpec, ds: str, sub: list[Aggregate]) -> list[str]:
+    """The named class pairs of ``ds``: each variant's share per pair (mean ± std [t] over
+    seeds, and pooled over seeds as count/errors), then the paired differences to the
+    baseline."""
+    keys = [class_pair_metric(a, b) for a, b in spec.class_pairs.get(ds, ())]
+    sub = [a for a in sub if all(k in a.summary for k in keys)]
+    if not keys or not sub:
+        return []
+    att = next((a.pooled["attack"] for a in sub if a.pooled), "the primary attack")
+    lines = [f"Named class pairs (`study.class_pairs`), the measure of the paper's Fig. 1: of "
+             f"class a's test images that {att} misclassifies, the share predicted as b, in %: "
+             "mean ± sample std over seeds [95 % Student-t interval] (pooled over seeds: "
+             "count/errors).", ""]
+    rows = []
+    for a in sub:
+        cp = (a.pooled or {}).get("class_pairs", {})
+        rows.append([a.variant, *[_summary_cell(a.summary[k])
+                                  + (f" ({cp[k]['count']}/{cp[k]['errors']})" if k in cp
+                                     else "") for k in keys]])
+    lines += [_md_table(["variant", *keys], rows), ""]
+    others = [a for a in sub if a.variant != spec.baseline]
+    if others:
+        lines += [f"Paired difference of these shares to **{spec.baseline}**, in points: mean "
+                  "[95 % paired t interval] {95 % paired bootstrap interval} (negative = "
+                  f"fewer of a's errors in b than {spec.baseline}).", ""]
+        lines += [_md_table(["variant", *keys],
+                            [[a.variant, *_diff_cells(a.diff_t, a.diff_boot, keys)]
+                             for a in others]), ""]
+    return lines
+
+
 def render_markdown(spec: StudySpec, aggs: list[Aggregate], metrics: list[str],
                     results: list[CellResult], figures: list[str],
                     pairs: Sequence[PairDifference] = ()) -> str:
+    metrics = [m for m in metrics if not is_class_pair_metric(m)]
     done = sum(1 for r in results if r.done)
     lines = [f"# Study {spec.name}", ""]
     if spec.description:
@@ -134,14 +183,8 @@ def render_markdown(spec: StudySpec, aggs: list[Aggregate], metrics: list[str],
         lines += [f"## {ds}", ""]
         rows = []
         for a in sub:
-            cells = []
-            for m in metrics:
-                s = a.summary[m]
-                cell = f"{_f(s.mean)} ± {_f(s.std)}"
-                if not math.isnan(s.low):
-                    cell += f" [{_f(s.low)}, {_f(s.high)}]"
-                cells.append(cell)
-            rows.append([f"{a.variant} ({a.cells_done}/{a.cells_total})", *cells])
+            rows.append([f"{a.variant} ({a.cells_done}/{a.cells_total})",
+                         *[_summary_cell(a.summary[m]) for m in metrics]])
         lines += [_md_table(["variant (cells)", *metrics], rows), ""]
         others = [a for a in sub if a.variant != spec.baseline]
         if others:
@@ -181,6 +224,7 @@ def render_markdown(spec: StudySpec, aggs: list[Aggregate], metrics: list[str],
             lines += [_md_table(["variant", "errors", "mean top share", "excess",
                                  "mean norm. entropy", "non-uniform classes", "top pair"],
                                 rows), ""]
+        lines += _class_pair_lines(spec, ds, sub)
         for f in figures:
             if f == f"study_{ds}.png":
                 lines += [f"![{ds}]({f}) (also `study_{ds}.pdf`)", ""]
@@ -231,6 +275,8 @@ def write_outputs(spec: StudySpec, aggs: list[Aggregate], metrics: list[str],
             "hard_pairs_pooled": a.pooled,
         } for a in aggs],
     }
+    if spec.class_pairs:
+        doc["class_pairs"] = {ds: [list(p) for p in v] for ds, v in spec.class_pairs.items()}
     if spec.pairs:
         doc["pairs"] = [{
             "dataset": p.dataset, "variant": p.variant, "minus": p.minus,

@@ -191,7 +191,7 @@ def run_study(spec: StudySpec, *, engine: str | None = None, workers: int | None
                 raise SpatError(f"unknown engine {kind!r} (valid: local, submitit)")
         finally:
             bar.close()
-    results = [read_cell(c) for c in cells]
+    results = [read_cell(c, spec.class_pairs.get(c.dataset, ()), spec.path) for c in cells]
     aggs, metrics = aggregate(spec, results)
     pairs = pair_differences(spec, aggs, metrics)
     files = write_outputs(spec, aggs, metrics, results, figures=figures, pairs=pairs)

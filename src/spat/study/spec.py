@@ -9,6 +9,9 @@
     seeds = [0, 1, 2]
     baseline = "pgd_at"            # the variant the paired differences are taken against
     pairs = [["spat_s16", "spat_t1"]]   # optional: more paired differences, first − second
+    # optional, per dataset: the share of class a's attacked errors that land in class b
+    # (the measure of the paper's Fig. 1: misclassified dogs predicted as "cat")
+    class_pairs = { digits = [["8", "1"]] }
 
     [train]                        # spat train settings shared by every cell
     epochs = 5
@@ -51,7 +54,8 @@ from spat.train.config import FIELD_NAMES, TrainConfig, config_from_dict
 #: Settings a study sets itself for each cell (not allowed in [train] or a variant).
 CELL_FIELDS = ("dataset", "seed", "out_dir", "name", "resume")
 STUDY_KEYS = {"name": str, "out_dir": str, "datasets": list, "seeds": list, "baseline": str,
-              "description": str, "pairs": list}
+              "description": str, "pairs": list,
+              "class_pairs": dict}
 EVAL_KEYS = {"attacks": list, "n_examples": int, "which": str, "seed": int, "batch_size": int,
              "restarts": int, "sanity_examples": int, "eps": float, "analyze": bool,
              "attack_logits": str}
@@ -131,6 +135,10 @@ class StudySpec:
     variant_eval: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Named pairs ``(a, b)`` whose paired difference a − b is reported beside the baseline's.
     pairs: tuple[tuple[str, str], ...] = ()
+    #: Per dataset, named class pairs ``(a, b)`` (class names as the dataset spells them):
+    #: each cell reports the share of class a's misclassified attacked test images predicted
+    #: as b (:func:`spat.study.aggregate.class_pair_shares`).
+    class_pairs: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
 
     def eval_of(self, variant: str) -> dict[str, Any]:
         """The evaluation settings of ``variant``'s cells: [eval] with its overrides."""
@@ -254,6 +262,35 @@ def _check_pairs(src: str, raw: list[Any], variants: dict[str, Any]
     return tuple(pairs)
 
 
+def _check_class_pairs(src: str, raw: dict[str, Any], datasets: list[str]
+                       ) -> dict[str, tuple[tuple[str, str], ...]]:
+    """``study.class_pairs``: ``{dataset = [["a", "b"], ...]}`` for datasets of the study, each
+    entry two different class names, each pair once per dataset. The names are checked
+    against the dataset's classes when its results are read."""
+    out: dict[str, tuple[tuple[str, str], ...]] = {}
+    for ds, entries in raw.items():
+        where = f"study.class_pairs.{ds}"
+        if ds not in datasets:
+            raise SpatError(f"{src}: {where}: {ds!r} is not a dataset of this study "
+                            f"(study.datasets: {', '.join(datasets)})")
+        if not isinstance(entries, list) or not entries:
+            raise SpatError(f"{src}: {where} must be a non-empty list of [\"a\", \"b\"] "
+                            f"class-name pairs, got {entries!r}")
+        seen: list[tuple[str, str]] = []
+        for i, p in enumerate(entries):
+            if not (isinstance(p, list) and len(p) == 2
+                    and all(isinstance(c, str) and c for c in p)):
+                raise SpatError(f"{src}: {where}[{i}] must be a list of two class names "
+                                f'["a", "b"] (a\'s errors that land in b), got {p!r}')
+            if p[0] == p[1]:
+                raise SpatError(f"{src}: {where}[{i}] pairs class {p[0]!r} with itself")
+            if (p[0], p[1]) in seen:
+                raise SpatError(f"{src}: {where}[{i}] lists {p[0]} → {p[1]} twice")
+            seen.append((p[0], p[1]))
+        out[ds] = tuple(seen)
+    return out
+
+
 def parse_study(data: dict[str, Any], src: str) -> StudySpec:
     """Validate the TOML document ``data`` (from file ``src``) into a :class:`StudySpec`."""
     allowed = ("study", "train", "variants", "eval", "engine")
@@ -305,6 +342,7 @@ def parse_study(data: dict[str, Any], src: str) -> StudySpec:
         raise SpatError(f"{src}: study.baseline {baseline!r} is not a variant "
                         f"(valid: {', '.join(variants)})")
     pairs = _check_pairs(src, st.get("pairs", []), variants)
+    class_pairs = _check_class_pairs(src, st.get("class_pairs", {}), datasets)
     ev = _check_eval(src, "eval", data.get("eval", {}))
     eng = _check_table(src, "engine", data.get("engine", {}), ENGINE_KEYS)
     if eng.get("kind", "local") not in ENGINES:
@@ -323,7 +361,8 @@ def parse_study(data: dict[str, Any], src: str) -> StudySpec:
                      datasets=tuple(datasets), seeds=tuple(seeds), variants=variants,
                      baseline=baseline, train=train, eval=EvalSpec(**ev),
                      engine=EngineSpec(**eng), description=st.get("description", ""),
-                     variant_eval=variant_eval, pairs=pairs)
+                     variant_eval=variant_eval, pairs=pairs,
+                     class_pairs=class_pairs)
     plan_cells(spec)  # validates every cell's config now
     return spec
 
