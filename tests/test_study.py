@@ -589,6 +589,47 @@ def test_study_killed_midway_resumes_to_the_same_table(tmp_path: Path,
     assert _table(study) == _table(pool_study[0])
 
 
+def test_a_cell_another_process_holds_is_skipped_not_failed(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    """Two `spat study` of one file share its cells: a cell whose run folder is locked by a
+    live process is reported as skipped (exit 0), gets no study_cell.json and stays to do."""
+    from spat.cli import main
+    from spat.study.cell import cell_state
+    from spat.study.pool import dataclasses_asdict, describe
+    from spat.utils.lock import FolderLock
+
+    path = tmp_path / "busy.toml"
+    path.write_text(f"""
+[study]
+name = "busy"
+out_dir = "{(tmp_path / 'out').as_posix()}"
+datasets = ["digits"]
+seeds = [0]
+[train]
+epochs = 1
+train_subset = 64
+device = "cpu"
+[variants.a]
+method = "pgd_at"
+[eval]
+attacks = ["fgsm"]
+n_examples = 20
+""")
+    (cell,) = plan_cells(load_study(path))
+    run = Path(cell.run_dir)
+    run.mkdir(parents=True)
+    with FolderLock(run, "the run"):
+        code = main(["study", str(path), "--workers", "1", "--threads", "1", "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "digits/a/seed0: skipped, another process holds it" in out
+    assert "SKIPPED digits/a/seed0: another process is running it" in out and "FAILED" not in out
+    assert not (run / "study_cell.json").exists()
+    assert cell_state(dataclasses_asdict(cell)) != "done"
+    rec = {"key": "k", "error": None, "busy": "x is in use"}
+    assert describe(rec) == "k: skipped, another process holds it (x is in use)"
+
+
 def test_compare_warns_when_runs_were_evaluated_differently(tmp_path: Path,
                                                             pool_study: tuple[Path, dict]
                                                             ) -> None:

@@ -9,6 +9,12 @@ class SpatError(ValueError):
     """
 
 
+class FolderBusy(SpatError):
+    """A folder another live process holds (its ``.lock``): nothing is wrong with the input,
+    the work is being done elsewhere. ``spat study`` reports such a cell as skipped, not
+    failed."""
+
+
 def unknown_name(kind: str, name: str, valid: "list[str] | tuple[str, ...]") -> SpatError:
     """An error for a registry lookup: ``unknown model 'x' (valid: a, b, c)``."""
     return SpatError(f"unknown {kind} {name!r} (valid: {', '.join(sorted(valid))})")

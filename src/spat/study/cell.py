@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from spat.errors import SpatError
+from spat.errors import FolderBusy, SpatError
 from spat.utils.io import read_json_object_or_none
 
 #: Config fields that may differ between the study file and a finished cell without making it
@@ -109,11 +109,14 @@ def _redirect(log_path: str | None) -> Iterator[None]:
 def run_cell(cell: dict[str, Any], *, threads: int | None = None, device: str | None = None,
              log_path: str | None = None) -> dict[str, Any]:
     """Train, evaluate and analyse one cell (each stage only if needed); returns a record
-    ``{key, run_dir, stages, seconds, train_images, eval_images, threads, error}``.
+    ``{key, run_dir, stages, seconds, train_images, eval_images, threads, error, busy}``.
 
     ``threads`` sets ``torch.set_num_threads`` (and OMP/MKL variables) before any work;
     ``device`` overrides the config's device (not part of the cell's identity). Errors are
-    returned in ``error`` (one line), not raised, so a worker survives a failing cell.
+    returned in ``error`` (one line), not raised, so a worker survives a failing cell. A cell
+    whose run folder another live process holds (a second ``spat study`` of the same file,
+    or a ``spat train``/``eval`` by hand) is left to it: ``busy`` holds the one-line reason
+    and ``error`` stays ``None``.
     """
     from spat.utils.threads import set_threads
 
@@ -122,12 +125,14 @@ def run_cell(cell: dict[str, Any], *, threads: int | None = None, device: str | 
     t0 = time.perf_counter()
     key = f"{cell['dataset']}/{cell['variant']}/seed{cell['seed']}"
     record: dict[str, Any] = {"key": key, "run_dir": cell["run_dir"], "stages": [],
-                              "error": None, "pid": os.getpid()}
+                              "error": None, "busy": None, "pid": os.getpid()}
     try:
         with _redirect(log_path):
             print(f"=== {key} ({time.strftime('%Y-%m-%d %H:%M:%S')}, pid {os.getpid()}, "
                   f"threads {threads})", flush=True)
             _run_stages(cell, record, device)
+    except FolderBusy as e:
+        record["busy"] = str(e)
     except SpatError as e:
         record["error"] = str(e)
     except Exception as e:  # noqa: BLE001 - reported per cell; the study goes on

@@ -143,6 +143,8 @@ def describe(record: dict[str, Any]) -> str:
     """``"digits/spat/seed1: trained, evaluated, analysed in 31 s"`` (or its error)."""
     if record.get("error"):
         return f"{record['key']}: FAILED ({record['error']})"
+    if record.get("busy"):
+        return f"{record['key']}: skipped, another process holds it ({record['busy']})"
     words = {"new": "trained", "resume": "resumed", "eval": "evaluated", "analyze": "analysed"}
     stages = ", ".join(words[s] for s in record["stages"]) or "already done"
     return f"{record['key']}: {stages} in {record.get('seconds', 0):.0f} s"

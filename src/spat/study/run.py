@@ -152,7 +152,9 @@ def run_study(spec: StudySpec, *, engine: str | None = None, workers: int | None
               threads: int | None = None, aggregate_only: bool = False, figures: bool = True,
               progress: bool | None = None, log: Log = print) -> dict[str, Any]:
     """Run the missing cells of ``spec`` and aggregate. Returns ``{files, records, failed,
-    plan}``; cells that fail are reported (the others still run and are aggregated)."""
+    busy, plan, ...}``; cells that fail are reported (the others still run and are
+    aggregated); ``busy``: the cells skipped because another live process holds their run
+    folder (two ``spat study`` of one file share its cells this way)."""
     from spat.study.aggregate import aggregate, pair_differences, read_cell
     from spat.study.cell import cell_state
     from spat.study.pool import StudyProgress, dataclasses_asdict, run_local
@@ -196,7 +198,8 @@ def run_study(spec: StudySpec, *, engine: str | None = None, workers: int | None
     pairs = pair_differences(spec, aggs, metrics)
     files = write_outputs(spec, aggs, metrics, results, figures=figures, pairs=pairs)
     failed = [r for r in records if r.get("error")]
-    return {"files": files, "records": records, "failed": failed, "plan": plan,
+    busy = [r for r in records if r.get("busy")]
+    return {"files": files, "records": records, "failed": failed, "busy": busy, "plan": plan,
             "results": results, "aggregates": aggs, "metrics": metrics, "pairs": pairs}
 
 
@@ -206,7 +209,7 @@ def _save_record(rec: dict[str, Any]) -> None:
     from spat.utils.io import atomic_write_text
 
     run = Path(rec["run_dir"])
-    if run.is_dir() and not rec.get("error"):
+    if run.is_dir() and not rec.get("error") and not rec.get("busy"):
         atomic_write_text(run / "study_cell.json",
                           json.dumps({**rec, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
                                      indent=2))

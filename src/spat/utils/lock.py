@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from spat.errors import SpatError
+from spat.errors import FolderBusy, SpatError
 
 try:
     import fcntl
@@ -77,10 +77,10 @@ class FolderLock:
                            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                            "argv": sys.argv}).encode()
 
-    def _refuse(self, holder: dict[str, Any]) -> SpatError:
-        return SpatError(f"{self.folder} is in use: {self.what} is being written by "
-                         f"{_describe(holder)}; wait for it to finish (its lock "
-                         f"{self.path} is released when that process ends)")
+    def _refuse(self, holder: dict[str, Any]) -> FolderBusy:
+        return FolderBusy(f"{self.folder} is in use: {self.what} is being written by "
+                          f"{_describe(holder)}; wait for it to finish (its lock "
+                          f"{self.path} is released when that process ends)")
 
     def acquire(self) -> FolderLock:
         """Take the lock or raise a one-line :class:`SpatError` naming its holder."""
