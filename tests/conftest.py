@@ -58,3 +58,22 @@ def linear_problem(n: int = 24) -> tuple[torch.nn.Module, torch.Tensor, torch.Te
         y = model(x).argmax(1)
     y[:3] = (y[:3] + 1) % 10
     return model, x, y
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small digits PGD-AT model that is right on most clean examples and wrong on some
+    attacked ones, so the predictions under attack are worth comparing."""
+    from spat.train.config import TrainConfig
+    from spat.train.run import train
+
+    out = tmp_path_factory.mktemp("runs")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        s = train(TrainConfig(out_dir=str(out), name="r", epochs=4, train_subset=600,
+                              val_size=64, steps=3, val_steps=1, test_steps=1, test_subset=50,
+                              device="cpu"), progress=False, log=lambda _s: None)
+    finally:
+        torch.set_num_threads(n)
+    return Path(s["run_dir"])

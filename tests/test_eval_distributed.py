@@ -53,25 +53,6 @@ def test_batches_are_dealt_round_robin_and_cover_every_example() -> None:
     assert combine(torch.tensor([3, -1, 0]), torch.arange(3), 3).tolist() == [3, -1, 0]
 
 
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small digits PGD-AT model that is right on most clean examples and wrong on some
-    attacked ones, so the predictions under attack are worth comparing."""
-    from spat.train.config import TrainConfig
-    from spat.train.run import train
-
-    out = tmp_path_factory.mktemp("runs")
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        s = train(TrainConfig(out_dir=str(out), name="r", epochs=4, train_subset=600,
-                              val_size=64, steps=3, val_steps=1, test_steps=1, test_subset=50,
-                              device="cpu"), progress=False, log=lambda _s: None)
-    finally:
-        torch.set_num_threads(n)
-    return Path(s["run_dir"])
-
-
 def _load(out: Path) -> tuple[dict, dict[str, np.ndarray]]:
     report = json.loads((out / "report.json").read_text())
     with np.load(out / "predictions.npz") as z:

@@ -11,7 +11,9 @@ device when the run starts, with the reason recorded in the run's ``env.json`` (
   run under autocast.
 * ``channels_last`` — NHWC memory format for the model and its inputs. On: CUDA and CPU (oneDNN's
   convolutions are NHWC-native; measured 1.4–1.5× faster for ``small_cnn`` and resnet18 in fp32 on
-  one core, see ``benchmarks/RESULTS.md``). Off elsewhere (MPS).
+  one core, see ``benchmarks/RESULTS.md``). Off elsewhere (MPS). ``spat eval`` of a run
+  resolves the run's switch again for its own device and puts the model in NHWC too, in fp32
+  (:func:`spat.evaluation.run.evaluate_run`).
 * ``compile`` — ``torch.compile`` of the training model. ``auto`` is off: on this project's CPU
   benchmark the compiled SPAT step (inductor) was slower than the eager one even after 13–265 s
   of compilation (the attack switches eval mode and ``requires_grad``, which the compiled graphs
