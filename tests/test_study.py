@@ -622,6 +622,7 @@ n_examples = 20
         code = main(["study", str(path), "--workers", "1", "--threads", "1", "--no-progress"])
     out = capsys.readouterr().out
     assert code == 0, out
+    assert "study: 0/0 cells done, 0 left" in out  # not counted as done by this study
     assert "digits/a/seed0: skipped, another process holds it" in out
     assert "SKIPPED digits/a/seed0: another process is running it" in out and "FAILED" not in out
     assert not (run / "study_cell.json").exists()

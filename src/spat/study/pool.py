@@ -116,12 +116,18 @@ class StudyProgress:
             return None
         return (time.perf_counter() - self.t0) / ran * (self.total - self.done)
 
-    def advance(self, what: str) -> None:
-        self.done += 1
+    def advance(self, what: str, skipped: bool = False) -> None:
+        """One cell finished (or failed); ``skipped``: left to another process, so it leaves
+        this study's count instead."""
+        if skipped:
+            self.total -= 1
+        else:
+            self.done += 1
         if self._bar is not None:
             from rich.markup import escape
 
-            self._bar.update(self._task, advance=1, last=escape(what))
+            self._bar.update(self._task, total=self.total, advance=0 if skipped else 1,
+                             last=escape(what))
             return
         eta = self.eta()
         left = self.total - self.done
@@ -225,7 +231,7 @@ def finish_record(rec: dict[str, Any], records: list[dict[str, Any]],
     if on_record is not None:
         on_record(rec)
     if progress is not None:
-        progress.advance(describe(rec))
+        progress.advance(describe(rec), skipped=bool(rec.get("busy")))
     else:
         log(describe(rec))
 
