@@ -77,3 +77,13 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     finally:
         torch.set_num_threads(n)
     return Path(s["run_dir"])
+
+
+@pytest.fixture
+def torch_one_thread():
+    """One intra-op torch thread for the test, restored after: tiny models run faster on one,
+    and two spinning OpenMP threads per xdist worker thrash a 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -19,12 +19,7 @@ OPTS = EvalOptions(attacks=("fgsm", "pgd20", "cw20", "aa-fast"), n_examples=60,
                    sanity_examples=0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _nhwc(model: torch.nn.Module) -> bool:

@@ -25,13 +25,7 @@ from spat.models.heads import CosineLinear
 from spat.study.cell import eval_matches
 from spat.study.spec import parse_study, plan_cells
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _cosine_net(scale: float, seed: int = 0) -> nn.Module:
