@@ -33,16 +33,15 @@ setup_path()
 
 
 def one_evaluation(run: str, which: str, nhwc: bool, opts: Any) -> dict[str, Any]:
-    """Load ``run`` afresh, put it in the layout, evaluate; seconds per attack, predictions."""
-    import torch
-
+    """Load ``run`` afresh, put it in the layout by ``spat eval``'s own helper (its switch forced
+    on or off), evaluate; seconds per attack, predictions."""
     from spat.evaluation import evaluate
+    from spat.evaluation.run import _memory_format
     from spat.runs import load_data, load_run
 
     loaded = load_run(run, which=which)
     model, cfg = loaded.model, loaded.config
-    if nhwc:
-        model.to(memory_format=torch.channels_last)
+    _memory_format(model, "on" if nhwc else "off", "cpu")
     data = load_data(cfg)
     t0 = time.perf_counter()
     report = evaluate(model, data.test, opts.with_threat(float(cfg.eps), cfg.norm),

@@ -258,7 +258,6 @@ class ConsistencyAT(WarmupMethod, MethodDefaults):
     beta_ramp_epochs: int = 0
     self_paced_after: int = 0
 
-
     def adversarial(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         generator: torch.Generator | None = None,

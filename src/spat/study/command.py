@@ -59,7 +59,7 @@ def cmd_study(args: argparse.Namespace) -> int:
                     progress=False if args.no_progress else None)
     for r in out["failed"]:
         print(f"FAILED {r['key']}: {r['error']} (log: {spec.study_dir / 'logs'})")
-    for r in out.get("busy", []):
+    for r in out["busy"]:
         print(f"SKIPPED {r['key']}: another process is running it; run this study again "
               f"after it ends to aggregate it ({r['busy']})")
     print(f"wrote {', '.join(sorted(out['files']))} to {spec.study_dir}")
