@@ -814,3 +814,35 @@ def test_class_pairs_table_in_md_json_and_absent_class_pairs_change_nothing(
               for a in wj["aggregates"]}
     assert pooled["a"] == {"count": 7, "errors": 12, "share": 7 / 12}
     assert pooled["c"] == {"count": 2, "errors": 8, "share": 0.25}
+
+
+def test_named_pairs_also_compare_the_class_pair_shares(tmp_path: Path) -> None:
+    """With study.pairs and study.class_pairs, the named pair c − b gets its own table of
+    share differences after the baseline's: b sends 2 of 4 errors of 8 to 1 on every seed,
+    c 1/4, 0/2, 2/4 on seeds 0-2, so c − b is -0.25, -0.5, 0.0 (seed 3 of c unfinished)."""
+    from spat.study.aggregate import aggregate, pair_differences
+    from spat.study.report import write_outputs
+
+    both = 'pairs = [["c", "b"]]\nclass_pairs = { digits = [["8", "1"]] }'
+    spec = _pairs_spec(tmp_path, both)
+    cp_only = _pairs_spec(tmp_path, 'class_pairs = { digits = [["8", "1"]] }', name="cp.toml")
+    docs = {}
+    for key, s in (("both", spec), ("cp", cp_only)):
+        results = _class_pair_results(s)
+        aggs, metrics = aggregate(s, results)
+        write_outputs(s, aggs, metrics, results, figures=False,
+                      pairs=pair_differences(s, aggs, metrics))
+        docs[key] = (s.study_dir / "study.md").read_text()
+    md = docs["both"].split("\n")
+    i = md.index("| pair | 8→1 |")
+    assert md[i - 2].startswith("Paired differences of these shares between named pairs")
+    # mean -0.25, sd 0.25, t_{0.975,2} = 4.3027: half-width 0.621; bootstrap of 3 values
+    assert md[i + 2] == "| c − b | -25.0 [-87.1, +37.1] {-50.0, +0.0} |"
+    # it comes right after the baseline's share differences (whose last row is c's)
+    assert md[i - 4].startswith("| c | -33.3 [-105.0, +38.4]")
+    # without study.pairs that table (and the accuracy pair table) are the only difference
+    block = "\n".join(md[i - 2:i + 4]) + "\n"
+    acc = md.index("| pair | clean | PGD-20 |")
+    acc_block = "\n".join(md[acc - 2:acc + 4]) + "\n"
+    assert docs["both"].replace(block, "", 1).replace(acc_block, "", 1).replace(
+        "pairs.toml", "cp.toml") == docs["cp"]

@@ -5,8 +5,9 @@ With ``study.pairs``, each named pair ``a − b`` adds a table after the baselin
 CSV rows ``variant = a, minus = b`` (a ``minus`` column that then also names the baseline on the
 baseline-difference rows) and a ``pairs`` list in the JSON. Without it, the files are those of a
 study without pairs, byte for byte. ``study.class_pairs`` adds, per dataset, one table of the
-named class pairs' shares (the paper's Fig. 1 measure) and their paired differences; their
-metrics are left out of the accuracy tables and figures."""
+named class pairs' shares (the paper's Fig. 1 measure) and their paired differences (to the
+baseline, and with ``study.pairs`` between the named pairs too); their metrics are left out of
+the accuracy tables and figures."""
 
 from __future__ import annotations
 
@@ -129,10 +130,11 @@ def _summary_cell(s: Interval) -> str:
     return cell
 
 
-def _class_pair_lines(spec: StudySpec, ds: str, sub: list[Aggregate]) -> list[str]:
+def _class_pair_lines(spec: StudySpec, ds: str, sub: list[Aggregate],
+                      pairs: Sequence[PairDifference] = ()) -> list[str]:
     """The named class pairs of ``ds``: each variant's share per pair (mean ± std [t] over
     seeds, and pooled over seeds as count/errors), then the paired differences to the
-    baseline."""
+    baseline, then (with ``study.pairs``) those of the named variant pairs."""
     keys = [class_pair_metric(a, b) for a, b in spec.class_pairs.get(ds, ())]
     sub = [a for a in sub if all(k in a.summary for k in keys)]
     if not keys or not sub:
@@ -157,6 +159,14 @@ def _class_pair_lines(spec: StudySpec, ds: str, sub: list[Aggregate]) -> list[st
         lines += [_md_table(["variant", *keys],
                             [[a.variant, *_diff_cells(a.diff_t, a.diff_boot, keys)]
                              for a in others]), ""]
+    named = [p for p in pairs if p.dataset == ds and all(k in p.diff_t for k in keys)]
+    if named:
+        lines += ["Paired differences of these shares between named pairs (`study.pairs`), "
+                  "first − second, in points: mean [95 % paired t interval] {95 % paired "
+                  "bootstrap interval}.", ""]
+        lines += [_md_table(["pair", *keys],
+                            [[p.label, *_diff_cells(p.diff_t, p.diff_boot, keys)]
+                             for p in named]), ""]
     return lines
 
 
@@ -224,7 +234,7 @@ def render_markdown(spec: StudySpec, aggs: list[Aggregate], metrics: list[str],
             lines += [_md_table(["variant", "errors", "mean top share", "excess",
                                  "mean norm. entropy", "non-uniform classes", "top pair"],
                                 rows), ""]
-        lines += _class_pair_lines(spec, ds, sub)
+        lines += _class_pair_lines(spec, ds, sub, pairs)
         for f in figures:
             if f == f"study_{ds}.png":
                 lines += [f"![{ds}]({f}) (also `study_{ds}.pdf`)", ""]
