@@ -846,3 +846,24 @@ def test_named_pairs_also_compare_the_class_pair_shares(tmp_path: Path) -> None:
     acc_block = "\n".join(md[acc - 2:acc + 4]) + "\n"
     assert docs["both"].replace(block, "", 1).replace(acc_block, "", 1).replace(
         "pairs.toml", "cp.toml") == docs["cp"]
+
+
+def test_a_session_that_ran_no_stage_keeps_the_cells_record(tmp_path: Path) -> None:
+    """A cell planned as new that another process finished meanwhile runs no stage; its
+    study_cell.json (stages, seconds: what --dry-run estimates from) must stay the finisher's."""
+    from spat.study.run import _save_record
+
+    run = tmp_path / "run"
+    run.mkdir()
+    done = {"key": "d/v/seed0", "run_dir": str(run), "stages": ["new", "eval"], "error": None,
+            "busy": None, "seconds": 120.0}
+    _save_record(done)
+    first = json.loads((run / "study_cell.json").read_text())
+    assert first["stages"] == ["new", "eval"] and first["seconds"] == 120.0
+    _save_record({**done, "stages": [], "seconds": 0.01})
+    assert json.loads((run / "study_cell.json").read_text()) == first
+    # with no record yet, an empty session is still written (the cell was found done)
+    other = tmp_path / "other"
+    other.mkdir()
+    _save_record({**done, "run_dir": str(other), "stages": [], "seconds": 0.01})
+    assert json.loads((other / "study_cell.json").read_text())["stages"] == []

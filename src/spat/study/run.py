@@ -205,10 +205,13 @@ def run_study(spec: StudySpec, *, engine: str | None = None, workers: int | None
 
 def _save_record(rec: dict[str, Any]) -> None:
     """``RUN/study_cell.json``: what the last study session did to this cell, and how long
-    it took (``--dry-run`` estimates from it)."""
+    it took (``--dry-run`` estimates from it). A session that found every stage already done
+    (another process finished the cell meanwhile) keeps the record of the one that did them."""
     from spat.utils.io import atomic_write_text
 
     run = Path(rec["run_dir"])
+    if not rec.get("stages") and (run / "study_cell.json").exists():
+        return
     if run.is_dir() and not rec.get("error") and not rec.get("busy"):
         atomic_write_text(run / "study_cell.json",
                           json.dumps({**rec, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
