@@ -123,6 +123,12 @@ def _diff_cells(dt: dict[str, Interval], db: dict[str, Interval], metrics: list[
     return cells
 
 
+def _pair_table(named: Sequence[PairDifference], columns: list[str]) -> str:
+    """One row per named pair ``a − b``: its paired differences in ``columns``."""
+    return _md_table(["pair", *columns],
+                     [[p.label, *_diff_cells(p.diff_t, p.diff_boot, columns)] for p in named])
+
+
 def _summary_cell(s: Interval) -> str:
     cell = f"{_f(s.mean)} ± {_f(s.std)}"
     if not math.isnan(s.low):
@@ -164,9 +170,7 @@ def _class_pair_lines(spec: StudySpec, ds: str, sub: list[Aggregate],
         lines += ["Paired differences of these shares between named pairs (`study.pairs`), "
                   "first − second, in points: mean [95 % paired t interval] {95 % paired "
                   "bootstrap interval}.", ""]
-        lines += [_md_table(["pair", *keys],
-                            [[p.label, *_diff_cells(p.diff_t, p.diff_boot, keys)]
-                             for p in named]), ""]
+        lines += [_pair_table(named, keys), ""]
     return lines
 
 
@@ -209,8 +213,7 @@ def render_markdown(spec: StudySpec, aggs: list[Aggregate], metrics: list[str],
                       "on the seeds both have finished, in points: mean [95 % paired t "
                       "interval] {95 % paired bootstrap interval, 10,000 resamples, fixed "
                       "seed}.", ""]
-            rows = [[p.label, *_diff_cells(p.diff_t, p.diff_boot, metrics)] for p in named]
-            lines += [_md_table(["pair", *metrics], rows), ""]
+            lines += [_pair_table(named, metrics), ""]
         pooled = [a for a in sub if a.pooled]
         if pooled:
             att = pooled[0].pooled["attack"]  # type: ignore[index]
