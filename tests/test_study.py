@@ -867,3 +867,48 @@ def test_a_session_that_ran_no_stage_keeps_the_cells_record(tmp_path: Path) -> N
     other.mkdir()
     _save_record({**done, "run_dir": str(other), "stages": [], "seconds": 0.01})
     assert json.loads((other / "study_cell.json").read_text())["stages"] == []
+
+
+def test_a_run_creation_killed_before_its_config_is_started_again(tmp_path: Path) -> None:
+    """A new run writes env.json and data.json, then config.json. A kill in between leaves a
+    folder that is not a run: the study starts that cell again (and trains it), while a folder
+    with anything else in it and no config.json is still refused."""
+    from spat.study.cell import cell_state, run_cell
+    from spat.study.pool import dataclasses_asdict
+
+    path = tmp_path / "killed.toml"
+    path.write_text(f"""
+[study]
+name = "killed"
+out_dir = "{(tmp_path / 'out').as_posix()}"
+datasets = ["digits"]
+seeds = [0]
+[train]
+epochs = 1
+train_subset = 64
+device = "cpu"
+[variants.a]
+method = "pgd_at"
+[eval]
+attacks = ["fgsm"]
+n_examples = 20
+analyze = false
+""")
+    (cell,) = plan_cells(load_study(path))
+    run = Path(cell.run_dir)
+    run.mkdir(parents=True)
+    (run / "env.json").write_text("{}")
+    (run / "data.json").write_text('{"partial')
+    (run / ".lock").write_text("")
+    c = dataclasses_asdict(cell)
+    assert cell_state(c) == "new"
+    rec = run_cell(c, threads=1)
+    assert rec["error"] is None and rec["stages"][0] == "new", rec
+    assert cell_state(c) == "done"
+    assert json.loads((run / "data.json").read_text())  # written again, whole
+    other = tmp_path / "out" / "killed" / "digits" / "b" / "seed0"
+    other.mkdir(parents=True)
+    (other / "env.json").write_text("{}")
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(SpatError, match="no readable config.json"):
+        cell_state({**c, "run_dir": str(other)})

@@ -65,8 +65,10 @@ def cell_state(cell: dict[str, Any]) -> str:
     run = Path(cell["run_dir"])
     saved = read_json_object_or_none(run / "config.json")
     if saved is None:
-        # a lock file (or nothing) alone: killed before the run's first file; start again
-        if run.is_dir() and any(not c.name.startswith(".") for c in run.iterdir()):
+        # nothing, or a creation killed before its config.json: start again
+        from spat.train.run import run_content
+
+        if run.is_dir() and run_content(run):
             raise SpatError(f"{run} exists but holds no readable config.json (remove it to "
                             f"start this cell again)")
         return "new"

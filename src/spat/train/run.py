@@ -112,11 +112,20 @@ def _record_resume(run_dir: Path, raw_config: dict[str, Any], cfg: TrainConfig,
     })
 
 
-def _run_content(run_dir: Path) -> list[Path]:
-    """What a run directory holds besides a lock file."""
+#: What :func:`_create_run_dir` writes before ``config.json``.
+_CREATION_FILES = frozenset({"env.json", "data.json"})
+
+
+def run_content(run_dir: Path) -> list[Path]:
+    """What a run directory holds besides a lock file. A folder without ``config.json`` that
+    holds only what a new run writes before it (and hidden temporary files) is a creation that
+    was killed midway, not a run: nothing, so a new run may take the folder over."""
     from spat.utils.lock import LOCK_NAME
 
-    return [c for c in run_dir.iterdir() if c.name != LOCK_NAME]
+    content = [c for c in run_dir.iterdir() if c.name != LOCK_NAME]
+    if all(c.name in _CREATION_FILES or c.name.startswith(".") for c in content):
+        return []
+    return content
 
 
 def _check_new_run_dir(run_dir: Path, overwrite: bool) -> None:
@@ -125,7 +134,7 @@ def _check_new_run_dir(run_dir: Path, overwrite: bool) -> None:
     check_output_dir(run_dir.parent, "--out-dir")
     if run_dir.exists() and not run_dir.is_dir():
         raise SpatError(f"run directory {run_dir} exists and is not a directory")
-    if run_dir.is_dir() and _run_content(run_dir) and not overwrite:
+    if run_dir.is_dir() and run_content(run_dir) and not overwrite:
         raise SpatError(f"run directory {run_dir} already exists "
                         f"(use --resume {run_dir} to continue it or --overwrite to replace it)")
 
@@ -158,7 +167,7 @@ class _Claim:
             raise SpatError(f"cannot resume {run_dir}: it is not a run directory (no such "
                             f"folder)")
         self.lock = FolderLock(run_dir, "the run").acquire()
-        if new and _run_content(run_dir) and not overwrite:  # another process won the race
+        if new and run_content(run_dir) and not overwrite:  # another process won the race
             raise SpatError(f"run directory {run_dir} already exists "
                             f"(use --resume {run_dir} to continue it or --overwrite to replace "
                             f"it)")
@@ -184,7 +193,7 @@ def _create_run_dir(run_dir: Path, files: dict[str, str]) -> None:
     eval refuse it), so a crash in between never leaves something that looks complete.
     """
     old: Path | None = None
-    content = _run_content(run_dir)
+    content = run_content(run_dir)
     if content:
         old = run_dir.parent / f".{run_dir.name}.old.{secrets.token_hex(4)}.tmp"
         old.mkdir()
