@@ -1,16 +1,17 @@
 """The training fast path chosen by measurement, and the per-machine cache of that choice.
 
 A CPU flag does not say which setting is fastest: on an Intel Xeon with AVX512-BF16 but no AMX,
-bf16 convolutions ran at half the fp32 rate (issue 23), while on this project's AMD EPYC bf16 is
-about twice as fast. So ``spat train`` times a few real training steps in every candidate
-setting (:func:`candidates`: fp32/bf16 × NCHW/NHWC, compile on CUDA for long runs) and keeps the
-fastest (:func:`choose`). :func:`calibrate` is that timing, with a budget: at most
-:data:`MIN_BUDGET_S` seconds or :data:`BUDGET_FRACTION` of the estimated run, whichever is
-larger. It first times one step of the first candidate at the run's K; when the full plan (a
-warm-up step per candidate, then :data:`REPEATS` rounds in alternating order, the best step of
-each kept) would exceed the budget it runs one round, then one round with the attack cut to
-:data:`REDUCED_K` steps (same shapes, same kernels; the ranking of the settings is what counts),
-and otherwise gives up (the caller falls back to the static rule and says so).
+a bf16 matrix product ran at half the fp32 rate and the bf16 training step was slower (issue 23),
+while on this project's AMD EPYC the bf16 step is 1.3–1.7× faster. So ``spat train`` times a
+few real training steps in every candidate setting (:func:`candidates`: fp32/bf16 × NCHW/NHWC,
+compile on CUDA for long runs) and keeps the fastest (:func:`choose`). :func:`calibrate` is that
+timing, with a budget: at most :data:`MIN_BUDGET_S` seconds or :data:`BUDGET_FRACTION` of the
+estimated run, whichever is larger. It first times one step of the first candidate at the run's
+K; when the full plan (a warm-up step per candidate, then :data:`REPEATS` rounds in alternating
+order, the best step of each kept) would exceed the budget it runs one round, then one round
+with the attack cut to :data:`REDUCED_K` steps (same shapes, same kernels; the ranking of the
+settings is what counts), and otherwise gives up (the caller falls back to the static rule and
+says so).
 
 The measured times are cached in ``fast_path.json`` in the user's cache folder
 (:func:`cache_dir`), keyed by CPU model, torch version, device, threads, model, input shape,
