@@ -37,7 +37,7 @@ from spat.evaluation.core import predict_under_attacks  # noqa: E402
 from spat.methods import PGDAT, ThreatModel, spat, trades  # noqa: E402
 from spat.models import build_model  # noqa: E402
 from spat.train.optim import make_optimizer  # noqa: E402
-from spat.utils.hardware import cpu_bf16_support, resolve_fast_path  # noqa: E402
+from spat.utils.hardware import resolve_fast_path  # noqa: E402
 
 METHODS = ("spat", "trades", "pgd_at")
 HEAD = {"spat": "cosine", "trades": "linear", "pgd_at": "linear"}
@@ -225,31 +225,82 @@ class RefTrainer:
         self.batch_idx += 1
 
 
-def loop_setting(args: argparse.Namespace, device: torch.device) -> tuple[bool, bool, bool]:
-    """(amp, channels_last, compile) of the training loop's defaults (``auto``) on ``device``,
-    with ``--amp/--no-amp`` and ``--compile`` overriding, as ``spat train`` resolves them."""
-    fp = resolve_fast_path("auto" if args.amp is None else args.amp, "auto",
-                           "on" if args.compile else "off", device)
+def loop_setting(args: argparse.Namespace, device: torch.device, name: str = "spat"
+                 ) -> tuple[bool, bool, bool]:
+    """(amp, channels_last, compile) as ``spat train`` resolves its defaults (``auto``) for
+    method ``name`` on ``device``: measured by the loop's own calibration
+    (:func:`spat.train.calibrate.measure_fast_path`, fresh unless ``--auto-cache``), with
+    ``--amp/--no-amp`` and ``--compile`` overriding. Measured once per method and run."""
+    memo = args.__dict__.setdefault("_auto", {})
+    if name not in memo:
+        memo[name] = measure_auto(args, device, name)
+    fp = memo[name]["fast_path"]
     return fp.amp, fp.channels_last, fp.compile
+
+
+def measure_auto(args: argparse.Namespace, device: torch.device, name: str) -> dict[str, Any]:
+    """The loop's ``auto`` decision for method ``name`` (bench's model, batch, K, synthetic
+    images), and what its calibration measured and cost."""
+    import os
+    import tempfile
+
+    from spat.train.calibrate import measure_fast_path
+    from spat.train.config import TrainConfig
+
+    c, h, w, augment = input_spec(args.model)
+    cfg = TrainConfig(dataset="digits", model=args.model, head=HEAD[name], method=name,
+                      steps=args.steps, epochs=1, batch_size=args.batch, lr=LR,
+                      weight_decay=WEIGHT_DECAY, schedule="constant", device=device.type,
+                      amp="auto" if args.amp is None else ("on" if args.amp else "off"),
+                      compile="on" if args.compile else "off", val_size=0).resolved()
+    info = DatasetInfo(name="synthetic", num_classes=NUM_CLASSES, channels=c, height=h, width=w,
+                       class_names=tuple(str(i) for i in range(NUM_CLASSES)), mean=(0.0,) * c,
+                       std=(1.0,) * c, augment=augment, family="custom")
+    split = synthetic_split(args.batch, args.model, args.seed + 7)
+    empty = Split(images=split.images[:0], labels=split.labels[:0])
+    data = DataBundle(info=info, train=split, val=empty, test=empty)
+    model, _, _ = build_pair(name, args.model, args.seed, device)
+    saved = os.environ.get("SPAT_CACHE_DIR")
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="spat_bench_cache_") as tmp:
+        if not args.auto_cache:
+            os.environ["SPAT_CACHE_DIR"] = tmp  # a fresh measurement, as on a new machine
+        try:
+            t0 = time.perf_counter()
+            fp = measure_fast_path(cfg, data, model, ours_method(name, args.steps), device,
+                                   local_batch=args.batch, run_steps=args.auto_run_steps,
+                                   log=notes.append)
+            seconds = time.perf_counter() - t0
+        finally:
+            if saved is None:
+                os.environ.pop("SPAT_CACHE_DIR", None)
+            else:
+                os.environ["SPAT_CACHE_DIR"] = saved
+    print(f"[auto] {LABEL[name]:7s} {' '.join(notes)} ({seconds:.1f} s)", flush=True)
+    return {"fast_path": fp, "seconds": seconds, "record": fp.to_dict()}
 
 
 def setting_name(setting: tuple[bool, bool, bool]) -> str:
     return {v: k for k, v in SETTINGS.items()}[setting]
 
 
-def variant_setting(args: argparse.Namespace, device: torch.device, variant: str
-                    ) -> tuple[bool, bool, bool]:
-    """"ours" is the loop's default; "ours:<setting>" one of :data:`SETTINGS`."""
+def variant_setting(args: argparse.Namespace, device: torch.device, variant: str,
+                    name: str = "spat") -> tuple[bool, bool, bool]:
+    """"ours" is the loop's default for method ``name``; "ours:<setting>" one of
+    :data:`SETTINGS`."""
     if variant == "ours":
-        return loop_setting(args, device)
+        return loop_setting(args, device, name)
     return SETTINGS[variant.split(":", 1)[1]]
 
 
-def train_variants(args: argparse.Namespace, device: torch.device) -> tuple[str, ...]:
-    """The reference and, on a CPU, ours in every ``--cpu-settings`` setting; on CUDA, ours as
-    the loop runs it."""
+def train_variants(args: argparse.Namespace, device: torch.device, name: str = "spat"
+                   ) -> tuple[str, ...]:
+    """The reference and, on a CPU, ours in every ``--cpu-settings`` setting (and in the loop's
+    measured ``auto`` if that is none of them); on CUDA, ours as the loop runs it."""
     if device.type == "cpu" and args.cpu_settings:
-        return ("reference", *(f"ours:{s}" for s in args.cpu_settings))
+        extra = () if setting_name(loop_setting(args, device, name)) in args.cpu_settings \
+            else ("ours",)
+        return ("reference", *(f"ours:{s}" for s in args.cpu_settings), *extra)
     return ("ours", "reference")
 
 
@@ -268,7 +319,7 @@ def make_trainers(args: argparse.Namespace, device: torch.device, name: str, spl
             out[v] = RefTrainer(ref, loss, split, batch=batch, device=device, augment=augment,
                                 seed=args.seed)
         else:
-            amp, cl, comp = variant_setting(args, device, v)
+            amp, cl, comp = variant_setting(args, device, v, name)
             out[v] = OursTrainer(copy.deepcopy(model), ours_method(name, steps), split,
                                  batch=batch, device=device, augment=augment, amp=amp,
                                  compile_=comp, channels_last=cl, seed=args.seed)
@@ -497,7 +548,7 @@ def bench_train(args: argparse.Namespace, device: torch.device, split: Split
     rows = []
     peak = gpu_peak(device)
     for name in args.methods:
-        variants = train_variants(args, device)
+        variants = train_variants(args, device, name)
         trainers = make_trainers(args, device, name, split, steps=args.steps, batch=args.batch,
                                  variants=variants)
         first: dict[str, float] = {}
@@ -510,7 +561,7 @@ def bench_train(args: argparse.Namespace, device: torch.device, split: Split
                                    "steps": args.steps, "times": times[v], **s,
                                    "first_step_s": first.get(v),
                                    "setting": None if v == "reference" else
-                                   setting_name(variant_setting(args, device, v)),
+                                   setting_name(variant_setting(args, device, v, name)),
                                    "images_per_s": args.batch / s["median"]}
             if v != "reference":
                 ratios = paired_ratios(times[v], times["reference"])
@@ -544,7 +595,8 @@ def bench_eval(args: argparse.Namespace, device: torch.device) -> dict[str, Any]
     ``predict_under_attacks`` vs the official-style evaluation loop, same model and batches."""
     split = synthetic_split(args.eval_images, args.model, args.seed + 100)
     model, ref, _ = build_pair("pgd_at", args.model, args.seed, device)
-    if loop_setting(args, device)[1]:  # the loop's model format; evaluation is always fp32
+    # spat eval's model format (the static rule of its --channels-last auto); always fp32
+    if resolve_fast_path("off", "auto", "off", device).channels_last:
         model = model.to(memory_format=torch.channels_last)
     spec = pgd(8 / 255, steps=20)
     loader = R.make_loader(split.images, split.labels, batch_size=args.eval_batch,
@@ -720,8 +772,8 @@ def bench_memory(args: argparse.Namespace, device: torch.device) -> dict[str, An
     if device.type == "cpu":
         for name in args.methods:
             # every setting for SPAT; the loop's default and the reference for the others
-            impls = train_variants(args, device) if name == "spat" else (
-                "reference", f"ours:{setting_name(loop_setting(args, device))}")
+            impls = train_variants(args, device, name) if name == "spat" else (
+                "reference", f"ours:{setting_name(loop_setting(args, device, name))}")
             for impl in impls:
                 r = run_child(f"mem:{name}:{impl}")
                 res[f"{name}:{impl}"] = r
@@ -757,12 +809,14 @@ def report(args: argparse.Namespace, device: torch.device, env: dict[str, Any],
     dev = "GPU " + env.get("gpu", "") if device.type == "cuda" else \
         f"CPU ({threads} thread{'s' if threads > 1 else ''})"
     c, h, w, _ = input_spec(args.model)
-    default = setting_name(loop_setting(args, device))
+    defaults = {n: setting_name(loop_setting(args, device, n)) for n in args.methods}
     if device.type == "cuda":
-        mode = default.replace("+", " + ").replace("bf16", "bf16 autocast")
+        mode = "the loop's `auto`, measured per method: " + ", ".join(
+            f"{LABEL[n]} {d}" for n, d in defaults.items())
     else:
-        mode = (f"each setting below, in the same rounds as the reference; the loop's `auto` on "
-                f"this CPU is **{default}** ({cpu_bf16_support()[1]})")
+        mode = ("each setting below, in the same rounds as the reference; the loop's `auto` on "
+                "this CPU, measured per method by its calibration: " + ", ".join(
+                    f"{LABEL[n]} **{d}**" for n, d in defaults.items()))
     lines = [f"## {dev}: {args.model} on {h}x{w}x{c}, batch {args.batch}, K = {args.steps}", ""]
     lines += C.environment_lines(env) + [""]
     lines += [f"Ours: {mode}. Reference: fp32, eager, contiguous, official-style loop "
@@ -796,17 +850,18 @@ def report(args: argparse.Namespace, device: torch.device, env: dict[str, Any],
         if "pct_of_peak" in r:
             tf += f" ({r['pct_of_peak']:.1f}% of {r['peak_name']} {r['peak_tflops']:.0f})"
         impl = "reference" if r["impl"] == "reference" else f"ours, {r['setting']}" + (
-            " (loop's auto)" if r["setting"] == default else "")
+            " (loop's auto)" if r["setting"] == defaults[r["method"]] else "")
         lines.append(f"| {LABEL[r['method']]} | {impl} | {C.fmt_time(r)} | {r['min']:.3f}–"
                      f"{r['max']:.3f} | {r['images_per_s']:.1f} | "
                      f"{50000 / r['images_per_s']:.0f} | {ratio} | "
                      f"{_mb(r, memory, device)} | {gf} | {tf} |")
     targets = {"spat": 0.35, "trades": 0.40, "mart": 0.40, "pgd_at": 0.55}
     best = {r["method"]: r for r in train if r["impl"] != "reference"
-            and r["setting"] == default}
+            and r["setting"] == defaults[r["method"]]}
+    lines += auto_lines(args, train, defaults)
     if best and device.type == "cpu":
-        lines += ["", f"Targets (issue 14; time per image, ours in the loop's default "
-                      f"**{default}** / reference, same cores, same run):", "",
+        lines += ["", "Targets (issue 14; time per image, ours in the loop's measured `auto` "
+                      "/ reference, same cores, same run):", "",
                   "| method | ours/ref (median [min–max] of paired rounds) | target | met |",
                   "| --- | --- | --- | --- |"]
         for name, r in best.items():
@@ -883,6 +938,39 @@ def report(args: argparse.Namespace, device: torch.device, env: dict[str, Any],
     return "\n".join(lines) + "\n"
 
 
+def auto_lines(args: argparse.Namespace, train: list[dict[str, Any]],
+               defaults: dict[str, str]) -> list[str]:
+    """The table of the loop's measured ``auto``: what its calibration timed and cost, and the
+    chosen setting's step against the fastest setting timed here (issue 23: within 5 %)."""
+    memo = args.__dict__.get("_auto", {})
+    if not memo:
+        return []
+    lines = ["", "### `auto` by measurement (the loop's calibration, then the rounds above)", "",
+             "| method | auto chose | calibration: best step per setting (K) | calibration "
+             "cost | auto step median | fastest setting here | auto vs fastest | within 5 % |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, d in defaults.items():
+        rec = memo.get(name, {}).get("record", {})
+        cal = rec.get("calibration") or {}
+        times = cal.get("times_s", {})
+        timed = ", ".join(f"{n} {1000 * t:.0f} ms" for n, t in sorted(times.items(),
+                                                                       key=lambda kv: kv[1]))
+        timed = f"{timed} (K = {cal.get('k')})" if times else "not measured"
+        cost = (f"{memo[name]['seconds']:.1f} s, {cal.get('steps_run')} steps"
+                if cal else f"{memo.get(name, {}).get('seconds', 0.0):.1f} s")
+        rows = [r for r in train if r["method"] == name and r["impl"] != "reference"]
+        auto = next((r for r in rows if r["setting"] == d), None)
+        if not rows or auto is None:
+            lines.append(f"| {LABEL[name]} | {d} | {timed} | {cost} | | | | |")
+            continue
+        fastest = min(rows, key=lambda r: r["median"])
+        gap = auto["median"] / fastest["median"] - 1
+        lines.append(f"| {LABEL[name]} | **{d}** | {timed} | {cost} | {auto['median']:.3f} s | "
+                     f"{fastest['setting']} {fastest['median']:.3f} s | {100 * gap:+.1f} % | "
+                     f"{'yes' if gap <= 0.05 else 'no'} |")
+    return lines
+
+
 # ============================================================================== main
 
 
@@ -911,6 +999,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"settings of ours timed side by side on a CPU (of {', '.join(SETTINGS)}"
                         f"; --compile adds bf16+channels_last+compile); empty: the loop's "
                         f"default only")
+    p.add_argument("--auto-cache", action=argparse.BooleanOptionalAction, default=False,
+                   help="take the loop's auto from the user's fast-path cache when it holds "
+                        "this key (default: measure afresh, as on a new machine)")
+    p.add_argument("--auto-run-steps", type=int, default=None,
+                   help="training steps of the run the calibration budgets for (default: 10 "
+                        "epochs of 50,000 images)")
     p.add_argument("--e2e", action=argparse.BooleanOptionalAction, default=True,
                    help="on a CPU: end-to-end `spat train --method spat` epochs, before/after")
     p.add_argument("--e2e-rounds", type=int, default=2)
@@ -963,6 +1057,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.cpu_settings.append("bf16+channels_last+compile")
     args.sweep_steps = [int(v) for v in args.sweep_steps.split(",")]
     args.sweep_batches = [int(v) for v in args.sweep_batches.split(",")]
+    if args.auto_run_steps is None:
+        args.auto_run_steps = 10 * -(-50000 // args.batch)
     if args.quick:
         args.repeats, args.eval_repeats = min(args.repeats, 3), 1
         args.sweep, args.memory, args.e2e = False, False, False
@@ -1009,7 +1105,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + text)
     if args.json:
         Path(args.json).write_text(json.dumps(
-            {"env": env, "args": vars(args), "checks": checks, "train": train,
+            {"env": env, "args": {k: v for k, v in vars(args).items() if k != "_auto"},
+             "auto": {n: {"seconds": a["seconds"], **a["record"]}
+                      for n, a in vars(args).get("_auto", {}).items()},
+             "checks": checks, "train": train,
              "eval": evaluation, "sweep": sweep, "memory": memory, "e2e": e2e}, indent=1,
             default=str))
     if args.write:

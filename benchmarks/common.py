@@ -28,13 +28,11 @@ def setup_path() -> None:
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's model name (:func:`spat.utils.hardware.cpu_model`)."""
+    setup_path()
+    from spat.utils.hardware import cpu_model as model
+
+    return model()
 
 
 def load_average() -> str:
@@ -81,6 +79,12 @@ def environment(device: Any) -> dict[str, Any]:
         env["torchvision"] = torchvision.__version__
     except ImportError:  # pragma: no cover
         pass
+    setup_path()
+    from spat.utils.hardware import machine_info
+
+    flags = machine_info(torch.device("cpu"))["cpu_flags"]
+    if flags is not None:  # the flags the fast-path decision reads
+        env["cpu_flags"] = " ".join(f for f, on in flags.items() if on) or "none"
     if getattr(device, "type", str(device)) == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
         env["cuda"] = torch.version.cuda
@@ -89,9 +93,9 @@ def environment(device: Any) -> dict[str, Any]:
 
 
 def environment_lines(env: dict[str, Any]) -> list[str]:
-    keys = ["date", "commit", "device", "gpu", "cpu", "cores", "torch_threads", "python", "torch",
-            "torchvision", "numpy", "cuda", "cudnn", "platform", "load_average_start",
-            "load_average_end", "command"]
+    keys = ["date", "commit", "device", "gpu", "cpu", "cpu_flags", "cores", "torch_threads",
+            "python", "torch", "torchvision", "numpy", "cuda", "cudnn", "platform",
+            "load_average_start", "load_average_end", "command"]
     return [f"- {k}: `{env[k]}`" for k in keys if env.get(k) is not None]
 
 

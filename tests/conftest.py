@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,11 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+# The fast-path calibration's cache (spat.utils.calibration) goes to a folder of this test
+# session, never to the user's ~/.cache; tests that look at the cache point it at tmp_path.
+os.environ["SPAT_CACHE_DIR"] = tempfile.mkdtemp(prefix="spat-test-cache-")
+atexit.register(shutil.rmtree, os.environ["SPAT_CACHE_DIR"], ignore_errors=True)
 
 # One intra-op thread per pytest-xdist worker (the suite runs with -n 2 on 2 cores): two workers
 # with two threads each oversubscribe the cores and run slower than one thread each.

@@ -194,9 +194,11 @@ def test_non_finite_loss_stops_naming_epoch_and_step(tmp_path: Path, monkeypatch
 
     monkeypatch.setattr(spat.runs, "method_for", poisoned)
     out = tmp_path / "runs"
+    # a fixed fast path: no calibration steps (spat.train.calibrate) call the counted method
     code = main(["train", "--train-subset", "64", "--val-size", "16", "--batch-size", "16",
                  "--epochs", "3", "--steps", "1", "--val-steps", "1", "--test-subset", "16",
-                 "--out-dir", str(out), "--name", "nan", "--no-progress"])
+                 "--out-dir", str(out), "--name", "nan", "--no-progress", "--amp", "off",
+                 "--channels-last", "off"])
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("spat: error: non-finite training loss"), err

@@ -143,13 +143,16 @@ class TrainConfig:
     seed: int = option(0, "random seed", group="runtime")
     device: str = option("auto", "auto (CUDA when present), cpu, cuda, cuda:N, mps")
     # fast path, "auto" | "on" | "off" (spat.utils.hardware; resolved per device in env.json)
-    amp: str = option("auto", "bf16 autocast of the training step (default auto: on for CUDA "
-                      "and for a CPU with native bf16, AVX512-BF16/AMX; evaluation is always "
-                      "fp32)", parse=switch, metavar="{auto,on,off}")
-    channels_last: str = option("auto", "NHWC memory format (default auto: on for CPU and "
-                                "CUDA)", parse=switch, metavar="{auto,on,off}")
-    compile: str = option("auto", "torch.compile the training model (default auto: off, "
-                          "measured not to pay; a bare --compile means on)", parse=switch,
+    amp: str = option("auto", "bf16 autocast of the training step (default auto: the faster, "
+                      "timed when the run starts; bf16 is tried on CUDA and on a CPU with "
+                      "native bf16, AVX512-BF16/AMX; evaluation is always fp32)", parse=switch,
+                      metavar="{auto,on,off}")
+    channels_last: str = option("auto", "NHWC memory format (default auto: NHWC or NCHW, "
+                                "whichever step is faster, timed when the run starts)",
+                                parse=switch, metavar="{auto,on,off}")
+    compile: str = option("auto", "torch.compile the training model (default auto: off on a "
+                          "CPU; on CUDA timed for long runs; a bare --compile means on)",
+                          parse=switch,
                           metavar="{auto,on,off}", nargs="?", const="on")
     deterministic: bool = option(False, "deterministic kernels")
     out_dir: str = option("runs", "parent folder of run directories")

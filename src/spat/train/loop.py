@@ -42,8 +42,9 @@ from spat.methods import for_epoch as method_for_epoch
 from spat.methods import hooks as method_hooks
 from spat.train.config import TrainConfig
 from spat.train.optim import lr_factor, make_optimizer
+from spat.train.step import train_step
 from spat.utils.distributed import SINGLE, DistContext
-from spat.utils.hardware import resolve_fast_path
+from spat.utils.hardware import FastPath
 from spat.utils.io import append_jsonl, atomic_write_text, read_jsonl_lines
 from spat.utils.log import info as log_info
 from spat.utils.rng import (
@@ -113,7 +114,11 @@ class Trainer:
         dist: DistContext = SINGLE,
         progress: bool = True,
         log: Log = log_info,
+        fast_path: FastPath | None = None,
     ) -> None:
+        """``fast_path``: the settings to train with (a resumed run's recorded ones); ``None``
+        decides them now, ``auto`` switches by measurement
+        (:func:`spat.train.calibrate.measure_fast_path`; rank 0 measures, all ranks follow)."""
         assert cfg.epochs is not None and cfg.batch_size is not None and cfg.lr is not None
         assert cfg.weight_decay is not None
         if cfg.batch_size % dist.world_size:
@@ -124,9 +129,20 @@ class Trainer:
         # train_epoch takes them from the method of its epoch (the for_epoch hook)
         self._before_step, self._after_step = method_hooks(method)
         self.run_dir, self.dist, self.progress, self.log = run_dir, dist, progress, log
-        # the fast path (bf16 autocast, channels_last, compile): "auto" resolved for this
-        # device and CPU, with reasons (recorded in env.json by spat.train.run.train)
-        self.fast_path = resolve_fast_path(cfg.amp, cfg.channels_last, cfg.compile, device)
+        self.local_batch = cfg.batch_size // dist.world_size
+        n_train = len(data.train)
+        self.drop_last = n_train > cfg.batch_size
+        self.steps_per_epoch = num_batches(n_train, self.local_batch, self.drop_last,
+                                           dist.world_size)
+        # the fast path (bf16 autocast, channels_last, compile): "auto" measured for this
+        # device and model, with reasons (recorded in env.json by spat.train.run.train)
+        if fast_path is None:
+            from spat.train.calibrate import measure_fast_path
+
+            fast_path = dist.on_main(lambda: measure_fast_path(
+                cfg, data, model, method, device, local_batch=self.local_batch,
+                run_steps=self.steps_per_epoch * cfg.epochs, log=log))
+        self.fast_path = fast_path
         if self.fast_path.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
@@ -145,11 +161,6 @@ class Trainer:
         self.optimizer = make_optimizer(model, lr=cfg.lr, momentum=cfg.momentum,
                                         weight_decay=cfg.weight_decay, nesterov=cfg.nesterov,
                                         device=device)
-        self.local_batch = cfg.batch_size // dist.world_size
-        n_train = len(data.train)
-        self.drop_last = n_train > cfg.batch_size
-        self.steps_per_epoch = num_batches(n_train, self.local_batch, self.drop_last,
-                                           dist.world_size)
         self.start_epoch = 0
         self.best_val = -math.inf
         self.best_epoch = -1
@@ -250,14 +261,6 @@ class Trainer:
         ckpt.prune(root, keep)
 
     # ------------------------------------------------------------------ epochs
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """bf16 autocast of the training step (adversary and outer loss) when the fast path
-        says so; the losses, attack objectives and cosine head compute in float32 inside it.
-        Validation and the final test run outside it, in float32."""
-        if not self.amp:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
-
     def train_epoch(self, epoch: int, on_step: Callable[[int, dict[str, float]], None] | None
                     ) -> EpochStats:
         """One epoch of SGD over the (rank's shard of the) training set; returns its metrics
@@ -297,15 +300,9 @@ class Trainer:
             x = augment_batch(x, self.data.info.augment, aug_gen)
             if self.fast_path.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with self._autocast():
-                out = method(self.train_model, x, y, generator=attack_gen)
-            self.optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            if self._before_step is not None:
-                self._before_step(self.train_model, self.optimizer)
-            self.optimizer.step()
-            if self._after_step is not None:
-                self._after_step(self.train_model, self.optimizer)
+            out = train_step(self.train_model, self.optimizer, method, x, y,
+                             generator=attack_gen, amp_device=dev.type if self.amp else None,
+                             before_step=self._before_step, after_step=self._after_step)
             loss = out.loss.detach().float()
             first_bad = torch.where(torch.isfinite(loss) | (first_bad < step), first_bad,
                                     torch.full_like(first_bad, step))

@@ -311,8 +311,11 @@ def _train(
         run_dir = Path(dist.broadcast_object(str(Path(cfg.out_dir) /
                                                  (cfg.name or default_run_name(cfg)))))
         dist.on_main(lambda: _check_new_run_dir(run_dir, overwrite))
+    # a resumed run trains with the fast path it recorded when it started (no new measurement)
+    recorded = dist.on_main(lambda: _recorded_fast_path(run_dir, cfg, device)) \
+        if resume is not None else None
     trainer = Trainer(cfg, data, model, method, device, run_dir=run_dir, dist=dist,
-                      progress=progress, log=log)
+                      progress=progress, log=log, fast_path=recorded)
     if resume is not None:
         folder = dist.on_main(lambda: _last_checkpoint(run_dir))
         if folder is not None:
@@ -416,6 +419,21 @@ def _read_summary(run_dir: Path) -> dict[str, Any] | None:
     except SpatError as e:
         log_info(f"note: {e}; the final test runs again")
         return None
+
+
+def _recorded_fast_path(run_dir: Path, cfg: TrainConfig, device: Any) -> Any:
+    """The fast path in ``RUN/env.json`` for the switches still ``auto`` (explicit ones win),
+    when the run was started on the same kind of device; else ``None`` (decided afresh)."""
+    from spat.utils.hardware import recorded_fast_path
+
+    try:
+        env = json.loads((run_dir / "env.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(env, dict) or str(env.get("device", "")).split(":")[0] != device.type:
+        return None
+    return recorded_fast_path(env.get("fast_path"), cfg.amp, cfg.channels_last, cfg.compile,
+                              device)
 
 
 def _data_record(data: DataBundle) -> dict[str, Any]:

@@ -44,8 +44,12 @@ def resolve_device(name: str, dist: DistContext = SINGLE) -> torch.device:
 
 
 def environment(device: torch.device) -> dict[str, Any]:
-    """Versions, device and git commit: recorded beside every result."""
+    """Versions, device, the machine (:func:`spat.utils.hardware.machine_info`: CPU model,
+    cores, the CPU flags the fast path reads, GPU name) and git commit: recorded beside every
+    result."""
     import numpy
+
+    from spat.utils.hardware import cpu_model, machine_info
 
     env: dict[str, Any] = {
         "spat": __version__,
@@ -55,7 +59,8 @@ def environment(device: torch.device) -> dict[str, Any]:
         "platform": platform.platform(),
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else
-        platform.processor() or platform.machine(),
+        cpu_model(),
+        "machine": machine_info(device),
         "cuda": torch.version.cuda,
         "cpu_threads": torch.get_num_threads(),
         "git_commit": _git_commit(),
