@@ -510,7 +510,7 @@ def test_npz_file_errors(tmp_path: Path) -> None:
         load_dataset("npz")
     junk = tmp_path / "junk.npz"
     junk.write_bytes(b"not a zip")
-    with pytest.raises(SpatError, match="cannot read"):
+    with pytest.raises(SpatError, match="is not an .npz file: it is not a zip archive"):
         load_dataset("npz", data_dir=junk)
     a = _good_arrays(np.random.default_rng(5))
     a["class_names"] = np.array([{"x": 1}], dtype=object)  # needs pickle: refused

@@ -223,6 +223,11 @@ def resolve(path: str | os.PathLike[str], which: str = "best") -> Path:
                 continue
             if tag in have:
                 return root / tag
+            if (root / tag).is_dir():
+                raise SpatError(f"{root / tag / WEIGHTS} is missing: {root / (name + '.json')} "
+                                f"names checkpoint {tag}, whose folder has no weights file "
+                                f"(deleted?); available: {listed} (pick one with --which "
+                                f"epoch_NNNN)")
             raise SpatError(f"{root / (name + '.json')} names checkpoint {tag}, which is missing "
                             f"from {root} (pruned or deleted?); available: {listed} (pick one "
                             f"with --which epoch_NNNN)")
@@ -240,6 +245,17 @@ def _unpickling_detail(e: BaseException) -> str:
     if m:
         return m.group(1).strip()[:160]
     return text[:160] or type(e).__name__
+
+
+def _load_failure(e: BaseException) -> str:
+    """Why a ``state.pt`` could not be read, on one line with a detail that is never empty (a
+    truncated pickle ends in a bare ``EOFError()``); torch's advice paragraphs dropped."""
+    if isinstance(e, PermissionError | IsADirectoryError):  # the file, not its content
+        return e.strerror or type(e).__name__
+    text = re.split(r"\. (?:This is an internal|The file might be corrupted)",
+                    one_line(e, None))[0]
+    detail = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return f"truncated or not a torch checkpoint ({detail[:160]})"
 
 
 def load_state(folder: str | os.PathLike[str]) -> dict[str, Any]:
@@ -261,13 +277,10 @@ def load_state(folder: str | os.PathLike[str]) -> dict[str, Any]:
             f"refusing to load {path}: it is not a plain tensors-and-values file and unpickling "
             f"it could run code ({_unpickling_detail(e)})"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise SpatError(f"checkpoint state {path} is unreadable or corrupted "
-                        f"({one_line(e, 200)})") from None
-    except Exception as e:  # random bytes reach the unpickler's internals: IndexError, KeyError,
-        # struct.error, ... — corrupted data either way (nothing was executed: weights_only)
-        raise SpatError(f"checkpoint state {path} is unreadable or corrupted "
-                        f"({type(e).__name__}: {one_line(e, 160)})") from None
+    except Exception as e:  # truncation, random bytes: EOFError, RuntimeError from the zip
+        # reader, IndexError, struct.error, ... from the unpickler (nothing ran: weights_only)
+        raise SpatError(f"checkpoint state {path} is unreadable or corrupted: "
+                        f"{_load_failure(e)}") from None
     if not isinstance(state, dict):
         raise SpatError(f"checkpoint state {path} is not a dictionary (got "
                         f"{type(state).__name__})")

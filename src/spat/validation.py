@@ -358,12 +358,24 @@ def check_finite_tensors(tensors: Mapping[str, torch.Tensor], where: str) -> Non
                                 "(resume from an earlier checkpoint or retrain)")
 
 
+#: The hyperparameters of an SGD parameter group in ``state.pt`` and their types (torch's
+#: ``SGD.state_dict``). Resume sets them from the configuration again, but a wrong type is a
+#: damaged file, refused before the resume writes anything.
+OPTIMIZER_HYPERPARAMETERS: dict[str, Any] = {
+    "lr": float, "momentum": float, "dampening": float, "weight_decay": float,
+    "nesterov": bool, "maximize": bool, "differentiable": bool, "foreach": bool | None,
+    "fused": bool | None}
+#: Those every torch version writes (the others: newer versions; torch fills in defaults).
+OPTIMIZER_REQUIRED = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
+
+
 def check_state(state: Mapping[str, Any], where: str, *, for_resume: bool) -> None:
     """A checkpoint's ``state.pt`` contents (see :meth:`spat.train.loop.Trainer.state_dict`).
 
     For loading a model (eval, analyze, compare) only ``config`` (a table, checked as a
     training config by the caller), ``epoch`` and ``num_classes`` are needed; to resume,
-    also the optimizer, the random-number-generator states and the counters.
+    also the optimizer (its parameter groups' hyperparameters typed), the random-number-generator
+    states and the counters.
     """
     if "config" not in state:
         raise SpatError(f"{where}: missing field 'config' (the run's training settings)")
@@ -389,6 +401,9 @@ def check_state(state: Mapping[str, Any], where: str, *, for_resume: bool) -> No
         w = f"{where}: optimizer param_groups[{i}]"
         check_value(g, dict, where=w, field="group")
         require(g, "params", list[int], where=w)
+        for key, annotation in OPTIMIZER_HYPERPARAMETERS.items():
+            if key in g or key in OPTIMIZER_REQUIRED:
+                require(g, key, annotation, where=w)
     for pid, entry in opt["state"].items():
         if not isinstance(entry, dict):
             raise SpatError(f"{where}: optimizer state of parameter {pid!r} must be a table, "

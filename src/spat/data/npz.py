@@ -85,6 +85,21 @@ def npz_class_names(path: str | Path) -> tuple[str, ...] | None:
     except Exception:  # noqa: BLE001 - any problem: unknown here, reported by the load
         return None
 
+def _check_zip(path: Path) -> None:
+    """Refuse a file that is not a zip archive before numpy reads it (numpy would take it for a
+    pickle and talk of trusting the file), naming what it is."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(6)
+    except OSError as e:
+        raise SpatError(f"cannot read {path} ({e.strerror or type(e).__name__})") from None
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        return
+    what = ("a single .npy array" if head.startswith(b"\x93NUMPY") else
+            "empty" if not head else "not a zip archive")
+    raise SpatError(f"{path} is not an .npz file: it is {what} (an .npz is the zip archive "
+                    f"that numpy.savez writes, holding x_train, y_train, x_test, y_test)")
+
 
 def load_npz(path: str | Path) -> RawDataset:
     """The user's dataset from an ``.npz`` file (loaded with ``allow_pickle=False``).
@@ -102,6 +117,7 @@ def load_npz(path: str | Path) -> RawDataset:
     if not path.is_file():
         raise SpatError(f"npz file not found: {path} (pass the path of your .npz file as "
                         "data_dir / --data-dir)")
+    _check_zip(path)
     try:
         with np.load(path, allow_pickle=False) as f:
             missing = [k for k in NPZ_KEYS if k not in f.files]

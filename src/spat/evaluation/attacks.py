@@ -72,6 +72,15 @@ def parse_attacks(text: str | list[str] | tuple[str, ...]) -> list[str]:
     return [k for k in ATTACK_KEYS if k in keys]
 
 
+def require_attacks(keys: Iterable[str], what: str = "--attacks") -> None:
+    """Refuse an evaluation that would attack nothing (``--attacks ''``, ``','``, ``clean``),
+    in one line: its report and predictions would replace a run's robust accuracies with clean
+    accuracy alone. (:func:`spat.evaluation.evaluate` itself accepts no attacks.)"""
+    if not list(keys):
+        raise SpatError(f"{what} names no attack to run (valid: {', '.join(ATTACK_KEYS)}; clean "
+                        f"accuracy is always evaluated)")
+
+
 def white_box_spec(key: str, eps: float, norm: str, *, restarts: int = 1,
                    step_size: float | None = None) -> AttackSpec:
     """The :class:`AttackSpec` of a white-box attack key (fgsm, pgdK, cwK)."""

@@ -15,6 +15,7 @@ from torch import nn
 
 from spat.data import Split
 from spat.errors import SpatError
+from spat.evaluation.attacks import require_attacks
 from spat.evaluation.options import EvalOptions
 from spat.evaluation.protocol import Log, evaluate
 from spat.evaluation.report import EvalReport
@@ -72,6 +73,7 @@ def evaluate_model(
     from spat.utils.env import environment, resolve_device
 
     opts = EvalOptions.of(options, **settings)
+    require_attacks(opts.attacks)  # before anything is read or written
     dev = resolve_device(device)
     out_dir = Path(out) if out is not None else default_out(
         model if isinstance(model, nn.Module) else os.fspath(model), dataset)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from spat.errors import SpatError
+from spat.evaluation.attacks import require_attacks
 from spat.evaluation.options import EvalOptions
 from spat.evaluation.protocol import Log, evaluate
 from spat.evaluation.report import EvalReport
@@ -77,6 +78,7 @@ def evaluate_run(
     from spat.utils.env import environment, resolve_device
 
     opts = EvalOptions.of(options, **settings)
+    require_attacks(opts.attacks)  # before anything is read or written
     if tensorboard:
         from spat.utils.tensorboard import require_tensorboard
 

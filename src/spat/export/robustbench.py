@@ -80,6 +80,13 @@ def check_full_standard_aa(report: Mapping[str, Any], source: str) -> dict[str, 
     return dict(entry)
 
 
+def check_reported(reported: float | None) -> None:
+    """``--reported``: None or a fraction in [0, 1] (NaN and inf refused), else one line."""
+    if reported is not None and not 0.0 <= reported <= 1.0:
+        raise SpatError(f"--reported must be a fraction in [0, 1] (e.g. 0.5643 or 56.43/100), "
+                        f"got {reported}")
+
+
 def robustbench_model_info(
     report: Mapping[str, Any],
     *,
@@ -100,9 +107,7 @@ def robustbench_model_info(
     check_full_standard_aa(report, source)
     if number_forward_passes < 1:
         raise SpatError(f"number of forward passes must be >= 1, got {number_forward_passes}")
-    if reported is not None and not 0.0 <= reported <= 1.0:
-        raise SpatError(f"--reported must be a fraction in [0, 1] (e.g. 0.5643 or 56.43/100), "
-                        f"got {reported}")
+    check_reported(reported)
     aa = float(report["autoattack_acc"])
     info: dict[str, Any] = {
         "link": link,
@@ -162,6 +167,7 @@ def export_run(
 
     if fmt not in FORMATS:
         raise SpatError(f"unknown export format {fmt!r} (valid: {', '.join(FORMATS)})")
+    check_reported(reported)
     run_path = Path(run)
     doc: dict[str, Any] | None = None
     rep_path: Path | None = None
@@ -193,6 +199,12 @@ def export_run(
     out_dir = Path(out) if out is not None else run_dir / "export"
     if out_dir.exists() and not out_dir.is_dir():
         raise SpatError(f"--out {out_dir} exists and is not a folder")
+    # every argument is checked (model_info built) before the first file is written
+    mi = None if doc is None else robustbench_model_info(
+        doc, name=name or run_dir.name, authors=authors, venue=venue, link=link,
+        additional_data=additional_data, reported=reported, footnote=footnote,
+        source=str(rep_path),
+    )
     model_file = save_portable(
         model, out_dir / PORTABLE_FILE, architecture=cfg.model,
         image_size=(int(info.height), int(info.width)), class_names=list(info.class_names),
@@ -200,13 +212,8 @@ def export_run(
         extra={"method": cfg.method, "training_eps": cfg.eps, "training_norm": cfg.norm,
                "run": run_dir.name, "checkpoint": loaded.checkpoint.name},
     )
-    if doc is None:
+    if mi is None:
         return ExportResult(model_file, None, None)
-    mi = robustbench_model_info(
-        doc, name=name or run_dir.name, authors=authors, venue=venue, link=link,
-        additional_data=additional_data, reported=reported, footnote=footnote,
-        source=str(rep_path),
-    )
     mi_file = out_dir / MODEL_INFO_FILE
     atomic_write_text(mi_file, json.dumps(mi, indent=2, ensure_ascii=False) + "\n")
     return ExportResult(model_file, mi_file, mi)

@@ -214,7 +214,7 @@ def _check_train_settings(src: str, where: str, table: Any) -> dict[str, Any]:
 def _check_eval(src: str, where: str, table: Any) -> dict[str, Any]:
     """An ``[eval]`` table (or a variant's ``eval`` override): known keys of the right types,
     values valid for :class:`spat.evaluation.EvalOptions`; attacks in canonical order."""
-    from spat.evaluation.attacks import parse_attacks
+    from spat.evaluation.attacks import parse_attacks, require_attacks
     from spat.evaluation.options import ATTACK_LOGITS
 
     ev = _check_table(src, where, table, EVAL_KEYS)
@@ -223,6 +223,7 @@ def _check_eval(src: str, where: str, table: Any) -> dict[str, Any]:
             raise SpatError(f"{src}: {where}.attacks must be a list of attack names")
         try:
             ev["attacks"] = tuple(parse_attacks(ev["attacks"]))
+            require_attacks(ev["attacks"], "the list")
         except SpatError as e:
             raise SpatError(f"{src}: {where}.attacks: {e}") from None
     if ev.get("which", "best") not in ("best", "last"):

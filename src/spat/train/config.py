@@ -235,6 +235,13 @@ class TrainConfig:
             v = getattr(self, key)
             if v is not None:
                 check(v >= 1, f"{key.replace('_', ' ')} must be >= 1, got {v}")
+        for key in COUNT_FIELDS:  # a bound where they enter: 10**400 epochs overflowed later
+            v = getattr(self, key)
+            if v is not None:
+                check(v <= MAX_COUNT, f"{key.replace('_', ' ')} must be <= {MAX_COUNT}, got "
+                      f"{_show_int(v)}")
+        check(0 <= self.seed <= MAX_SEED,
+              f"seed must be in [0, 2**63 - 1], got {_show_int(self.seed)}")
         if self.lr is not None:
             check(self.lr > 0 and math.isfinite(self.lr), f"lr must be > 0, got {self.lr}")
         if self.weight_decay is not None:
@@ -243,7 +250,8 @@ class TrainConfig:
         check(self.cosine_scale > 0, f"cosine scale must be > 0, got {self.cosine_scale}")
         if self.beta is not None:
             check(self.beta >= 0, f"beta must be >= 0, got {self.beta}")
-        check(self.val_size >= 0, f"validation size must be >= 0, got {self.val_size}")
+        check(0 <= self.val_size <= MAX_COUNT,
+              f"validation size must be in [0, {MAX_COUNT}], got {_show_int(self.val_size)}")
         if self.test_subset is not None:
             check(self.test_subset >= 1, f"test subset must be >= 1, got {self.test_subset}")
         if self.name is not None:
@@ -251,6 +259,10 @@ class TrainConfig:
                   and "\\" not in self.name and not self.name.startswith("."),
                   f"run name must be a plain folder name (no '/', not starting with '.'), "
                   f"got {self.name!r}")
+            size = len(self.name.encode("utf-8", "surrogateescape"))
+            check(size <= MAX_NAME_BYTES, f"run name must be at most {MAX_NAME_BYTES} bytes "
+                  f"(a folder name; the file system takes 255 with room for temporary "
+                  f"names), got {size}")
         if self.train_subset is not None:
             check(self.train_subset >= 1, f"train subset must be >= 1, got {self.train_subset}")
         cls = METHODS[self.method]
@@ -298,6 +310,26 @@ class TrainConfig:
 
 
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
+#: The counts (epochs, steps, sizes): each at most :data:`MAX_COUNT`, refused where the
+#: configuration is validated, so no count overflows later (``float(10**400)``) after the run
+#: directory was made.
+COUNT_FIELDS = ("steps", "val_steps", "test_steps", "epochs", "batch_size", "eval_batch_size",
+                "train_subset", "test_subset", "beta_ramp_epochs", "self_paced_after")
+MAX_COUNT = 10**9
+#: The seed range: non-negative 63-bit, as every derived stream (``spat.utils.rng.derive_seed``);
+#: torch takes seeds below 2**64, and the final test adds ``FINAL_TEST_OFFSET`` to the seed.
+MAX_SEED = 2**63 - 1
+#: A run name is a folder name: at most this many bytes (file systems take 255; the overwrite's
+#: temporary ``.NAME.old.XXXXXXXX.tmp`` needs 18 more).
+MAX_NAME_BYTES = 200
+
+
+def _show_int(v: float) -> str:
+    """A number for a message: a huge integer as its number of digits (str() of an integer
+    over 4300 digits raises)."""
+    if isinstance(v, int) and v.bit_length() > 64:
+        return f"an integer of about {int(v.bit_length() * 0.30103) + 1} digits"
+    return str(v)
 #: The fields that are the method's hyperparameters: ``None`` resolves to the method class's
 #: default (:meth:`spat.methods.base.MethodDefaults.default`).
 METHOD_KNOBS = ("beta", "m", "n", "self_paced_ce", "hcp_ecp", "beta_ramp_epochs",

@@ -190,6 +190,10 @@ class Trainer:
     def load(self, folder: Path) -> None:
         """Restore model, optimizer, counters and RNG from a checkpoint folder.
 
+        The optimizer's hyperparameters (lr, momentum, weight decay, Nesterov, dampening, ...)
+        stay those of the configuration, as :func:`~spat.train.optim.make_optimizer` set them:
+        a ``--resume`` override of one takes effect; the checkpoint gives the momentum buffers.
+
         Rank 0 reads the folder and broadcasts its content, so other ranks need not see it.
         A checkpoint of another architecture or number of classes is a one-line ``SpatError``
         on every rank.
@@ -208,8 +212,14 @@ class Trainer:
 
         state, weights = self.dist.on_main(read)
         self.model.load_state_dict(weights)
+        # the hyperparameters come from the configuration (resolved, with the resume's
+        # overrides), not from the checkpoint: it contributes the per-parameter buffers only
+        hyper = [{k: v for k, v in g.items() if k != "params"}
+                 for g in self.optimizer.param_groups]
         try:  # what the schema cannot see (group sizes, RNG internals) fails here, in one line
             self.optimizer.load_state_dict(state["optimizer"])
+            for group, own in zip(self.optimizer.param_groups, hyper, strict=True):
+                group.update(own)
             check_optimizer_fits(self.optimizer, where)
             set_rng_state(state["rng"])
         except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:

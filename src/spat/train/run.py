@@ -140,33 +140,29 @@ def _check_new_run_dir(run_dir: Path, overwrite: bool) -> None:
 
 
 class _Claim:
-    """The run directory this process holds: its lock, and whether it created the folder.
+    """The run directory this process holds: its lock, and the folders it created.
 
-    On exit the lock is released; a folder this process created and left empty (a refusal
-    between the claim and the first file) is removed, so a refusal leaves nothing behind.
+    On exit the lock is released; the folders this process created (the run directory, and
+    parents of it such as a new ``--out-dir``) and left empty (a refusal between the claim and
+    the first file) are removed, so a refusal leaves nothing behind.
     """
 
     def __init__(self) -> None:
-        self.lock: Any = None
-        self.created: Path | None = None
+        self.held: Any = None  # a FolderClaim (new run) or a FolderLock (resume)
 
     def take(self, run_dir: Path, *, new: bool, overwrite: bool = False) -> None:
         """Claim ``run_dir``: for a new run ``mkdir`` (atomic: of two processes racing for
         one name, one creates it) then the lock; for a resume the lock alone."""
-        from spat.utils.lock import FolderLock
+        from spat.utils.lock import FolderClaim, FolderLock
 
         if new:
             _check_new_run_dir(run_dir, overwrite)
-            run_dir.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.mkdir(run_dir)
-                self.created = run_dir
-            except FileExistsError:
-                pass
+            self.held = FolderClaim(run_dir, "the run").acquire()
         elif not run_dir.is_dir():
             raise SpatError(f"cannot resume {run_dir}: it is not a run directory (no such "
                             f"folder)")
-        self.lock = FolderLock(run_dir, "the run").acquire()
+        else:
+            self.held = FolderLock(run_dir, "the run").acquire()
         if new and run_content(run_dir) and not overwrite:  # another process won the race
             raise SpatError(f"run directory {run_dir} already exists "
                             f"(use --resume {run_dir} to continue it or --overwrite to replace "
@@ -176,13 +172,8 @@ class _Claim:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.lock is not None:
-            self.lock.release()
-        if self.created is not None:
-            try:
-                self.created.rmdir()  # only if still empty
-            except OSError:
-                pass
+        if self.held is not None:
+            self.held.release()  # a FolderClaim also removes the folders it made, if empty
 
 
 def _create_run_dir(run_dir: Path, files: dict[str, str]) -> None:

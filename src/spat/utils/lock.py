@@ -207,13 +207,13 @@ class FolderClaim:
 
     def acquire(self) -> FolderClaim:
         missing = [p for p in (self.folder, *self.folder.parents) if not p.exists()]
-        for p in reversed(missing):
-            try:
-                p.mkdir()
-                self.created.append(p)
-            except FileExistsError:
-                pass
-        try:
+        try:  # a refusal midway (a name too long, a permission) removes what was made
+            for p in reversed(missing):
+                try:
+                    p.mkdir()
+                    self.created.append(p)
+                except FileExistsError:
+                    pass
             self.lock.acquire()
         except BaseException:
             self._remove_created()
