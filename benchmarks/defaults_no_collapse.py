@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="keep the runs already in --json (run the grid in chunks)")
     ap.add_argument("--no-write", dest="write", action="store_false",
                     help="do not touch RESULTS.md")
+    ap.add_argument("--report-only", action="store_true",
+                    help="train nothing: write RESULTS.md from the runs in --json")
     args = ap.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -119,7 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         runs = json.loads(out.read_text())["runs"]
     env = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "commit": git_commit(),
            "cpu": cpu_model(), "load": load_average()}
-    for m in args.methods.split(","):
+    if args.report_only:
+        data = json.loads(out.read_text())
+        runs, env = data["runs"], data["env"]
+    for m in [] if args.report_only else args.methods.split(","):
         for s in (int(x) for x in args.seeds.split(",")):
             rec = run_one(m, s, work)
             runs = [r for r in runs if (r["method"], r["seed"]) != (m, s)] + [rec]
