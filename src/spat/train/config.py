@@ -183,7 +183,7 @@ class TrainConfig:
     init: str | None = option(None, "attack random start: uniform, normal (x+0.001·N(0,I)) or "
                               "none (default: the method's)")
     # the method's hyperparameters (METHOD_KNOBS); None: the method class's default
-    beta: float | None = option(None, "TRADES/SPAT β, MART λ (MNIST: 1, the study's selection)")
+    beta: float | None = option(None, "TRADES/SPAT β, MART λ")
     m: float | None = option(None, "SPAT's self-paced margin m")
     n: float | None = option(None, "SPAT's HCP-ECP offset n")
     self_paced_ce: bool | None = option(
@@ -202,7 +202,8 @@ class TrainConfig:
                                 group="optimisation")
     batch_size: int | None = option(None, "global batch size (default: the dataset's)")
     lr: float | None = option(None, "SGD learning rate (default: the study's selection for the "
-                              "dataset and method, else the dataset's; README)")
+                              "dataset and method, else the dataset's; the README lists them, "
+                              "with the β and MART ramp selected on MNIST)")
     momentum: float = option(0.9, "SGD momentum")
     weight_decay: float | None = option(None, "weight decay (default: the dataset's)")
     nesterov: bool = option(False, "Nesterov momentum")

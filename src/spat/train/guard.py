@@ -206,7 +206,7 @@ def guard_line(found: Sequence[Finding], cfg: Any) -> str:
     """The one line the loop prints for the findings of one epoch: the epoch, what was seen,
     and a remedy (the first finding's; a plateau's remedy names SPAT's knobs)."""
     what = "; ".join(f"{WORDS[f.kind]} ({f.detail})" for f in found)
-    return f"warning: epoch {found[0].epoch}: {what}; remedy: {remedy(found[0].kind, cfg)}"
+    return f"epoch {found[0].epoch}: {what}; remedy: {remedy(found[0].kind, cfg)}"
 
 
 def findings_for(cfg: Any, num_classes: int, records: Sequence[Mapping[str, Any]]

@@ -382,8 +382,8 @@ class Trainer:
                     f"--resume {run} --lr {lr:g}")
         else:
             kept = "no checkpoint was written"
-        return (f"{line}; the run stopped (--on-collapse stop) before saving epoch {epoch + 1}:"
-                f" {kept}")
+        return (f"collapse guard: {line}; the run stopped (--on-collapse stop) before saving "
+                f"epoch {epoch + 1}: {kept}")
 
     def validate(self, epoch: int) -> dict[str, Any]:
         """Clean and PGD-``val_steps`` accuracy on the validation split (sharded over ranks,
@@ -467,7 +467,7 @@ class Trainer:
                     if cfg.on_collapse == "stop":  # before this epoch's checkpoint
                         raise CollapseStop(self._stop_text(line, epoch))
                     if self.dist.is_main:
-                        logger.warning(line)
+                        logger.warning(f"warning: {line}")
                 self._save(epoch, is_best, val_acc)
                 bar.end_epoch(record)
                 self.dist.barrier()
