@@ -8,7 +8,7 @@ final test clean and PGD-20 accuracy from ``summary.json`` and what the collapse
 (``summary.json``'s ``guard``). Writes the ``defaults-no-collapse`` section of RESULTS.md (with
 the command, date, commit and CPU) and ``--json``.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python3 benchmarks/defaults_no_collapse.py   # ~10-20 min
+    OMP_NUM_THREADS=1 PYTHONPATH=src python3 benchmarks/defaults_no_collapse.py   # ~25 min
     ... --methods mart --seeds 0          # a part (the section then shows only that part)
     ... --append                          # add to the runs already in --json (chunks)
 
@@ -73,7 +73,9 @@ def render(runs: list[dict[str, Any]], env: dict[str, str], command: str) -> str
              f"Date {env['date']}, commit `{env['commit']}`, CPU {env['cpu']}, load average "
              f"at start {env['load']}. Test accuracy on all 500 test digits at the "
              f"best-by-validation checkpoint; 'guard': what the collapse guard reported "
-             f"(`summary.json`, `guard`).", "",
+             f"(`summary.json`, `guard`). Before issue 23 every method used the digits' lr "
+             f"0.05, and `spat train --method mart` (seed 0) ended at 82.6 % clean and 67.8 % "
+             f"PGD-20 (issue 23; docs/study table 0: MART collapses at that lr).", "",
              "| method | lr (β, ramp) | seed | clean % | PGD-20 % | best epoch | guard | wall s |",
              "|---|---|---|---|---|---|---|---|"]
     for r in runs:
