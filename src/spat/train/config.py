@@ -1,6 +1,7 @@
 """The training configuration: every knob in one dataclass, resolved per dataset and method.
 
-Precedence: dataclass defaults < per-dataset defaults < TOML file < command line. The *resolved*
+Precedence: dataclass defaults < per-dataset defaults < per-(dataset, method) settings selected
+by the study (:data:`METHOD_DATASET_DEFAULTS`) < TOML file < command line. The *resolved*
 config (no ``None`` left) is what a run records in ``config.json`` and inside every checkpoint.
 """
 
