@@ -59,7 +59,7 @@ def test_tensorboard_scalars_equal_metrics_jsonl(tb_run: Path) -> None:
     expected = {"lr": "lr", "train/loss": "train_loss", "train/adv_acc": "train_adv_acc",
                 "train/images_per_s": "train_images_per_s", "train/seconds": "train_seconds",
                 "val/clean_acc": "val_clean_acc", "val/robust_acc": "val_robust_acc",
-                "val/seconds": "val_seconds"}
+                "val/seconds": "val_seconds", "val/clean_top_share": "val_clean_top_share"}
     assert set(expected) <= tags
     assert records[0]["train_loss_adv"] is not None
     expected["train/loss_adv"] = "train_loss_adv"

@@ -9,7 +9,7 @@ import pytest
 from spat.cli import main
 from spat.errors import SpatError
 from spat.methods import METHODS, SPAT, ConsistencyAT, build_method, supporting
-from spat.train.config import TrainConfig
+from spat.train.config import METHOD_DATASET_DEFAULTS, TrainConfig, lr_remedy
 
 KEYS = ("model", "head", "init", "beta", "m", "n", "self_paced_ce", "hcp_ecp", "eps",
         "step_size", "steps", "epochs", "batch_size", "lr", "weight_decay")
@@ -26,11 +26,18 @@ PINNED = {
 }
 
 
+#: The digits' lr per method since issue 23: the study's validation selection (docs/study
+#: table 0); standard keeps the dataset's 0.05.
+DIGITS_LR = {"standard": 0.05, "pgd_at": 0.05, "trades": 0.02, "mart": 0.02, "spat": 0.02}
+
+
 @pytest.mark.parametrize("dataset", ["digits", "cifar10"])
 @pytest.mark.parametrize("method", list(PINNED))
 def test_resolved_configs_pinned(dataset: str, method: str) -> None:
     data = _DIGITS if dataset == "digits" else _CIFAR
     expected = dict(zip(KEYS, (data[0], *PINNED[method], *data[1:]), strict=True))
+    if dataset == "digits":
+        expected["lr"] = DIGITS_LR[method]
     r = TrainConfig(dataset=dataset, method=method).resolved()
     got = {k: getattr(r, k) for k in KEYS}
     assert got == expected
@@ -96,3 +103,58 @@ def test_build_method_refuses_unknown_hyperparameters_and_ignores_foreign_ones()
     assert p.m == 0.1 and not hasattr(p, "beta") and not hasattr(p, "n")
     with pytest.raises(SpatError, match="no consistency term"):
         build_method("standard", hcp_ecp=True)
+
+
+# ------------------------------------------------------- per-(dataset, method) defaults (issue 23)
+def test_every_study_selection_has_a_source_and_resolves() -> None:
+    """One table holds them, each with the study table it comes from; every entry resolves to
+    its values, and the command line still wins."""
+    assert METHOD_DATASET_DEFAULTS, "the table is empty"
+    for (dataset, method), sel in METHOD_DATASET_DEFAULTS.items():
+        assert sel.source.startswith("docs/study table"), (dataset, method, sel.source)
+        r = TrainConfig(dataset=dataset, method=method).resolved()
+        assert r.lr == sel.lr
+        if sel.beta is not None:
+            assert r.beta == sel.beta
+        if sel.beta_ramp_epochs is not None:
+            assert r.beta_ramp_epochs == sel.beta_ramp_epochs
+        o = TrainConfig(dataset=dataset, method=method, lr=0.003, beta=2.5,
+                        beta_ramp_epochs=0).resolved()
+        assert (o.lr, o.beta, o.beta_ramp_epochs) == (0.003, 2.5, 0)
+
+
+def test_study_selections_match_the_study_files() -> None:
+    """The digits values are those table 0 selected and table 1 (digits_main.toml) ran; the
+    MNIST ones those of table 1c (mnist_main.toml, selected by table 0d)."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "docs" / "study"
+    for name, dataset in (("digits_main", "digits"), ("fashion_mnist_main", "fashion_mnist"),
+                          ("mnist_main", "mnist")):
+        variants = tomllib.loads((root / f"{name}.toml").read_text())["variants"]
+        for method in ("pgd_at", "trades", "mart", "spat"):
+            v = variants[method]
+            r = TrainConfig(dataset=dataset, method=method).resolved()
+            assert r.lr == v["lr"], (name, method)
+            assert r.beta == v.get("beta", 6.0), (name, method)
+            assert r.beta_ramp_epochs == v.get("beta_ramp_epochs", 0), (name, method)
+
+
+def test_a_default_ramp_shortens_for_a_short_run_but_an_explicit_one_is_checked() -> None:
+    assert TrainConfig(dataset="mnist", method="mart", epochs=2).resolved().beta_ramp_epochs == 1
+    assert TrainConfig(dataset="mnist", method="mart", epochs=1).resolved().beta_ramp_epochs == 0
+    with pytest.raises(SpatError, match="must be < epochs"):
+        TrainConfig(dataset="mnist", method="mart", epochs=2, beta_ramp_epochs=3).resolved()
+
+
+def test_lr_remedy_is_a_rate_the_run_can_train_at() -> None:
+    """Issue 25: not half of a lr that diverged by orders of magnitude."""
+    huge = TrainConfig(lr=1e6).resolved()
+    assert lr_remedy(huge)[0] == 0.05  # pgd_at on the digits: the study's selection
+    mart = TrainConfig(method="mart", lr=0.05).resolved()
+    lr, why = lr_remedy(mart)
+    assert lr == 0.02 and "table 0" in why
+    at_default = TrainConfig().resolved()  # diverged at the default itself: a tenth
+    assert lr_remedy(at_default) == (0.005, "a tenth of the current lr")
+    assert lr_remedy(TrainConfig(dataset="cifar10", lr=1.0).resolved())[0] == 0.1

@@ -307,7 +307,7 @@ def test_nan_in_the_first_epoch_says_no_checkpoint_and_the_lr_remedy_works(
     out = tmp_path / "runs"
     err = refused(capsys, ["train", *TINY, "--out-dir", str(out), "--name", "nan"],
                   "epoch 1, step 1", "no checkpoint was written yet",
-                  f"spat train --resume {out / 'nan'} --lr 0.025")
+                  f"spat train --resume {out / 'nan'} --lr 0.005 (a tenth of the current lr)")
     assert "last good checkpoint" not in err
     assert main(["train", "--resume", str(out / "nan"), "--lr", "0.01", "--no-progress"]) == 0
     assert ckpt.read_pointer(out / "nan" / "checkpoints", "last") == "epoch_0001"

@@ -19,6 +19,7 @@ all three are defined in :mod:`spat.methods.spat`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -131,6 +132,15 @@ class MethodDefaults:
             elif f.default_factory is not dataclasses.MISSING:
                 out[f.name] = f.default_factory()
         return out
+
+    @classmethod
+    def uniform_loss(cls, num_classes: int) -> float:
+        """The training loss of a network that outputs the uniform distribution (all logits
+        equal) for every input: where a collapsed network's loss sits (read by the collapse
+        guard, :mod:`spat.train.guard`). ln K for a cross-entropy plus consistency terms that
+        vanish when the clean and attacked outputs agree (PGD-AT, TRADES, SPAT); a method with
+        another loss overrides it."""
+        return math.log(num_classes)
 
     @classmethod
     def takes(cls, key: str) -> bool:

@@ -3,6 +3,7 @@ rklOg6EFwS; reference code YisenWang/MART)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -54,6 +55,12 @@ class MART(WarmupMethod, MethodDefaults):
     n: float = 0.2
     beta_ramp_epochs: int = 0
     self_paced_after: int = 0
+
+    @classmethod
+    def uniform_loss(cls, num_classes: int) -> float:
+        """At the uniform output: CE ln K, the margin term −ln(1.0001 − 1/K), the λ-weighted KL
+        0 (2.408 for K = 10, where the study saw MART's collapsed runs sit)."""
+        return math.log(num_classes) - math.log(1.0001 - 1.0 / num_classes)
 
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,

@@ -37,6 +37,7 @@ from spat.analysis.stats import (
 )
 from spat.errors import SpatError
 from spat.study.spec import Cell, StudySpec
+from spat.train.guard import run_findings
 from spat.utils.io import read_json_object_or_none, read_jsonl
 
 CLEAN, WORST_CASE, WORST_CLASS, EXCESS = ("clean", "worst case", "worst class",
@@ -97,6 +98,9 @@ class CellResult:
     class_names: list[str] = field(default_factory=list)
     primary: str | None = None
     n_examples: int | None = None
+    #: What the training's collapse guard reports for the run (:func:`spat.train.guard.
+    #: run_findings`, from its metrics.jsonl: also for runs made before the guard existed).
+    guard: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def done(self) -> bool:
@@ -146,6 +150,7 @@ def read_cell(cell: Cell, class_pairs: Sequence[tuple[str, str]] = (), src: str 
         m.update(class_pair_shares(res.confusion, res.class_names, class_pairs,
                                    where=f"{src}: study.class_pairs.{cell.dataset}"))
     res.metrics = m
+    res.guard = [f.to_dict() for f in run_findings(run)]
     return res
 
 
@@ -186,6 +191,9 @@ class Aggregate:
     pooled: dict[str, Any] | None
     cells_done: int
     cells_total: int
+    #: finished cells the training guard flagged (a collapse, a divergence, a sudden drop of
+    #: the training adversary's accuracy or a plateau at chance)
+    cells_flagged: int = 0
 
 
 def metric_order(results: list[CellResult]) -> list[str]:
@@ -223,7 +231,8 @@ def aggregate(spec: StudySpec, results: list[CellResult], *, resamples: int = 10
             out.append(Aggregate(ds, v, list(spec.seeds), vals, summary, dt, db,
                                  _pooled([r for r in rs if r is not None and r.done],
                                          spec.class_pairs.get(ds, ())),
-                                 sum(1 for r in rs if r is not None and r.done), len(rs)))
+                                 sum(1 for r in rs if r is not None and r.done), len(rs),
+                                 sum(1 for r in rs if r is not None and r.done and r.guard)))
     return out, metrics
 
 

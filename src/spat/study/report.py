@@ -197,9 +197,16 @@ def render_markdown(spec: StudySpec, aggs: list[Aggregate], metrics: list[str],
         lines += [f"## {ds}", ""]
         rows = []
         for a in sub:
-            rows.append([f"{a.variant} ({a.cells_done}/{a.cells_total})",
+            flagged = f"; {a.cells_flagged} flagged" if a.cells_flagged else ""
+            rows.append([f"{a.variant} ({a.cells_done}/{a.cells_total}{flagged})",
                          *[_summary_cell(a.summary[m]) for m in metrics]])
         lines += [_md_table(["variant (cells)", *metrics], rows), ""]
+        if any(a.cells_flagged for a in sub):
+            lines += ["'flagged': cells the training guard flags from their `metrics.jsonl` "
+                      "(a collapse to a constant output, a divergence, a sudden drop of the "
+                      "training adversary's accuracy, or a plateau at chance; "
+                      "`spat.train.guard`); their numbers are in the means. Which, and when: "
+                      "the Cells table.", ""]
         others = [a for a in sub if a.variant != spec.baseline]
         if others:
             lines += [f"Paired difference to **{spec.baseline}** on the same seeds, in points: "
@@ -243,9 +250,17 @@ def render_markdown(spec: StudySpec, aggs: list[Aggregate], metrics: list[str],
                 lines += [f"![{ds}]({f}) (also `study_{ds}.pdf`)", ""]
     lines += ["## Cells", "", _md_table(
         ["cell", "run directory", "status"],
-        [[r.cell.key, f"`{r.cell.run_dir}`", "done" if r.done else "missing"]
-         for r in results]), ""]
+        [[r.cell.key, f"`{r.cell.run_dir}`", _status(r)] for r in results]), ""]
     return "\n".join(lines)
+
+
+def _status(r: CellResult) -> str:
+    """A cell's status: done / missing, and what the training guard flagged."""
+    if not r.done:
+        return "missing"
+    if not r.guard:
+        return "done"
+    return "done; flagged: " + ", ".join(f"{g['kind']} at epoch {g['epoch']}" for g in r.guard)
 
 
 def write_outputs(spec: StudySpec, aggs: list[Aggregate], metrics: list[str],
@@ -276,10 +291,12 @@ def write_outputs(spec: StudySpec, aggs: list[Aggregate], metrics: list[str],
         "cells": [{"key": r.cell.key, "dataset": r.cell.dataset, "variant": r.cell.variant,
                    "seed": r.cell.seed, "run_dir": r.cell.run_dir, "done": r.done,
                    "n_examples": r.n_examples,
-                   "metrics": {k: _num(v) for k, v in r.metrics.items()}} for r in results],
+                   "metrics": {k: _num(v) for k, v in r.metrics.items()},
+                   **({"guard": r.guard} if r.guard else {})} for r in results],
         "aggregates": [{
             "dataset": a.dataset, "variant": a.variant, "cells_done": a.cells_done,
             "cells_total": a.cells_total,
+            **({"cells_flagged": a.cells_flagged} if a.cells_flagged else {}),
             "metrics": {m: {"values": [_num(x) for x in a.values[m]],
                             "summary": a.summary[m].to_dict(),
                             "paired_t": a.diff_t[m].to_dict() if m in a.diff_t else None,

@@ -131,6 +131,8 @@ def print_train_summary(s: dict[str, Any]) -> None:
           f"({s['test_examples']} examples, best-by-validation epoch {s['best_epoch']})")
     print(f"test  {s['test_attack']:<8} accuracy ε={s['test_eps']:.4f} "
           f"{100 * s['test_robust_acc']:6.2f}%")
+    for g in s.get("guard") or []:
+        print(f"guard: epoch {g['epoch']}: {g['kind']}: {g['detail']}")
     print(f"run directory: {run}")
     print("  config.json, env.json, data.json   resolved settings, versions, data description")
     print("  metrics.jsonl                      one line per epoch (loss, accuracies, timings)")

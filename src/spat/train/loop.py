@@ -40,13 +40,15 @@ from spat.errors import SpatError
 from spat.evaluation.split import evaluate_split
 from spat.methods import for_epoch as method_for_epoch
 from spat.methods import hooks as method_hooks
-from spat.train.config import TrainConfig
+from spat.train.config import TrainConfig, lr_remedy
+from spat.train.guard import findings_for, guard_line
 from spat.train.optim import lr_factor, make_optimizer
 from spat.train.step import train_step
 from spat.utils.distributed import SINGLE, DistContext
 from spat.utils.hardware import FastPath
 from spat.utils.io import append_jsonl, atomic_write_text, read_jsonl_lines
 from spat.utils.log import info as log_info
+from spat.utils.log import logger
 from spat.utils.rng import (
     STREAM_DATA,
     STREAM_VAL,
@@ -66,6 +68,12 @@ TIMING_FIELDS = ("train_seconds", "train_images_per_s", "val_seconds")
 
 class NonFiniteLoss(SpatError):
     """The training loss became NaN or infinite; the run stops, the last good checkpoint stays."""
+
+
+class CollapseStop(SpatError):
+    """The collapse guard saw a collapse, a divergence or a plateau and ``--on-collapse stop``
+    was given: the run stops (exit 2); the epoch's record is in metrics.jsonl, its weights are
+    not checkpointed, the earlier checkpoints stay."""
 
 
 @dataclass
@@ -355,7 +363,8 @@ class Trainer:
         bad = int(self.dist.all_reduce_min(first_bad).item())
         if bad < self.steps_per_epoch:
             run = self.run_dir if self.run_dir is not None else "RUN"
-            lower = f"{self.cfg.lr / 2:g}" if self.cfg.lr else "<lower>"
+            lr, why = lr_remedy(self.cfg)
+            lower = f"{lr:g} ({why})"
             if epoch > 0 and self.run_dir is not None:  # epoch `epoch` (0-based) was saved
                 kept = (f"its last good checkpoint ({ckpt.epoch_tag(epoch)}) is kept; continue "
                         f"with a lower learning rate: spat train --resume {run} --lr {lower}")
@@ -368,6 +377,21 @@ class Trainer:
                 f"the run stopped and {kept} (or try --amp off)"
             )
 
+    def _stop_text(self, line: str, epoch: int) -> str:
+        """The error of ``--on-collapse stop`` at (0-based) ``epoch``: the guard's line, what
+        is kept, and the command that continues with the remedy's lr."""
+        run = self.run_dir if self.run_dir is not None else "RUN"
+        lr, _ = lr_remedy(self.cfg)
+        if epoch > 0 and self.run_dir is not None:
+            best = ckpt.epoch_tag(self.best_epoch + 1) if self.best_epoch >= 0 else None
+            kept = (f"its checkpoints up to epoch {epoch} are kept (last {ckpt.epoch_tag(epoch)}"
+                    + (f", best {best}" if best else "") + f"); continue with: spat train "
+                    f"--resume {run} --lr {lr:g}")
+        else:
+            kept = "no checkpoint was written"
+        return (f"collapse guard: {line}; the run stopped (--on-collapse stop) before saving "
+                f"epoch {epoch + 1}: {kept}")
+
     def validate(self, epoch: int) -> dict[str, Any]:
         """Clean and PGD-``val_steps`` accuracy on the validation split (sharded over ranks,
         the same result on every rank); ``{}`` without a validation split."""
@@ -378,8 +402,11 @@ class Trainer:
                                derive_seed(self.cfg.seed, epoch, STREAM_VAL), dist=self.dist)
         name = next(iter(preds.adversarial))
         k = self.data.info.num_classes
+        counts = torch.bincount(preds.clean, minlength=k)
         return {
             "val_clean_acc": preds.accuracy(None),
+            # the share of the most predicted class: ~1 for a constant output (spat.train.guard)
+            "val_clean_top_share": float(counts.max()) / max(1, int(counts.sum())),
             "val_robust_acc": preds.accuracy(name),
             "val_attack": name,
             "val_adv_confusion": preds.confusion(name, k).tolist(),
@@ -428,6 +455,13 @@ class Trainer:
                     "val_seconds": val_seconds,
                     **val,
                 }
+                # the collapse guard: what holds at this epoch, from the records (same on
+                # every rank: the records are); one line, and the record keeps it
+                found = [f for f in findings_for(cfg, self.data.info.num_classes,
+                                                 [*self.history, record])
+                         if f.epoch == epoch + 1]
+                if found:
+                    record["guard"] = [f.to_dict() for f in found]
                 self.history.append(record)
                 # Order matters for crash safety: the record is appended (fsynced) before the
                 # checkpoint; a kill in between leaves a record that resume removes.
@@ -435,6 +469,12 @@ class Trainer:
                     append_jsonl(self.run_dir / METRICS, record)
                 if tb is not None:
                     tb.epoch(record, self.data.info.class_names)
+                if found:
+                    line = guard_line(found, cfg)
+                    if cfg.on_collapse == "stop":  # before this epoch's checkpoint
+                        raise CollapseStop(self._stop_text(line, epoch))
+                    if self.dist.is_main:
+                        logger.warning(f"warning: {line}")
                 self._save(epoch, is_best, val_acc)
                 bar.end_epoch(record)
                 self.dist.barrier()

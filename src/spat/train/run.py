@@ -50,7 +50,7 @@ def default_run_name(cfg: TrainConfig) -> str:
 RESUME_OVERRIDES = ("epochs", "lr", "schedule", "momentum", "weight_decay", "nesterov",
                     "device", "amp", "channels_last", "compile", "deterministic", "data_dir",
                     "download", "val_steps", "test_steps", "test_subset", "eval_batch_size",
-                    "tensorboard")
+                    "tensorboard", "on_collapse", "plateau_epochs")
 #: Options that only place a new run (ignored on resume: the run is where it is).
 _PLACEMENT = ("out_dir", "name")
 #: One JSON line per resume: when, from which epoch, which settings changed (old → new).
@@ -390,6 +390,8 @@ def _train(
             "world_size": dist.world_size,
             "train_seconds_this_session": train_seconds,
             "last_epoch": history[-1] if history else None,
+            # what the collapse guard reported, epoch by epoch (spat.train.guard); [] = nothing
+            "guard": [g for rec in history for g in rec.get("guard", [])],
         }
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
         return summary
