@@ -29,6 +29,7 @@ from spat.study.aggregate import (
     is_class_pair_metric,
     pair_differences,
 )
+from spat.study.claims import ClaimResult, claims_markdown, evaluate_claims
 from spat.study.spec import StudySpec
 from spat.utils.io import atomic_write_text, json_safe
 
@@ -176,7 +177,8 @@ def _class_pair_lines(spec: StudySpec, ds: str, sub: list[Aggregate],
 
 def render_markdown(spec: StudySpec, aggs: list[Aggregate], metrics: list[str],
                     results: list[CellResult], figures: list[str],
-                    pairs: Sequence[PairDifference] = ()) -> str:
+                    pairs: Sequence[PairDifference] = (),
+                    claim_results: Sequence[ClaimResult] = ()) -> str:
     metrics = [m for m in metrics if not is_class_pair_metric(m)]
     done = sum(1 for r in results if r.done)
     lines = [f"# Study {spec.name}", ""]
@@ -241,6 +243,7 @@ def render_markdown(spec: StudySpec, aggs: list[Aggregate], metrics: list[str],
         for f in figures:
             if f == f"study_{ds}.png":
                 lines += [f"![{ds}]({f}) (also `study_{ds}.pdf`)", ""]
+    lines += claims_markdown(claim_results, len(spec.seeds))
     lines += ["## Cells", "", _md_table(
         ["cell", "run directory", "status"],
         [[r.cell.key, f"`{r.cell.run_dir}`", "done" if r.done else "missing"]
@@ -297,9 +300,13 @@ def write_outputs(spec: StudySpec, aggs: list[Aggregate], metrics: list[str],
                             "paired_t": p.diff_t[m].to_dict(),
                             "paired_bootstrap": p.diff_boot[m].to_dict()} for m in metrics},
         } for p in pairs]
+    claim_results = evaluate_claims(spec.claims, {(a.dataset, a.variant): a.values
+                                                  for a in aggs})
+    if claim_results:
+        doc["claims"] = [r.to_dict() for r in claim_results]
     atomic_write_text(out / "study.json", json.dumps(json_safe(doc), indent=2) + "\n")
     files["study.json"] = out / "study.json"
-    md = render_markdown(spec, aggs, metrics, results, sorted(files), pairs)
+    md = render_markdown(spec, aggs, metrics, results, sorted(files), pairs, claim_results)
     atomic_write_text(out / "study.md", md)
     files["study.md"] = out / "study.md"
     return files

@@ -34,6 +34,15 @@
     [engine]                       # optional: how cells run
     kind = "local"                 # or "submitit"
 
+    [[claims]]                     # optional, repeated: what the study is run to test
+    name = "spat_beats_pgd_at"     # (spat.study.claims has the keys and the verdict rule)
+    variant = "spat_s16"
+    baseline = "pgd_at"
+    metric = "PGD-20"
+    direction = "higher"
+    family = "primary"
+    margin = 2.0
+
 Everything is validated before the first cell runs: an unknown key, a wrong type or a bad
 setting is one line naming the file and the field (exit 2). Every cell's training config goes
 through :func:`spat.train.config.config_from_dict` and :meth:`TrainConfig.resolved`.
@@ -49,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from spat.errors import SpatError
+from spat.study.claims import Claim, parse_claims
 from spat.train.config import FIELD_NAMES, TrainConfig, config_from_dict
 
 #: Settings a study sets itself for each cell (not allowed in [train] or a variant).
@@ -139,6 +149,9 @@ class StudySpec:
     #: each cell reports the share of class a's misclassified attacked test images predicted
     #: as b (:func:`spat.study.aggregate.class_pair_shares`).
     class_pairs: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    #: The claims the study is run to test (``[[claims]]``), judged by
+    #: :mod:`spat.study.claims`'s rule into the "Claims" table of study.md.
+    claims: tuple[Claim, ...] = ()
 
     def eval_of(self, variant: str) -> dict[str, Any]:
         """The evaluation settings of ``variant``'s cells: [eval] with its overrides."""
@@ -293,7 +306,7 @@ def _check_class_pairs(src: str, raw: dict[str, Any], datasets: list[str]
 
 def parse_study(data: dict[str, Any], src: str) -> StudySpec:
     """Validate the TOML document ``data`` (from file ``src``) into a :class:`StudySpec`."""
-    allowed = ("study", "train", "variants", "eval", "engine")
+    allowed = ("study", "train", "variants", "eval", "engine", "claims")
     for k in data:
         if k not in allowed:
             raise SpatError(f"{src}: unknown table [{k}] (valid: {', '.join(allowed)})")
@@ -343,6 +356,7 @@ def parse_study(data: dict[str, Any], src: str) -> StudySpec:
                         f"(valid: {', '.join(variants)})")
     pairs = _check_pairs(src, st.get("pairs", []), variants)
     class_pairs = _check_class_pairs(src, st.get("class_pairs", {}), datasets)
+    claims = parse_claims(src, data.get("claims", []), list(variants), datasets)
     ev = _check_eval(src, "eval", data.get("eval", {}))
     eng = _check_table(src, "engine", data.get("engine", {}), ENGINE_KEYS)
     if eng.get("kind", "local") not in ENGINES:
@@ -362,9 +376,42 @@ def parse_study(data: dict[str, Any], src: str) -> StudySpec:
                      baseline=baseline, train=train, eval=EvalSpec(**ev),
                      engine=EngineSpec(**eng), description=st.get("description", ""),
                      variant_eval=variant_eval, pairs=pairs,
-                     class_pairs=class_pairs)
+                     class_pairs=class_pairs, claims=claims)
     plan_cells(spec)  # validates every cell's config now
+    _check_claim_metrics(spec)
     return spec
+
+
+def study_metrics(spec: StudySpec, dataset: str, variant: str) -> list[str]:
+    """The metric names a finished cell of ``variant`` on ``dataset`` can report: clean, each
+    evaluated attack, the worst case and class, the excess top share, the validation
+    accuracies and the dataset's named class pairs."""
+    from spat.evaluation.attacks import attack_name
+    from spat.study.aggregate import (
+        CLEAN,
+        EXCESS,
+        VAL_CLEAN,
+        VAL_ROBUST,
+        WORST_CASE,
+        WORST_CLASS,
+        class_pair_metric,
+    )
+
+    ev = spec.eval_of(variant)
+    return [CLEAN, *[attack_name(a, restarts=ev["restarts"]) for a in ev["attacks"]],
+            WORST_CASE, WORST_CLASS, EXCESS, VAL_CLEAN, VAL_ROBUST,
+            *[class_pair_metric(a, b) for a, b in spec.class_pairs.get(dataset, ())]]
+
+
+def _check_claim_metrics(spec: StudySpec) -> None:
+    """Each claim's metric is one that all the variants it names report (refused before any
+    cell runs, not when the table is written)."""
+    for i, c in enumerate(spec.claims):
+        for v in (c.variant, c.baseline, *(c.minus or ())):
+            known = study_metrics(spec, c.dataset, v)
+            if c.metric not in known:
+                raise SpatError(f"{spec.path}: claims[{i}] ({c.name}): metric {c.metric!r} is "
+                                f"not reported for variant {v!r} (valid: {', '.join(known)})")
 
 
 def load_study(path: str | Path) -> StudySpec:
