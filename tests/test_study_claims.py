@@ -153,3 +153,44 @@ def test_dry_run_plans_seeds_from_the_committed_claims(monkeypatch: pytest.Monke
     assert "inconclusive;" in claims["spat_more_robust_than_trades_x3"]
     assert claims["spat_more_robust_than_trades_x3"].endswith("11 seeds for ±2")
     assert "holds (exploratory)" in claims["budget_x3_lifts_spat_over_trades"]
+
+
+def test_most_similar_share_by_hand() -> None:
+    """Claim 2 as the paper states it: per class with ≥ 5 errors, the share of its errors in its
+    most similar class, averaged over those classes."""
+    import numpy as np
+
+    from spat.study.aggregate import most_similar_share
+
+    names = ["a", "b", "c"]
+    conf = np.array([[10, 4, 2],   # a: 6 errors, 4 in b -> 4/6
+                     [1, 20, 5],   # b: 6 errors, 1 in a -> 1/6 (most similar to b: a)
+                     [1, 1, 30]])  # c: 2 errors (< 5): left out
+    share = most_similar_share(conf, names, {"a": "b", "b": "a", "c": "a"})
+    assert share == pytest.approx((4 / 6 + 1 / 6) / 2)
+    assert math.isnan(most_similar_share(conf, names, {"c": "a"}))
+    with pytest.raises(SpatError, match="not a class of this dataset"):
+        most_similar_share(conf, names, {"a": "z"})
+
+
+def test_a_study_names_its_most_similar_map(tmp_path) -> None:
+    import json
+
+    good = tmp_path / "sim.json"
+    good.write_text(json.dumps({"most_similar": {"8": "1", "1": "7"}}), encoding="utf-8")
+    doc = _doc([{**GOOD, "metric": "most-similar share", "direction": "lower"}])
+    doc["study"]["most_similar"] = {"digits": str(good)}
+    spec = parse_study(doc, "s.toml")
+    assert spec.most_similar == {"digits": {"8": "1", "1": "7"}}
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"most_similar": {"8": "8"}}), encoding="utf-8")
+    doc["study"]["most_similar"] = {"digits": str(bad)}
+    with pytest.raises(SpatError, match="holds no 'most_similar' map"):
+        parse_study(doc, "s.toml")
+    doc["study"]["most_similar"] = {"digits": str(tmp_path / "missing.json")}
+    with pytest.raises(SpatError, match="must name an existing JSON file"):
+        parse_study(doc, "s.toml")
+    # without the map, the metric is not one the variants report
+    del doc["study"]["most_similar"]
+    with pytest.raises(SpatError, match="not reported for variant"):
+        parse_study(doc, "s.toml")

@@ -22,6 +22,7 @@ from typing import Any
 from spat.analysis.stats import Interval
 from spat.study.aggregate import (
     EXCESS,
+    MOST_SIMILAR,
     Aggregate,
     CellResult,
     PairDifference,
@@ -175,11 +176,31 @@ def _class_pair_lines(spec: StudySpec, ds: str, sub: list[Aggregate],
     return lines
 
 
+def _most_similar_lines(spec: StudySpec, ds: str, sub: list[Aggregate]) -> list[str]:
+    """Claim 2 as the paper states it (``study.most_similar``): each variant's most-similar
+    share, then its paired difference to the baseline."""
+    sub = [a for a in sub if MOST_SIMILAR in a.summary]
+    if ds not in spec.most_similar or not sub:
+        return []
+    att = next((a.pooled["attack"] for a in sub if a.pooled), "the primary attack")
+    lines = [f"Most-similar share (`study.most_similar`, claim 2 as the paper states it): of "
+             f"class a's test images that {att} misclassifies, the share predicted as a's most "
+             "similar class (fixed before the comparison, from a model it does not contain), "
+             "averaged over the classes with ≥ 5 errors, in %; under uniform wrong targets "
+             f"{100 / max(len(spec.most_similar[ds]) - 1, 1):.1f} %. Mean ± sample std over "
+             "seeds [95 % Student-t interval]; paired difference to "
+             f"**{spec.baseline}** in points [95 % paired t] {{95 % paired bootstrap}}.", ""]
+    rows = [[a.variant, _summary_cell(a.summary[MOST_SIMILAR]),
+             _diff_cells(a.diff_t, a.diff_boot, [MOST_SIMILAR])[0] if a.diff_t else "–"]
+            for a in sub]
+    return lines + [_md_table(["variant", MOST_SIMILAR, f"− {spec.baseline}"], rows), ""]
+
+
 def render_markdown(spec: StudySpec, aggs: list[Aggregate], metrics: list[str],
                     results: list[CellResult], figures: list[str],
                     pairs: Sequence[PairDifference] = (),
                     claim_results: Sequence[ClaimResult] = ()) -> str:
-    metrics = [m for m in metrics if not is_class_pair_metric(m)]
+    metrics = [m for m in metrics if not is_class_pair_metric(m) and m != MOST_SIMILAR]
     done = sum(1 for r in results if r.done)
     lines = [f"# Study {spec.name}", ""]
     if spec.description:
@@ -240,6 +261,7 @@ def render_markdown(spec: StudySpec, aggs: list[Aggregate], metrics: list[str],
                                  "mean norm. entropy", "non-uniform classes", "top pair"],
                                 rows), ""]
         lines += _class_pair_lines(spec, ds, sub, pairs)
+        lines += _most_similar_lines(spec, ds, sub)
         for f in figures:
             if f == f"study_{ds}.png":
                 lines += [f"![{ds}]({f}) (also `study_{ds}.pdf`)", ""]

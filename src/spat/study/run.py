@@ -122,10 +122,10 @@ def dry_run(spec: StudySpec, workers: int, threads: int, log: Log = print) -> li
 def log_claims(spec: StudySpec, cells: list[Cell], log: Log = print) -> None:
     """The declared claims as the finished cells judge them now, with the seeds each one's
     observed spread needs for a ±δ interval (the plan for more seeds)."""
-    from spat.study.aggregate import aggregate, read_cell
+    from spat.study.aggregate import aggregate, read_study_cells
     from spat.study.claims import evaluate_claims
 
-    results = [read_cell(c, spec.class_pairs.get(c.dataset, ()), spec.path) for c in cells]
+    results = read_study_cells(spec, cells)
     aggs, _ = aggregate(spec, results)
     log(f"claims ({sum(1 for c in spec.claims if c.family == 'primary')} primary), as the "
         f"finished cells judge them now:")
@@ -176,7 +176,7 @@ def run_study(spec: StudySpec, *, engine: str | None = None, workers: int | None
     busy, plan, ...}``; cells that fail are reported (the others still run and are
     aggregated); ``busy``: the cells skipped because another live process holds their run
     folder (two ``spat study`` of one file share its cells this way)."""
-    from spat.study.aggregate import aggregate, pair_differences, read_cell
+    from spat.study.aggregate import aggregate, pair_differences, read_study_cells
     from spat.study.cell import cell_state
     from spat.study.pool import StudyProgress, dataclasses_asdict, run_local
     from spat.study.report import write_outputs
@@ -214,7 +214,7 @@ def run_study(spec: StudySpec, *, engine: str | None = None, workers: int | None
                 raise SpatError(f"unknown engine {kind!r} (valid: local, submitit)")
         finally:
             bar.close()
-    results = [read_cell(c, spec.class_pairs.get(c.dataset, ()), spec.path) for c in cells]
+    results = read_study_cells(spec, cells)
     aggs, metrics = aggregate(spec, results)
     pairs = pair_differences(spec, aggs, metrics)
     files = write_outputs(spec, aggs, metrics, results, figures=figures, pairs=pairs)

@@ -65,7 +65,7 @@ from spat.train.config import FIELD_NAMES, TrainConfig, config_from_dict
 CELL_FIELDS = ("dataset", "seed", "out_dir", "name", "resume")
 STUDY_KEYS = {"name": str, "out_dir": str, "datasets": list, "seeds": list, "baseline": str,
               "description": str, "pairs": list,
-              "class_pairs": dict}
+              "class_pairs": dict, "most_similar": dict}
 EVAL_KEYS = {"attacks": list, "n_examples": int, "which": str, "seed": int, "batch_size": int,
              "restarts": int, "sanity_examples": int, "eps": float, "analyze": bool,
              "attack_logits": str}
@@ -152,6 +152,10 @@ class StudySpec:
     #: The claims the study is run to test (``[[claims]]``), judged by
     #: :mod:`spat.study.claims`'s rule into the "Claims" table of study.md.
     claims: tuple[Claim, ...] = ()
+    #: Per dataset, each class's most similar class, fixed before the comparison by a rule
+    #: that uses no compared model (``study.most_similar``: a JSON file written by
+    #: ``docs/study/most_similar.py``); each cell then reports the "most-similar share".
+    most_similar: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def eval_of(self, variant: str) -> dict[str, Any]:
         """The evaluation settings of ``variant``'s cells: [eval] with its overrides."""
@@ -275,6 +279,33 @@ def _check_pairs(src: str, raw: list[Any], variants: dict[str, Any]
     return tuple(pairs)
 
 
+def _check_most_similar(src: str, raw: dict[str, Any], datasets: list[str]
+                        ) -> dict[str, dict[str, str]]:
+    """``study.most_similar``: ``{dataset = "file.json"}``, each file a map written by
+    ``docs/study/most_similar.py`` (``most_similar``: class name → class name, a class never
+    its own). Paths are relative to the current directory, as ``out_dir``. The names are
+    checked against the dataset's classes when its results are read."""
+    from spat.validation import read_json_object
+
+    out: dict[str, dict[str, str]] = {}
+    for ds, path in raw.items():
+        where = f"{src}: study.most_similar.{ds}"
+        if ds not in datasets:
+            raise SpatError(f"{where}: {ds!r} is not a dataset of this study "
+                            f"(study.datasets: {', '.join(datasets)})")
+        if not isinstance(path, str) or not Path(path).is_file():
+            raise SpatError(f"{where} must name an existing JSON file, got {path!r}")
+        doc = read_json_object(Path(path))
+        m = doc.get("most_similar")
+        if (not isinstance(m, dict) or not m
+                or not all(isinstance(k, str) and isinstance(v, str) and k != v
+                           for k, v in m.items())):
+            raise SpatError(f"{where}: {path} holds no 'most_similar' map of class names "
+                            f"(each class to another class)")
+        out[ds] = dict(m)
+    return out
+
+
 def _check_class_pairs(src: str, raw: dict[str, Any], datasets: list[str]
                        ) -> dict[str, tuple[tuple[str, str], ...]]:
     """``study.class_pairs``: ``{dataset = [["a", "b"], ...]}`` for datasets of the study, each
@@ -357,6 +388,7 @@ def parse_study(data: dict[str, Any], src: str) -> StudySpec:
     pairs = _check_pairs(src, st.get("pairs", []), variants)
     class_pairs = _check_class_pairs(src, st.get("class_pairs", {}), datasets)
     claims = parse_claims(src, data.get("claims", []), list(variants), datasets)
+    most_similar = _check_most_similar(src, st.get("most_similar", {}), datasets)
     ev = _check_eval(src, "eval", data.get("eval", {}))
     eng = _check_table(src, "engine", data.get("engine", {}), ENGINE_KEYS)
     if eng.get("kind", "local") not in ENGINES:
@@ -376,7 +408,7 @@ def parse_study(data: dict[str, Any], src: str) -> StudySpec:
                      baseline=baseline, train=train, eval=EvalSpec(**ev),
                      engine=EngineSpec(**eng), description=st.get("description", ""),
                      variant_eval=variant_eval, pairs=pairs,
-                     class_pairs=class_pairs, claims=claims)
+                     class_pairs=class_pairs, claims=claims, most_similar=most_similar)
     plan_cells(spec)  # validates every cell's config now
     _check_claim_metrics(spec)
     return spec
@@ -385,11 +417,13 @@ def parse_study(data: dict[str, Any], src: str) -> StudySpec:
 def study_metrics(spec: StudySpec, dataset: str, variant: str) -> list[str]:
     """The metric names a finished cell of ``variant`` on ``dataset`` can report: clean, each
     evaluated attack, the worst case and class, the excess top share, the validation
-    accuracies and the dataset's named class pairs."""
+    accuracies, the most-similar share (with ``study.most_similar``) and the dataset's named
+    class pairs."""
     from spat.evaluation.attacks import attack_name
-    from spat.study.aggregate import (
+    from spat.study.metrics import (
         CLEAN,
         EXCESS,
+        MOST_SIMILAR,
         VAL_CLEAN,
         VAL_ROBUST,
         WORST_CASE,
@@ -400,6 +434,7 @@ def study_metrics(spec: StudySpec, dataset: str, variant: str) -> list[str]:
     ev = spec.eval_of(variant)
     return [CLEAN, *[attack_name(a, restarts=ev["restarts"]) for a in ev["attacks"]],
             WORST_CASE, WORST_CLASS, EXCESS, VAL_CLEAN, VAL_ROBUST,
+            *([MOST_SIMILAR] if dataset in spec.most_similar else []),
             *[class_pair_metric(a, b) for a, b in spec.class_pairs.get(dataset, ())]]
 
 
