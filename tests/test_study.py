@@ -589,46 +589,147 @@ def test_study_killed_midway_resumes_to_the_same_table(tmp_path: Path,
     assert _table(study) == _table(pool_study[0])
 
 
-def test_a_cell_another_process_holds_is_skipped_not_failed(tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture) -> None:
-    """Two `spat study` of one file share its cells: a cell whose run folder is locked by a
-    live process is reported as skipped (exit 0), gets no study_cell.json and stays to do."""
-    from spat.cli import main
-    from spat.study.cell import cell_state
-    from spat.study.pool import dataclasses_asdict, describe
-    from spat.utils.lock import FolderLock
-
-    path = tmp_path / "busy.toml"
-    path.write_text(f"""
+TINY_STUDY = """
 [study]
-name = "busy"
-out_dir = "{(tmp_path / 'out').as_posix()}"
+name = "{name}"
+out_dir = "{out}"
 datasets = ["digits"]
-seeds = [0]
+seeds = {seeds}
 [train]
 epochs = 1
 train_subset = 64
+val_steps = 1
+test_steps = 1
+test_subset = 20
 device = "cpu"
 [variants.a]
 method = "pgd_at"
 [eval]
 attacks = ["fgsm"]
 n_examples = 20
-""")
-    (cell,) = plan_cells(load_study(path))
+analyze = false
+"""
+
+
+def _tiny(tmp: Path, name: str, seeds: str = "[0]") -> Path:
+    """A study of one cell per seed (64 training images, 1 epoch, FGSM on 20)."""
+    path = tmp / f"{name}.toml"
+    path.write_text(TINY_STUDY.format(name=name, out=(tmp / "out").as_posix(), seeds=seeds))
+    return path
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_a_cell_held_is_busy_and_a_dead_holders_cell_is_taken_over(tmp_path: Path) -> None:
+    """The study holds a cell by RUN/.study.lock: a live holder makes the cell busy (not
+    failed; the record names the lock and the holder); a lock whose pid is dead on this host
+    (a study killed mid-cell) is taken over and the cell runs."""
+    import socket
+
+    from spat.study.cell import CELL_LOCK, cell_state, run_cell
+    from spat.study.pool import dataclasses_asdict, describe
+    from spat.utils.lock import FolderLock, lock_holder
+
+    (cell,) = plan_cells(load_study(_tiny(tmp_path, "takeover")))
+    c, run = dataclasses_asdict(cell), Path(cell.run_dir)
+    run.mkdir(parents=True)
+    with FolderLock(run, "the study cell", name=CELL_LOCK):
+        assert lock_holder(run / CELL_LOCK)["pid"] == os.getpid()
+        rec = run_cell(c, threads=1)
+        assert rec["error"] is None and rec["stages"] == [], rec
+        assert rec["busy_lock"] == str(run / CELL_LOCK) and rec["holder"]["pid"] == os.getpid()
+        assert describe(rec).startswith("digits/a/seed0: skipped, another process holds it")
+    assert lock_holder(run / CELL_LOCK) is None and cell_state(c) == "new"
+    dead = _dead_pid()
+    stale = json.dumps({"pid": dead, "host": socket.gethostname(), "argv": ["spat", "study"]})
+    for name in (CELL_LOCK, ".lock"):  # the study's and the run's: both left by a kill
+        (run / name).write_text(stale)
+        assert lock_holder(run / name) is None  # dead: free, without touching it
+    rec = run_cell(c, threads=1)
+    assert rec["error"] is None and rec["busy"] is None, rec
+    assert rec["stages"] == ["new", "eval"] and rec["took_over"]["pid"] == dead
+    assert cell_state(c) == "done"
+    assert not (run / CELL_LOCK).exists() and not (run / ".lock").exists()
+
+
+def test_a_cell_another_process_holds_is_waited_for(tmp_path: Path) -> None:
+    """A cell whose run another live process holds (here a `spat train` of it, by RUN/.lock)
+    is left to it, not failed; at the end the study waits for the lock, and as that holder
+    left the cell unfinished, runs it itself: the table has every cell."""
+    from spat.study.cell import cell_state
+    from spat.study.pool import dataclasses_asdict
+    from spat.study.run import run_study
+    from spat.utils.lock import FolderLock
+
+    spec = load_study(_tiny(tmp_path, "busy"))
+    (cell,) = plan_cells(spec)
     run = Path(cell.run_dir)
     run.mkdir(parents=True)
-    with FolderLock(run, "the run"):
-        code = main(["study", str(path), "--workers", "1", "--threads", "1", "--no-progress"])
-    out = capsys.readouterr().out
-    assert code == 0, out
-    assert "study: 0/0 cells done, 0 left" in out  # not counted as done by this study
-    assert "digits/a/seed0: skipped, another process holds it" in out
-    assert "SKIPPED digits/a/seed0: another process is running it" in out and "FAILED" not in out
-    assert not (run / "study_cell.json").exists()
-    assert cell_state(dataclasses_asdict(cell)) != "done"
-    rec = {"key": "k", "error": None, "busy": "x is in use"}
-    assert describe(rec) == "k: skipped, another process holds it (x is in use)"
+    lock = FolderLock(run, "the run").acquire()
+    lines: list[str] = []
+
+    def log(line: str) -> None:
+        lines.append(line)
+        if line.startswith("study: waiting for cell"):
+            lock.release()  # the holder ends without finishing the cell
+
+    try:
+        out = run_study(spec, workers=1, threads=1, progress=False, figures=False, log=log,
+                        poll_s=0.05)
+    finally:
+        lock.release()
+    text = "\n".join(lines)
+    assert "digits/a/seed0: skipped, another process holds it" in text
+    assert f"study: waiting for cell digits/a/seed0 held by pid {os.getpid()}" in text
+    assert "left unfinished by its holder; running it here" in text and "FAILED" not in text
+    assert not out["failed"] and [r["key"] for r in out["busy"]] == ["digits/a/seed0"]
+    assert out["records"][0]["stages"] == ["new", "eval"]
+    assert cell_state(dataclasses_asdict(cell)) == "done" and (run / "study_cell.json").exists()
+    assert _table(spec.study_dir)[0]["n"] == "1"
+
+
+def test_two_studies_of_one_file_share_the_cells(tmp_path: Path) -> None:
+    """Two `spat study` of one file started together: each cell is trained by one of them,
+    neither fails a cell the other holds, each waits for the other's cells, and both end
+    with exit 0 and the same study.csv, holding every cell."""
+    path = _tiny(tmp_path, "shared", seeds="[0, 1, 2]")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    cmd = [sys.executable, "-m", "spat", "study", str(path), "--workers", "1", "--threads", "1",
+           "--no-figures", "--no-progress"]
+    study = tmp_path / "out" / "shared"
+    logs = [tmp_path / f"study{i}.out" for i in range(2)]
+    files = [open(f, "w") for f in logs]
+    procs = [subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT) for f in files]
+    tables: list[bytes] = []  # study.csv as each process left it, in the order they ended
+    try:
+        deadline = time.time() + 240
+        running = list(procs)
+        while running and time.time() < deadline:
+            for p in [p for p in running if p.poll() is not None]:
+                running.remove(p)
+                tables.append((study / "study.csv").read_bytes())
+            time.sleep(0.05)
+    finally:
+        for p, f in zip(procs, files, strict=True):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            f.close()
+    outs = [f.read_text() for f in logs]
+    for p, out in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out
+        assert "FAILED" not in out and "already exists" not in out, out
+    keys = [f"digits/a/seed{s}" for s in (0, 1, 2)]
+    for k in keys:  # trained once, by one of the two
+        assert sum(o.count(f"{k}: trained") for o in outs) == 1, outs
+    assert len(tables) == 2 and tables[0] == tables[1]
+    doc = json.loads((study / "study.json").read_text())
+    assert [c["key"] for c in doc["cells"] if c["done"]] == keys
+    assert _table(study)[0]["n"] == "3"
 
 
 def test_compare_warns_when_runs_were_evaluated_differently(tmp_path: Path,
@@ -734,6 +835,62 @@ def test_study_class_pairs_errors_name_file_and_field(tmp_path: Path, entry: str
     msg = str(e.value)
     assert str(tmp_path / "pairs.toml") in msg and "class_pairs" in msg and why in msg
     assert "\n" not in msg
+
+
+@pytest.mark.parametrize("dry", [True, False])
+def test_unknown_class_pair_name_is_refused_before_any_cell(
+        tmp_path: Path, capsys: pytest.CaptureFixture, dry: bool) -> None:
+    """A class_pairs name that is not a class of the dataset stops `spat study` when the file
+    is read (exit 2, one line naming the name and the valid ones), with --dry-run as without:
+    no cell is trained first."""
+    from spat.cli import main
+
+    path = _tiny(tmp_path, "cpname")
+    path.write_text(path.read_text().replace(
+        'seeds = [0]', 'seeds = [0]\nclass_pairs = { digits = [["0", "x"]] }'))
+    assert main(["study", str(path), *(["--dry-run"] if dry else [])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"spat: error: {path}: study.class_pairs.digits: 'x' is not a class of "
+                   f"digits (classes: 0, 1, 2, 3, 4, 5, 6, 7, 8, 9)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_class_names_known_without_loading_the_data(tmp_path: Path) -> None:
+    """dataset_class_names: the names load_dataset gives, from fixed lists or small files only;
+    None where the files are absent (then class_pairs are checked when results are read)."""
+    from spat.data import dataset_class_names, load_dataset
+
+    assert dataset_class_names("digits") == load_dataset("digits").info.class_names
+    assert dataset_class_names("fashion_mnist")[0] == "T-shirt/top"
+    assert dataset_class_names("cifar10", tmp_path) is None
+    assert dataset_class_names("npz", tmp_path / "none.npz") is None
+    x = np.zeros((4, 8, 8), dtype=np.uint8)
+    y = np.array([0, 1, 0, 1])
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=x, y_test=y,
+             class_names=np.array(["cat", "dog"]))
+    np.savez(tmp_path / "n.npz", x_train=x, y_train=y, x_test=x, y_test=y + 1)
+    for f in ("d.npz", "n.npz"):
+        assert dataset_class_names("npz", tmp_path / f) == \
+            load_dataset("npz", data_dir=tmp_path / f).info.class_names
+    assert dataset_class_names("npz", tmp_path / "d.npz") == ("cat", "dog")
+    path = tmp_path / "npz.toml"
+    path.write_text(TINY_STUDY.format(name="npz", out=tmp_path.as_posix(), seeds="[0]")
+                    .replace('datasets = ["digits"]', 'datasets = ["npz"]\n'
+                             'class_pairs = { npz = [["cat", "cow"]] }')
+                    .replace("[train]", f'[train]\ndata_dir = "{(tmp_path / "d.npz").as_posix()}"'))
+    with pytest.raises(SpatError, match=r"class_pairs.npz: 'cow' is not a class of npz "
+                                        r"\(classes: cat, dog\)"):
+        load_study(path)
+
+
+def test_study_help_prints_a_single_percent_sign(capsys: pytest.CaptureFixture) -> None:
+    from spat.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["study", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "95%" in out and "%%" not in out
 
 
 def test_class_pair_counts_and_shares_by_hand() -> None:

@@ -11,8 +11,12 @@ class SpatError(ValueError):
 
 class FolderBusy(SpatError):
     """A folder another live process holds (its ``.lock``): nothing is wrong with the input,
-    the work is being done elsewhere. ``spat study`` reports such a cell as skipped, not
-    failed."""
+    the work is being done elsewhere. ``spat study`` leaves such a cell to its holder, not
+    failed, and waits for it at the end. ``lock``: the lock file's path; ``holder``: its
+    record (pid, host, time, argv), as far as known."""
+
+    lock: "str | None" = None
+    holder: "dict[str, object] | None" = None
 
 
 def unknown_name(kind: str, name: str, valid: "list[str] | tuple[str, ...]") -> SpatError:

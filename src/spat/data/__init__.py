@@ -16,6 +16,7 @@ from spat.data.npz import load_npz
 from spat.data.registry import (
     DATASETS,
     channel_stats,
+    dataset_class_names,
     dataset_names,
     load_dataset,
     split_validation,
@@ -34,6 +35,7 @@ __all__ = [
     "augment_batch",
     "batches",
     "channel_stats",
+    "dataset_class_names",
     "dataset_names",
     "load_cifar",
     "load_dataset",

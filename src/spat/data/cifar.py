@@ -116,6 +116,27 @@ def download_cifar(root: str | Path, which: str) -> None:
         raise SpatError(f"download of {which} into {root} failed: {one_line(e, None)}") from e
 
 
+def _meta_names(path: Path, names_key: str, k: int) -> tuple[str, ...]:
+    meta = _as_dict(safe_unpickle(path), path)
+    names = meta.get(names_key)
+    if not isinstance(names, list) or len(names) != k:
+        raise SpatError(f"cannot read {path}: {names_key!r} must list {k} class names")
+    return tuple(_text(n) for n in names)
+
+
+def cifar_class_names(root: str | Path, which: str) -> tuple[str, ...] | None:
+    """The class names in ``which``'s meta file under ``root`` (the images are not read), or
+    ``None`` when that file is missing or unreadable (loading the data says why)."""
+    _, _, meta_file, _, names_key = _LAYOUT[which]
+    path = cifar_dir(root, which) / meta_file
+    if not path.is_file():
+        return None
+    try:
+        return _meta_names(path, names_key, _NUM_CLASSES[which])
+    except SpatError:
+        return None
+
+
 def load_cifar(root: str | Path, which: str = "cifar10", *, verify: bool = True) -> RawDataset:
     """CIFAR-10 (``which="cifar10"``) or CIFAR-100 (``"cifar100"``, fine labels) from ``root``.
 
@@ -133,18 +154,14 @@ def load_cifar(root: str | Path, which: str = "cifar10", *, verify: bool = True)
     if verify:
         for name, md5 in CIFAR_MD5[which].items():
             verify_md5(paths[name], md5)
-    meta = _as_dict(safe_unpickle(paths[meta_file]), paths[meta_file])
-    names = meta.get(names_key)
-    if not isinstance(names, list) or len(names) != k:
-        raise SpatError(f"cannot read {paths[meta_file]}: {names_key!r} must list {k} class "
-                        "names")
+    names = _meta_names(paths[meta_file], names_key, k)
     arrays = []
     for files in (train_files, test_files):
         parts = [_read_batch(paths[f], label_key, k) for f in files]
         arrays += [np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])]
     return RawDataset(
         name=which,
-        class_names=tuple(_text(n) for n in names),
+        class_names=names,
         family="cifar",
         augment="crop_flip",
         train_images=arrays[0],

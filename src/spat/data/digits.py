@@ -6,7 +6,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from spat.data.types import RawDataset
+from spat.data.types import DIGIT_CLASSES, RawDataset
 
 DIGITS_TEST_SIZE = 500
 DIGITS_SPLIT_SEED = 0
@@ -60,7 +60,7 @@ def load_digits_data() -> RawDataset:
     train_idx, test_idx = stratified_split(labels, DIGITS_TEST_SIZE, DIGITS_SPLIT_SEED)
     return RawDataset(
         name="digits",
-        class_names=tuple(str(i) for i in range(10)),
+        class_names=DIGIT_CLASSES,
         family="digits",
         augment="none",
         train_images=images[train_idx],

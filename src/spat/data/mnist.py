@@ -19,7 +19,7 @@ from spat.data.files import (
     require_file,
     verify_md5,
 )
-from spat.data.types import RawDataset
+from spat.data.types import DIGIT_CLASSES, RawDataset
 from spat.errors import SpatError, unknown_name
 
 IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
@@ -50,7 +50,7 @@ FASHION_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
-CLASS_NAMES = {"mnist": tuple(str(i) for i in range(10)), "fashion_mnist": FASHION_CLASSES}
+CLASS_NAMES = {"mnist": DIGIT_CLASSES, "fashion_mnist": FASHION_CLASSES}
 
 
 def read_idx(path: Path) -> np.ndarray:

@@ -49,6 +49,43 @@ def _labels(y: np.ndarray, key: str, path: Path) -> np.ndarray:
     return y.astype(np.int64)
 
 
+def _class_names(names_arr: np.ndarray | None, labels: dict[str, np.ndarray], path: Path
+                 ) -> tuple[str, ...]:
+    """The ``class_names`` array as strings (each label must index it), or "0".."K-1" for the
+    largest label K-1 when there is none; at least two classes."""
+    top = max(int(labels["y_train"].max()), int(labels["y_test"].max()))
+    if names_arr is not None:
+        if names_arr.ndim != 1 or names_arr.dtype.kind not in "US":
+            raise SpatError(f"{path}: class_names must be a 1-D array of strings, found "
+                            f"{names_arr.dtype} {names_arr.shape}")
+        names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names_arr.tolist())
+        if top >= len(names):
+            raise SpatError(f"{path}: label {top} is out of range for {len(names)} class names")
+    else:
+        names = tuple(str(i) for i in range(top + 1))
+    if len(names) < 2:
+        raise SpatError(f"{path}: needs at least 2 classes, found {len(names)}")
+    return names
+
+
+def npz_class_names(path: str | Path) -> tuple[str, ...] | None:
+    """The class names of the ``.npz`` file at ``path`` as :func:`load_npz` gives them, read
+    from its ``class_names`` and label arrays only (not the images); ``None`` when the file is
+    missing or not a valid dataset (loading it says why)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            labels = {k: _labels(f[k], k, path) for k in ("y_train", "y_test")}
+            if not all(y.size for y in labels.values()):
+                return None
+            return _class_names(f["class_names"] if "class_names" in f.files else None,
+                                labels, path)
+    except Exception:  # noqa: BLE001 - any problem: unknown here, reported by the load
+        return None
+
+
 def load_npz(path: str | Path) -> RawDataset:
     """The user's dataset from an ``.npz`` file (loaded with ``allow_pickle=False``).
 
@@ -95,19 +132,7 @@ def load_npz(path: str | Path) -> RawDataset:
                             f"{len(labels[yk])} labels")
         if len(images[xk]) == 0:
             raise SpatError(f"{path}: {xk} is empty")
-    top = max(int(labels["y_train"].max()), int(labels["y_test"].max()))
-    if "class_names" in arrays:
-        names_arr = arrays["class_names"]
-        if names_arr.ndim != 1 or names_arr.dtype.kind not in "US":
-            raise SpatError(f"{path}: class_names must be a 1-D array of strings, found "
-                            f"{names_arr.dtype} {names_arr.shape}")
-        names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names_arr.tolist())
-        if top >= len(names):
-            raise SpatError(f"{path}: label {top} is out of range for {len(names)} class names")
-    else:
-        names = tuple(str(i) for i in range(top + 1))
-    if len(names) < 2:
-        raise SpatError(f"{path}: needs at least 2 classes, found {len(names)}")
+    names = _class_names(arrays.get("class_names"), labels, path)
     _, c, h, w = images["x_train"].shape
     return RawDataset(
         name="npz",

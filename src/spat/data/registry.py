@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spat.data.cifar import cifar_files_ok, download_cifar, load_cifar
+from spat.data.cifar import cifar_class_names, cifar_files_ok, download_cifar, load_cifar
 from spat.data.digits import load_digits_data
+from spat.data.mnist import CLASS_NAMES as MNIST_CLASS_NAMES
 from spat.data.mnist import download_mnist, load_mnist, mnist_files_ok
-from spat.data.npz import load_npz
+from spat.data.npz import load_npz, npz_class_names
 from spat.data.svhn import download_svhn, load_svhn, svhn_files_ok
-from spat.data.types import DataBundle, DatasetInfo, RawDataset, Split
+from spat.data.types import DIGIT_CLASSES, DataBundle, DatasetInfo, RawDataset, Split
 from spat.errors import SpatError, unknown_name
 
 DEFAULT_DATA_DIR = Path("data")
@@ -87,6 +88,24 @@ DATASETS: dict[str, Loader] = {
 def dataset_names() -> list[str]:
     """The registered dataset names in registry order (``"digits"``, the offline default, first)."""
     return list(DATASETS)
+
+
+def dataset_class_names(name: str, data_dir: str | Path | None = None
+                        ) -> tuple[str, ...] | None:
+    """The class names of dataset ``name`` (as :func:`load_dataset` gives them) without loading
+    its images: fixed for the digit datasets and Fashion-MNIST, read from CIFAR's meta file or
+    the npz file's small arrays; ``None`` when those files are not there (or unreadable), so
+    the names are known only once the data is loaded."""
+    key = str(name).strip().lower().replace("-", "_")
+    if key in ("digits", "svhn"):
+        return DIGIT_CLASSES
+    if key in MNIST_CLASS_NAMES:
+        return MNIST_CLASS_NAMES[key]
+    if key in ("cifar10", "cifar100"):
+        return cifar_class_names(_root(None if data_dir is None else Path(data_dir)), key)
+    if key == "npz":
+        return None if data_dir is None else npz_class_names(data_dir)
+    raise unknown_name("dataset", str(name), dataset_names())
 
 
 def val_count(val_size: int | float, n_train: int) -> int:

@@ -14,7 +14,7 @@ from spat.data.files import (
     require_file,
     verify_md5,
 )
-from spat.data.types import RawDataset
+from spat.data.types import DIGIT_CLASSES, RawDataset
 from spat.errors import SpatError
 
 SVHN_MD5 = {
@@ -90,7 +90,7 @@ def load_svhn(root: str | Path, *, verify: bool = True) -> RawDataset:
         arrays += _read_mat(path)
     return RawDataset(
         name="svhn",
-        class_names=tuple(str(i) for i in range(10)),
+        class_names=DIGIT_CLASSES,
         family="svhn",
         augment="none",
         train_images=arrays[0],

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 
 AUGMENTS = ("crop_flip", "none")
+#: The class names of the ten-digit datasets (digits, MNIST, SVHN).
+DIGIT_CLASSES = tuple(str(i) for i in range(10))
 
 
 @dataclass(frozen=True)

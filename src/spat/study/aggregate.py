@@ -59,13 +59,12 @@ def class_pair_counts(confusion: np.ndarray, class_names: Sequence[str],
     (row a of ``confusion``, rows = true class, columns = prediction) predicted as any other
     class and ``count`` those predicted as b. A name that is not a class raises
     :class:`SpatError` naming ``where`` and the classes."""
+    from spat.study.spec import check_class_names
+
     names = list(class_names)
+    check_class_names(pairs, names, where)
     out = {}
     for a, b in pairs:
-        for c in (a, b):
-            if c not in names:
-                raise SpatError(f"{where}: {c!r} is not a class of this dataset (classes: "
-                                f"{', '.join(names)})")
         ia, ib = names.index(a), names.index(b)
         row = np.asarray(confusion[ia])
         out[class_pair_metric(a, b)] = (int(row[ib]), int(row.sum() - row[ia]))

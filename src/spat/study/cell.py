@@ -2,8 +2,11 @@
 match the cell's settings, resumed when it was interrupted.
 
 A cell is an ordinary run directory (``spat eval``, ``spat analyze`` and ``spat compare`` work on
-it). :func:`run_cell` is what a worker process (local pool or submitit job) calls; it imports
-torch only after the thread count is set, so OpenMP starts with the cell's share of the cores.
+it). A study holds a cell by ``RUN/.study.lock`` (:func:`hold_cell`) from before it looks at the
+cell's state until its last stage is written, so several ``spat study`` processes of one file
+share the cells: each cell is run by one of them, the others leave it to that one.
+:func:`run_cell` is what a worker process (local pool or submitit job) calls; it imports torch
+only after the thread count is set, so OpenMP starts with the cell's share of the cores.
 """
 
 from __future__ import annotations
@@ -19,6 +22,11 @@ from typing import Any
 
 from spat.errors import FolderBusy, SpatError
 from spat.utils.io import read_json_object_or_none
+from spat.utils.lock import describe_holder
+
+#: The lock file by which a study holds a cell (beside the run's own ``.lock``, which
+#: ``spat train`` takes inside it; ``spat eval`` locks ``RUN/eval/.lock``).
+CELL_LOCK = ".study.lock"
 
 #: Config fields that may differ between the study file and a finished cell without making it
 #: stale (where it ran, not what it computed).
@@ -98,6 +106,45 @@ def _analysis_fresh(run: Path) -> bool:
 
 
 @contextlib.contextmanager
+def hold_cell(run: Path) -> Iterator[Any]:
+    """Hold the cell whose run folder is ``run`` (``RUN/.study.lock``) for the ``with`` block:
+    the folder is made for it (a new run's ``spat train`` takes a folder holding only lock
+    files as empty) and removed again if it is left empty. Another live holder is a
+    :class:`FolderBusy` naming it (its ``lock`` and ``holder``); a lock whose process is gone is
+    taken over (the lock's ``took_over``)."""
+    from spat.utils.lock import FolderLock
+
+    if run.exists() and not run.is_dir():
+        raise SpatError(f"{run} exists and is not a folder (the study's run folder of a cell)")
+    for _ in range(10):
+        run.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.mkdir(run)
+            created = True
+        except FileExistsError:
+            created = False
+        lock = FolderLock(run, "the study cell", name=CELL_LOCK)
+        try:
+            lock.acquire()
+            break
+        except FolderBusy:
+            raise
+        except (SpatError, FileNotFoundError):
+            if run.exists():
+                raise
+            # removed meanwhile by a process that gave the empty folder up: make it again
+    else:
+        raise SpatError(f"could not hold {run}: the folder keeps disappearing")
+    try:
+        yield lock
+    finally:
+        lock.release()
+        if created:
+            with contextlib.suppress(OSError):
+                run.rmdir()  # only if still empty
+
+
+@contextlib.contextmanager
 def _redirect(log_path: str | None) -> Iterator[None]:
     if log_path is None:
         yield
@@ -115,10 +162,12 @@ def run_cell(cell: dict[str, Any], *, threads: int | None = None, device: str | 
 
     ``threads`` sets ``torch.set_num_threads`` (and OMP/MKL variables) before any work;
     ``device`` overrides the config's device (not part of the cell's identity). Errors are
-    returned in ``error`` (one line), not raised, so a worker survives a failing cell. A cell
-    whose run folder another live process holds (a second ``spat study`` of the same file,
-    or a ``spat train``/``eval`` by hand) is left to it: ``busy`` holds the one-line reason
-    and ``error`` stays ``None``.
+    returned in ``error`` (one line), not raised, so a worker survives a failing cell. The
+    cell is held (:func:`hold_cell`) while its state is read and its stages run. A cell that
+    another live process holds (a second ``spat study`` of the same file, or a
+    ``spat train``/``eval`` by hand) is left to it: ``busy`` holds the one-line reason,
+    ``busy_lock`` the lock file to wait for, ``holder`` its record, and ``error`` stays
+    ``None``. ``took_over``: the record of a dead holder whose cell lock was taken over.
     """
     from spat.utils.threads import set_threads
 
@@ -132,9 +181,16 @@ def run_cell(cell: dict[str, Any], *, threads: int | None = None, device: str | 
         with _redirect(log_path):
             print(f"=== {key} ({time.strftime('%Y-%m-%d %H:%M:%S')}, pid {os.getpid()}, "
                   f"threads {threads})", flush=True)
-            _run_stages(cell, record, device)
+            with hold_cell(Path(cell["run_dir"])) as lock:
+                if lock.took_over is not None:
+                    record["took_over"] = lock.took_over
+                    print(f"took the cell over from {describe_holder(lock.took_over)}, "
+                          f"which is gone", flush=True)
+                _run_stages(cell, record, device)
     except FolderBusy as e:
         record["busy"] = str(e)
+        record["busy_lock"] = e.lock
+        record["holder"] = e.holder
     except SpatError as e:
         record["error"] = str(e)
     except Exception as e:  # noqa: BLE001 - reported per cell; the study goes on

@@ -14,7 +14,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "compare the variants over seeds with intervals",
         description="Run every missing cell of a study file (train, eval, analyze; finished "
         "cells are skipped, interrupted ones resumed), then aggregate over seeds: mean ± std, "
-        "95%% t intervals, paired differences against the baseline variant (paired t and "
+        "95% t intervals, paired differences against the baseline variant (paired t and "
         "bootstrap intervals), hard-pair concentration beside its null. Writes study.md, "
         "study.csv, study.json and figures (PDF, PNG) into OUT_DIR/NAME/. See README "
         "'Running a study'.",
@@ -40,7 +40,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    """Run ``spat study``; exit 1 when a cell failed (its error is printed)."""
+    """Run ``spat study``; exit 1 when a cell failed (its error is printed). Cells another
+    ``spat study`` of the same file runs are waited for, so both end with the whole table."""
     from spat.study.run import dry_run, engine_plan, run_study
     from spat.study.spec import load_study, plan_cells
 
@@ -60,8 +61,9 @@ def cmd_study(args: argparse.Namespace) -> int:
     for r in out["failed"]:
         print(f"FAILED {r['key']}: {r['error']} (log: {spec.study_dir / 'logs'})")
     for r in out["busy"]:
-        print(f"SKIPPED {r['key']}: another process is running it; run this study again "
-              f"after it ends to aggregate it ({r['busy']})")
+        holder = r.get("holder") or {}
+        print(f"{r['key']}: run by another process (pid {holder.get('pid', '?')}); this study "
+              f"waited for it")
     print(f"wrote {', '.join(sorted(out['files']))} to {spec.study_dir}")
     md = spec.study_dir / "study.md"
     print(f"next: read {md}; every cell is a run directory (spat eval / analyze / compare)")

@@ -118,7 +118,7 @@ class StudyProgress:
 
     def advance(self, what: str, skipped: bool = False) -> None:
         """One cell finished (or failed); ``skipped``: left to another process, so it leaves
-        this study's count instead."""
+        this study's count instead (:meth:`add` brings it back if it is run here later)."""
         if skipped:
             self.total -= 1
         else:
@@ -134,6 +134,15 @@ class StudyProgress:
         self.log(f"study: {self.done}/{self.total} cells done, {left} left, "
                  f"elapsed {_hms(time.perf_counter() - self.t0)}"
                  + (f", ETA {_hms(eta)}" if eta is not None and left else "") + f" — {what}")
+
+    def add(self, n: int) -> None:
+        """``n`` cells come back into this study's count (left to another process before,
+        now to be run here)."""
+        if n <= 0:
+            return
+        self.total += n
+        if self._bar is not None:
+            self._bar.update(self._task, total=self.total)
 
     def close(self) -> None:
         if self._bar is not None:

@@ -171,25 +171,34 @@ def seed_major(cells: list[Cell], seeds: list[int]) -> list[Cell]:
 
 def run_study(spec: StudySpec, *, engine: str | None = None, workers: int | None = None,
               threads: int | None = None, aggregate_only: bool = False, figures: bool = True,
-              progress: bool | None = None, log: Log = print) -> dict[str, Any]:
+              progress: bool | None = None, log: Log = print, poll_s: float = 0.5
+              ) -> dict[str, Any]:
     """Run the missing cells of ``spec`` and aggregate. Returns ``{files, records, failed,
     busy, plan, ...}``; cells that fail are reported (the others still run and are
-    aggregated); ``busy``: the cells skipped because another live process holds their run
-    folder (two ``spat study`` of one file share its cells this way)."""
+    aggregated).
+
+    Several processes may run one study file at once and share its cells: a cell that another
+    live process holds (its ``RUN/.study.lock``, or a ``spat train``/``eval`` by hand) is left
+    to it; when this process has run its own cells it waits for those (``poll_s``: how often
+    it looks at their locks), runs any that the holder left unfinished (it died, or was
+    stopped), and aggregates every cell. ``busy``: the records of the cells left to another
+    process. ``records``: one per cell this session handled, the last one of each."""
     from spat.study.aggregate import aggregate, pair_differences, read_study_cells
     from spat.study.cell import cell_state
-    from spat.study.pool import StudyProgress, dataclasses_asdict, run_local
-    from spat.study.report import write_outputs
+    from spat.study.pool import StudyProgress, dataclasses_asdict
 
     cells = plan_cells(spec)
     kind = engine or spec.engine.kind
+    if kind not in ("local", "submitit"):
+        raise SpatError(f"unknown engine {kind!r} (valid: local, submitit)")
     plan = engine_plan(spec, cells, kind, workers, threads)
     states = {c.key: cell_state(dataclasses_asdict(c)) for c in cells}  # conflicts stop here
     todo = seed_major([c for c in cells if states[c.key] != "done"], spec.seeds)
     study_dir = spec.study_dir
     study_dir.mkdir(parents=True, exist_ok=True)
     log_dir = str(study_dir / "logs")
-    records: list[dict[str, Any]] = []
+    last: dict[str, dict[str, Any]] = {}
+    busy: dict[str, dict[str, Any]] = {}
     if todo and not aggregate_only:
         log(f"study {spec.name}: {len(todo)} of {len(cells)} cells to run "
             f"({len(cells) - len(todo)} done) — "
@@ -201,27 +210,95 @@ def run_study(spec: StudySpec, *, engine: str | None = None, workers: int | None
             + f"; logs in {log_dir}/")
         bar = StudyProgress(len(cells), len(cells) - len(todo), log=log, terminal=progress)
         try:
-            if kind == "local":
-                records = run_local(todo, plan, log_dir, log=log, progress=bar,
-                                    on_record=_save_record)
-            elif kind == "submitit":
-                from spat.study.engine import run_submitit
-
-                records = run_submitit(todo, spec.engine, study_dir / "submitit", log_dir,
-                                       workers=plan.workers, threads=plan.threads, log=log,
-                                       progress=bar, on_record=_save_record)
-            else:
-                raise SpatError(f"unknown engine {kind!r} (valid: local, submitit)")
+            while todo:
+                for rec in _run_cells(todo, spec, kind, plan, log_dir, log, bar):
+                    last[rec["key"]] = rec
+                held = [last[c.key] for c in todo if last.get(c.key, {}).get("busy")]
+                busy.update((r["key"], r) for r in held)
+                todo = _wait_for_holders(held, {c.key: c for c in cells}, log, poll_s)
+                bar.add(len(todo))
         finally:
             bar.close()
+    records = list(last.values())
     results = read_study_cells(spec, cells)
     aggs, metrics = aggregate(spec, results)
     pairs = pair_differences(spec, aggs, metrics)
-    files = write_outputs(spec, aggs, metrics, results, figures=figures, pairs=pairs)
+    files = write_outputs_locked(spec, aggs, metrics, results, figures=figures, pairs=pairs)
     failed = [r for r in records if r.get("error")]
-    busy = [r for r in records if r.get("busy")]
-    return {"files": files, "records": records, "failed": failed, "busy": busy, "plan": plan,
-            "results": results, "aggregates": aggs, "metrics": metrics, "pairs": pairs}
+    return {"files": files, "records": records, "failed": failed, "busy": list(busy.values()),
+            "plan": plan, "results": results, "aggregates": aggs, "metrics": metrics,
+            "pairs": pairs}
+
+
+def _run_cells(todo: list[Cell], spec: StudySpec, kind: str, plan: Any, log_dir: str,
+               log: Log, bar: Any) -> list[dict[str, Any]]:
+    """One pass of ``todo`` through the engine; one record per cell."""
+    if kind == "local":
+        from spat.study.pool import run_local
+
+        return run_local(todo, plan, log_dir, log=log, progress=bar, on_record=_save_record)
+    from spat.study.engine import run_submitit
+
+    return run_submitit(todo, spec.engine, spec.study_dir / "submitit", log_dir,
+                        workers=plan.workers, threads=plan.threads, log=log, progress=bar,
+                        on_record=_save_record)
+
+
+def _wait_for_holders(held: list[dict[str, Any]], by_key: dict[str, Cell], log: Log,
+                      poll_s: float, note_s: float = 300.0) -> list[Cell]:
+    """Wait until every cell in ``held`` (records of cells another process held) is let go,
+    with a note per cell (and again every ``note_s`` seconds of waiting); return those the
+    holder left unfinished, to run now (a holder that died or was stopped)."""
+    from spat.study.cell import cell_state
+    from spat.study.pool import dataclasses_asdict
+    from spat.utils.lock import describe_holder, lock_holder
+
+    again: list[Cell] = []
+    for rec in held:
+        key, lock = rec["key"], rec.get("busy_lock")
+        holder = lock_holder(lock) if lock else None
+        if holder is not None:
+            t0 = noted = time.monotonic()
+            log(f"study: waiting for cell {key} held by {describe_holder(holder)} "
+                f"(lock {lock})")
+            while (holder := lock_holder(lock)) is not None:
+                time.sleep(poll_s)
+                if time.monotonic() - noted >= note_s:
+                    noted = time.monotonic()
+                    log(f"study: still waiting for cell {key} held by "
+                        f"{describe_holder(holder)} ({_dur(noted - t0)} so far)")
+        cell = by_key[key]
+        try:
+            done = cell_state(dataclasses_asdict(cell)) == "done"
+        except SpatError:
+            done = False  # run it: its record will say what is wrong
+        if done:
+            log(f"study: cell {key} was finished by another process")
+        else:
+            log(f"study: cell {key} was left unfinished by its holder; running it here")
+            again.append(cell)
+    return again
+
+
+def write_outputs_locked(spec: StudySpec, *args: Any, **kwargs: Any) -> dict[str, Path]:
+    """:func:`spat.study.report.write_outputs` while holding ``STUDY_DIR/.lock``: two processes
+    of one study that finish together write the report one after the other (waiting for each
+    other), not into each other's files."""
+    from spat.errors import FolderBusy
+    from spat.study.report import write_outputs
+    from spat.utils.lock import FolderLock
+
+    lock = FolderLock(spec.study_dir, "the study report")
+    while True:
+        try:
+            lock.acquire()
+            break
+        except FolderBusy:
+            time.sleep(0.2)
+    try:
+        return write_outputs(spec, *args, **kwargs)
+    finally:
+        lock.release()
 
 
 def _save_record(rec: dict[str, Any]) -> None:

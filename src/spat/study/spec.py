@@ -306,11 +306,43 @@ def _check_most_similar(src: str, raw: dict[str, Any], datasets: list[str]
     return out
 
 
+def check_class_names(pairs: Any, names: list[str] | tuple[str, ...], where: str,
+                      dataset: str = "this dataset") -> None:
+    """Each name of the class ``pairs`` must be one of ``names`` (the dataset's classes); else
+    a one-line :class:`SpatError` naming ``where``, the bad name and the valid ones."""
+    for a, b in pairs:
+        for c in (a, b):
+            if c not in names:
+                raise SpatError(f"{where}: {c!r} is not a class of {dataset} (classes: "
+                                f"{', '.join(names)})")
+
+
+def _check_class_pair_names(spec: StudySpec, cells: list[Cell]) -> None:
+    """The names of ``study.class_pairs`` against each dataset's classes, before any cell
+    runs (where the names are known without the data: see
+    :func:`spat.data.dataset_class_names`; else when its results are read)."""
+    from spat.data import dataset_class_names
+
+    for ds, pairs in spec.class_pairs.items():
+        for data_dir in dict.fromkeys(c.config.get("data_dir") for c in cells
+                                      if c.dataset == ds):
+            names = dataset_class_names(ds, data_dir)
+            if names is not None:
+                check_class_names(pairs, names, f"{spec.path}: study.class_pairs.{ds}", ds)
+    for ds, most in spec.most_similar.items():
+        for data_dir in dict.fromkeys(c.config.get("data_dir") for c in cells
+                                      if c.dataset == ds):
+            names = dataset_class_names(ds, data_dir)
+            if names is not None:
+                check_class_names(list(most.items()), names,
+                                  f"{spec.path}: study.most_similar.{ds}", ds)
+
+
 def _check_class_pairs(src: str, raw: dict[str, Any], datasets: list[str]
                        ) -> dict[str, tuple[tuple[str, str], ...]]:
     """``study.class_pairs``: ``{dataset = [["a", "b"], ...]}`` for datasets of the study, each
     entry two different class names, each pair once per dataset. The names are checked
-    against the dataset's classes when its results are read."""
+    against the dataset's classes by :func:`parse_study` (:func:`_check_class_pair_names`)."""
     out: dict[str, tuple[tuple[str, str], ...]] = {}
     for ds, entries in raw.items():
         where = f"study.class_pairs.{ds}"
@@ -409,7 +441,7 @@ def parse_study(data: dict[str, Any], src: str) -> StudySpec:
                      engine=EngineSpec(**eng), description=st.get("description", ""),
                      variant_eval=variant_eval, pairs=pairs,
                      class_pairs=class_pairs, claims=claims, most_similar=most_similar)
-    plan_cells(spec)  # validates every cell's config now
+    _check_class_pair_names(spec, plan_cells(spec))  # plan_cells validates every cell's config
     _check_claim_metrics(spec)
     return spec
 

@@ -10,6 +10,9 @@ taken over without asking. The file's content (pid, host, start time, command li
 message only. Where ``flock`` is unavailable (Windows) the file is created exclusively and a lock
 whose pid is dead on this host is taken over. On a network file system without lock support
 two hosts are not kept apart.
+
+:func:`lock_holder` tells, without taking it, whether a lock file is held and by whom: how a
+``spat study`` waits for the cells that another process runs.
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _describe(holder: dict[str, Any]) -> str:
+def describe_holder(holder: dict[str, Any]) -> str:
+    """``"pid 12 on host since 2026-01-01T10:00:00+0000 (spat study s.toml)"``."""
     if not holder:
         return "another process"
     cmd = " ".join(str(a) for a in holder.get("argv", []))[:120]
@@ -50,27 +54,63 @@ def _describe(holder: dict[str, Any]) -> str:
             + (f" ({cmd})" if cmd else ""))
 
 
+def _read_record(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def lock_holder(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """Who holds the lock file ``path``: its record (pid, host, time, argv; ``{}`` while the
+    holder has not written it yet), or ``None`` when nobody does — no file, or a file left by a
+    process that is gone. Takes nothing: a lock whose recorded pid is dead on this host is free
+    without touching it; otherwise a non-blocking shared ``flock`` probe, let go at once, tells
+    whether a live holder has it."""
+    path = Path(path)
+    holder = _read_record(path)
+    pid = holder.get("pid")
+    if holder.get("host") == socket.gethostname() and isinstance(pid, int) \
+            and not _pid_alive(pid):
+        return None
+    if fcntl is None:  # pragma: no cover - Windows: the exclusive file is the lock
+        return holder if path.exists() else None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return _read_record(path) or holder
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 class FolderLock:
     """``folder/.lock`` held by this process; use as a context manager or acquire/release.
 
-    ``what`` names the activity in the refusal message ("the run", "the evaluation output").
-    After :meth:`acquire`, :attr:`took_over` holds the record of a dead holder whose lock was
-    taken over (else ``None``).
+    ``what`` names the activity in the refusal message ("the run", "the evaluation output");
+    ``name`` is the lock file's name in ``folder`` (default ``.lock``; ``spat study`` holds a
+    cell by ``RUN/.study.lock`` beside the run's own lock). After :meth:`acquire`,
+    :attr:`took_over` holds the record of a dead holder whose lock was taken over (else
+    ``None``).
     """
 
-    def __init__(self, folder: str | os.PathLike[str], what: str = "folder") -> None:
+    def __init__(self, folder: str | os.PathLike[str], what: str = "folder",
+                 name: str = LOCK_NAME) -> None:
         self.folder = Path(folder)
-        self.path = self.folder / LOCK_NAME
+        self.path = self.folder / name
         self.what = what
         self.took_over: dict[str, Any] | None = None
         self._fd: int | None = None
 
     def _read(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError, UnicodeDecodeError):
-            return {}
-        return data if isinstance(data, dict) else {}
+        return _read_record(self.path)
 
     def _record(self) -> bytes:
         return json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
@@ -78,9 +118,11 @@ class FolderLock:
                            "argv": sys.argv}).encode()
 
     def _refuse(self, holder: dict[str, Any]) -> FolderBusy:
-        return FolderBusy(f"{self.folder} is in use: {self.what} is being written by "
-                          f"{_describe(holder)}; wait for it to finish (its lock "
-                          f"{self.path} is released when that process ends)")
+        e = FolderBusy(f"{self.folder} is in use: {self.what} is being written by "
+                       f"{describe_holder(holder)}; wait for it to finish (its lock "
+                       f"{self.path} is released when that process ends)")
+        e.lock, e.holder = str(self.path), holder
+        return e
 
     def acquire(self) -> FolderLock:
         """Take the lock or raise a one-line :class:`SpatError` naming its holder."""
