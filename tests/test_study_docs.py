@@ -97,3 +97,80 @@ def test_marker_parser() -> None:
     text = "<!-- study: a_b -->"
     assert MARKER.search(text).group(1) == "a_b"  # type: ignore[union-attr]
     assert MARKER.search("<!-- studies -->") is None
+
+
+#: A verdict word in prose, written beside its claim: ``**word** (`study: claim`)``.
+VERDICT_REF = re.compile(r"\*\*([^*]+)\*\*\s+\(`([A-Za-z0-9_.+-]+): ([a-z0-9_]+)`")
+#: Words that make a bold phrase a verdict (it must then carry its claim).
+VERDICT_WORD = re.compile(r"\b(holds?|inconclusive|equivalent|established|helps|hurts)\b",
+                          re.IGNORECASE)
+TOP_README = REPO / "README.md"
+
+
+def _verdict_prose() -> list[tuple[str, str]]:
+    """(file, text) of the prose that carries verdicts: docs/study/README.md without its table
+    lines, and the top-level README's "Does SPAT work?" section."""
+    out = []
+    text = README.read_text(encoding="utf-8")
+    out.append(("docs/study/README.md",
+                "\n".join(ln for ln in text.splitlines() if not ln.startswith("|"))))
+    top = TOP_README.read_text(encoding="utf-8")
+    start = top.index("## Does SPAT work?")
+    end = top.index("\n## ", start + 1)
+    out.append(("README.md", top[start:end]))
+    return out
+
+
+def _claim_verdicts() -> dict[tuple[str, str], str]:
+    out = {}
+    for res in (STUDY_DIR / "results").glob("*/study.json"):
+        doc = json.loads(res.read_text(encoding="utf-8"))
+        for c in doc.get("claims", []):
+            out[(doc["study"], c["name"])] = c["verdict"]
+    return out
+
+
+def test_every_verdict_word_is_its_claims_verdict() -> None:
+    """Each ``**word** (`study: claim`)`` in the docs equals the verdict that the tool wrote
+    into that study's claims table; a hand edit of a word fails here."""
+    verdicts = _claim_verdicts()
+    seen = 0
+    for name, text in _verdict_prose():
+        for m in VERDICT_REF.finditer(text):
+            word, study, claim = " ".join(m.group(1).split()), m.group(2), m.group(3)
+            assert (study, claim) in verdicts, f"{name}: no claim {claim!r} in study {study!r}"
+            assert word == verdicts[(study, claim)], (
+                f"{name}: {study}: {claim} says **{word}**, its claims table says "
+                f"**{verdicts[(study, claim)]}**")
+            seen += 1
+    assert seen >= 20, "the verdict sections cite their claims"
+
+
+def test_no_verdict_word_without_its_claim() -> None:
+    """A bold verdict phrase ("holds", "inconclusive", ...) that names no claim is a hand-written
+    verdict: refused."""
+    for name, text in _verdict_prose():
+        cited = {m.start() for m in VERDICT_REF.finditer(text)}
+        for m in re.finditer(r"\*\*([^*]+)\*\*", text):
+            if VERDICT_WORD.search(m.group(1)) and m.start() not in cited:
+                raise AssertionError(f"{name}: bold verdict **{m.group(1)}** names no claim "
+                                     "(write it as **word** (`study: claim`))")
+
+
+def test_claims_tables_are_the_tools_output(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each committed study's claims are those of its study file, judged again from the
+    committed per-seed values by :func:`spat.study.claims.evaluate_claims`."""
+    from spat.study.claims import evaluate_claims
+
+    monkeypatch.chdir(REPO)
+    for path in TOMLS:
+        spec = load_study(path.relative_to(REPO))
+        res = STUDY_DIR / "results" / spec.name / "study.json"
+        if not spec.claims or not res.is_file():
+            continue
+        doc = json.loads(res.read_text(encoding="utf-8"))
+        values = {(a["dataset"], a["variant"]): {
+            m: [float("nan") if x is None else x for x in v["values"]]
+            for m, v in a["metrics"].items()} for a in doc["aggregates"]}
+        got = [r.to_dict() for r in evaluate_claims(spec.claims, values)]
+        assert got == doc["claims"], f"{spec.name}: rerun spat study {path.name}"

@@ -36,27 +36,21 @@ from spat.analysis.stats import (
     t_interval,
 )
 from spat.errors import SpatError
+from spat.study.metrics import (  # noqa: F401  (re-exported: the metric names)
+    ARROW,
+    CLEAN,
+    EXCESS,
+    MOST_SIMILAR,
+    VAL_CLEAN,
+    VAL_ROBUST,
+    WORST_CASE,
+    WORST_CLASS,
+    class_pair_metric,
+    is_class_pair_metric,
+)
 from spat.study.spec import Cell, StudySpec
 from spat.train.guard import run_findings
 from spat.utils.io import read_json_object_or_none, read_jsonl
-
-CLEAN, WORST_CASE, WORST_CLASS, EXCESS = ("clean", "worst case", "worst class",
-                                          "excess top share")
-#: The training run's own validation accuracies (clean and under the per-epoch validation
-#: attack, PGD-10 by default) at its best epoch, read from metrics.jsonl: the numbers to select
-#: settings on, never the test set.
-VAL_CLEAN, VAL_ROBUST = "val_clean_acc", "val_robust_acc"
-#: The arrow of a class-pair metric's name, ``"Shirt→T-shirt/top"`` (never in an attack's name).
-ARROW = "→"
-
-
-def class_pair_metric(a: str, b: str) -> str:
-    """The metric name of the class pair a → b."""
-    return f"{a}{ARROW}{b}"
-
-
-def is_class_pair_metric(metric: str) -> bool:
-    return ARROW in metric
 
 
 def class_pair_counts(confusion: np.ndarray, class_names: Sequence[str],
@@ -76,6 +70,28 @@ def class_pair_counts(confusion: np.ndarray, class_names: Sequence[str],
         row = np.asarray(confusion[ia])
         out[class_pair_metric(a, b)] = (int(row[ib]), int(row.sum() - row[ia]))
     return out
+
+
+def most_similar_share(confusion: np.ndarray, class_names: Sequence[str],
+                       most_similar: dict[str, str], *, min_errors: int = MIN_ERRORS,
+                       where: str = "study.most_similar") -> float:
+    """Claim 2 of arXiv 2210.15068 as the paper states it, for one model: per class a with at
+    least ``min_errors`` misclassified examples (row a of ``confusion``, rows = true class),
+    the share of them predicted as ``most_similar[a]``; the mean over those classes (NaN when
+    none has enough errors). Under uniform wrong targets each share is 1/(K − 1). A class name
+    that the dataset does not have raises :class:`SpatError` naming ``where``."""
+    names = list(class_names)
+    shares = []
+    for a, b in most_similar.items():
+        for c in (a, b):
+            if c not in names:
+                raise SpatError(f"{where}: {c!r} is not a class of this dataset (classes: "
+                                f"{', '.join(names)})")
+        row = np.asarray(confusion[names.index(a)])
+        errors = int(row.sum() - row[names.index(a)])
+        if errors >= min_errors:
+            shares.append(float(row[names.index(b)]) / errors)
+    return float(np.mean(shares)) if shares else math.nan
 
 
 def class_pair_shares(confusion: np.ndarray, class_names: Sequence[str],
@@ -113,11 +129,12 @@ def _primary(names: list[str]) -> str | None:
     return next((a for a in names if a.upper().startswith("PGD")), names[0] if names else None)
 
 
-def read_cell(cell: Cell, class_pairs: Sequence[tuple[str, str]] = (), src: str = "study"
-              ) -> CellResult:
+def read_cell(cell: Cell, class_pairs: Sequence[tuple[str, str]] = (), src: str = "study",
+              most_similar: dict[str, str] | None = None) -> CellResult:
     """The metrics of ``cell`` from ``RUN/eval/report.json`` and ``predictions.npz``
     (``class_pairs``: its dataset's named class pairs, one share metric each; ``src``: the
-    study file, named by the error for a class name the dataset does not have)."""
+    study file, named by the error for a class name the dataset does not have;
+    ``most_similar``: its dataset's map for the :data:`MOST_SIMILAR` metric)."""
     run = Path(cell.run_dir)
     res = CellResult(cell)
     rep = read_json_object_or_none(run / "eval" / "report.json")
@@ -145,6 +162,10 @@ def read_cell(cell: Cell, class_pairs: Sequence[tuple[str, str]] = (), src: str 
             res.confusion = preds.confusion(res.primary, len(res.class_names)).numpy()
             hc = honest_concentration(res.confusion)
             m[EXCESS] = hc.mean_excess_top_share
+            if most_similar:
+                m[MOST_SIMILAR] = most_similar_share(
+                    res.confusion, res.class_names, most_similar,
+                    where=f"{src}: study.most_similar.{cell.dataset}")
     m.update(best_epoch_validation(run))
     if class_pairs and res.confusion is not None:
         m.update(class_pair_shares(res.confusion, res.class_names, class_pairs,
@@ -152,6 +173,13 @@ def read_cell(cell: Cell, class_pairs: Sequence[tuple[str, str]] = (), src: str 
     res.metrics = m
     res.guard = [f.to_dict() for f in run_findings(run)]
     return res
+
+
+def read_study_cells(spec: StudySpec, cells: Sequence[Cell]) -> list[CellResult]:
+    """:func:`read_cell` of each cell with its dataset's named class pairs and most-similar
+    map from ``spec``."""
+    return [read_cell(c, spec.class_pairs.get(c.dataset, ()), spec.path,
+                      spec.most_similar.get(c.dataset)) for c in cells]
 
 
 def best_epoch_validation(run: Path) -> dict[str, float]:
@@ -205,7 +233,8 @@ def metric_order(results: list[CellResult]) -> list[str]:
             if k not in seen:
                 seen.append(k)
     fixed = [CLEAN]
-    tail = [k for k in (WORST_CASE, WORST_CLASS, EXCESS, VAL_CLEAN, VAL_ROBUST) if k in seen]
+    tail = [k for k in (WORST_CASE, WORST_CLASS, EXCESS, MOST_SIMILAR, VAL_CLEAN, VAL_ROBUST)
+            if k in seen]
     tail += [k for k in seen if is_class_pair_metric(k)]
     return [k for k in fixed if k in seen] + [k for k in seen if k not in fixed + tail] + tail
 

@@ -10,7 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from spat.analysis.stats import Interval
-from spat.study.aggregate import EXCESS, Aggregate, PairDifference, is_class_pair_metric
+from spat.study.aggregate import (
+    EXCESS,
+    MOST_SIMILAR,
+    Aggregate,
+    PairDifference,
+    is_class_pair_metric,
+)
 
 
 def _fin(v: float) -> bool:
@@ -53,7 +59,7 @@ def plot_dataset(aggs: list[Aggregate], metrics: list[str], baseline: str, datas
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ms = [m for m in metrics if m != EXCESS and not is_class_pair_metric(m)]
+    ms = [m for m in metrics if m not in (EXCESS, MOST_SIMILAR) and not is_class_pair_metric(m)]
     panels = 3 if pairs else 2
     fig, axes = plt.subplots(1, panels, figsize=(max(10.0, 1.2 * len(ms) * 2) * panels / 2, 4.2),
                              constrained_layout=True)

@@ -22,6 +22,7 @@ from typing import Any
 from spat.analysis.stats import Interval
 from spat.study.aggregate import (
     EXCESS,
+    MOST_SIMILAR,
     Aggregate,
     CellResult,
     PairDifference,
@@ -29,6 +30,7 @@ from spat.study.aggregate import (
     is_class_pair_metric,
     pair_differences,
 )
+from spat.study.claims import ClaimResult, claims_markdown, evaluate_claims
 from spat.study.spec import StudySpec
 from spat.utils.io import atomic_write_text, json_safe
 
@@ -174,10 +176,31 @@ def _class_pair_lines(spec: StudySpec, ds: str, sub: list[Aggregate],
     return lines
 
 
+def _most_similar_lines(spec: StudySpec, ds: str, sub: list[Aggregate]) -> list[str]:
+    """Claim 2 as the paper states it (``study.most_similar``): each variant's most-similar
+    share, then its paired difference to the baseline."""
+    sub = [a for a in sub if MOST_SIMILAR in a.summary]
+    if ds not in spec.most_similar or not sub:
+        return []
+    att = next((a.pooled["attack"] for a in sub if a.pooled), "the primary attack")
+    lines = [f"Most-similar share (`study.most_similar`, claim 2 as the paper states it): of "
+             f"class a's test images that {att} misclassifies, the share predicted as a's most "
+             "similar class (fixed before the comparison, from a model it does not contain), "
+             "averaged over the classes with ≥ 5 errors, in %; under uniform wrong targets "
+             f"{100 / max(len(spec.most_similar[ds]) - 1, 1):.1f} %. Mean ± sample std over "
+             "seeds [95 % Student-t interval]; paired difference to "
+             f"**{spec.baseline}** in points [95 % paired t] {{95 % paired bootstrap}}.", ""]
+    rows = [[a.variant, _summary_cell(a.summary[MOST_SIMILAR]),
+             _diff_cells(a.diff_t, a.diff_boot, [MOST_SIMILAR])[0] if a.diff_t else "–"]
+            for a in sub]
+    return lines + [_md_table(["variant", MOST_SIMILAR, f"− {spec.baseline}"], rows), ""]
+
+
 def render_markdown(spec: StudySpec, aggs: list[Aggregate], metrics: list[str],
                     results: list[CellResult], figures: list[str],
-                    pairs: Sequence[PairDifference] = ()) -> str:
-    metrics = [m for m in metrics if not is_class_pair_metric(m)]
+                    pairs: Sequence[PairDifference] = (),
+                    claim_results: Sequence[ClaimResult] = ()) -> str:
+    metrics = [m for m in metrics if not is_class_pair_metric(m) and m != MOST_SIMILAR]
     done = sum(1 for r in results if r.done)
     lines = [f"# Study {spec.name}", ""]
     if spec.description:
@@ -245,9 +268,11 @@ def render_markdown(spec: StudySpec, aggs: list[Aggregate], metrics: list[str],
                                  "mean norm. entropy", "non-uniform classes", "top pair"],
                                 rows), ""]
         lines += _class_pair_lines(spec, ds, sub, pairs)
+        lines += _most_similar_lines(spec, ds, sub)
         for f in figures:
             if f == f"study_{ds}.png":
                 lines += [f"![{ds}]({f}) (also `study_{ds}.pdf`)", ""]
+    lines += claims_markdown(claim_results, len(spec.seeds))
     lines += ["## Cells", "", _md_table(
         ["cell", "run directory", "status"],
         [[r.cell.key, f"`{r.cell.run_dir}`", _status(r)] for r in results]), ""]
@@ -314,9 +339,13 @@ def write_outputs(spec: StudySpec, aggs: list[Aggregate], metrics: list[str],
                             "paired_t": p.diff_t[m].to_dict(),
                             "paired_bootstrap": p.diff_boot[m].to_dict()} for m in metrics},
         } for p in pairs]
+    claim_results = evaluate_claims(spec.claims, {(a.dataset, a.variant): a.values
+                                                  for a in aggs})
+    if claim_results:
+        doc["claims"] = [r.to_dict() for r in claim_results]
     atomic_write_text(out / "study.json", json.dumps(json_safe(doc), indent=2) + "\n")
     files["study.json"] = out / "study.json"
-    md = render_markdown(spec, aggs, metrics, results, sorted(files), pairs)
+    md = render_markdown(spec, aggs, metrics, results, sorted(files), pairs, claim_results)
     atomic_write_text(out / "study.md", md)
     files["study.md"] = out / "study.md"
     return files

@@ -114,7 +114,28 @@ def dry_run(spec: StudySpec, workers: int, threads: int, log: Log = print) -> li
             f"finishes (then --dry-run uses its measured rate)")
     else:
         log("every cell is done; spat study would only aggregate again")
+    if spec.claims:
+        log_claims(spec, cells, log)
     return cells
+
+
+def log_claims(spec: StudySpec, cells: list[Cell], log: Log = print) -> None:
+    """The declared claims as the finished cells judge them now, with the seeds each one's
+    observed spread needs for a ±δ interval (the plan for more seeds)."""
+    from spat.study.aggregate import aggregate, read_study_cells
+    from spat.study.claims import evaluate_claims
+
+    results = read_study_cells(spec, cells)
+    aggs, _ = aggregate(spec, results)
+    log(f"claims ({sum(1 for c in spec.claims if c.family == 'primary')} primary), as the "
+        f"finished cells judge them now:")
+    for r in evaluate_claims(spec.claims, {(a.dataset, a.variant): a.values for a in aggs}):
+        c = r.claim
+        need = "?" if r.seeds_needed is None else str(r.seeds_needed)
+        interval = "" if math.isnan(r.low) else f" [{r.low:+.1f}, {r.high:+.1f}]"
+        mean = "–" if math.isnan(r.mean) else f"{r.mean:+.1f}"
+        log(f"  {c.name}: {r.verdict}; {c.contrast} {c.metric} {mean}{interval} points at "
+            f"{100 * r.level:.4g} %, {r.n} seeds; {need} seeds for ±{c.margin:g}")
 
 
 def _dur(s: float) -> str:
@@ -162,7 +183,7 @@ def run_study(spec: StudySpec, *, engine: str | None = None, workers: int | None
     it looks at their locks), runs any that the holder left unfinished (it died, or was
     stopped), and aggregates every cell. ``busy``: the records of the cells left to another
     process. ``records``: one per cell this session handled, the last one of each."""
-    from spat.study.aggregate import aggregate, pair_differences, read_cell
+    from spat.study.aggregate import aggregate, pair_differences, read_study_cells
     from spat.study.cell import cell_state
     from spat.study.pool import StudyProgress, dataclasses_asdict
 
@@ -199,7 +220,7 @@ def run_study(spec: StudySpec, *, engine: str | None = None, workers: int | None
         finally:
             bar.close()
     records = list(last.values())
-    results = [read_cell(c, spec.class_pairs.get(c.dataset, ()), spec.path) for c in cells]
+    results = read_study_cells(spec, cells)
     aggs, metrics = aggregate(spec, results)
     pairs = pair_differences(spec, aggs, metrics)
     files = write_outputs_locked(spec, aggs, metrics, results, figures=figures, pairs=pairs)

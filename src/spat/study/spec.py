@@ -34,6 +34,15 @@
     [engine]                       # optional: how cells run
     kind = "local"                 # or "submitit"
 
+    [[claims]]                     # optional, repeated: what the study is run to test
+    name = "spat_beats_pgd_at"     # (spat.study.claims has the keys and the verdict rule)
+    variant = "spat_s16"
+    baseline = "pgd_at"
+    metric = "PGD-20"
+    direction = "higher"
+    family = "primary"
+    margin = 2.0
+
 Everything is validated before the first cell runs: an unknown key, a wrong type or a bad
 setting is one line naming the file and the field (exit 2). Every cell's training config goes
 through :func:`spat.train.config.config_from_dict` and :meth:`TrainConfig.resolved`.
@@ -49,13 +58,14 @@ from pathlib import Path
 from typing import Any
 
 from spat.errors import SpatError
+from spat.study.claims import Claim, parse_claims
 from spat.train.config import FIELD_NAMES, TrainConfig, config_from_dict
 
 #: Settings a study sets itself for each cell (not allowed in [train] or a variant).
 CELL_FIELDS = ("dataset", "seed", "out_dir", "name", "resume")
 STUDY_KEYS = {"name": str, "out_dir": str, "datasets": list, "seeds": list, "baseline": str,
               "description": str, "pairs": list,
-              "class_pairs": dict}
+              "class_pairs": dict, "most_similar": dict}
 EVAL_KEYS = {"attacks": list, "n_examples": int, "which": str, "seed": int, "batch_size": int,
              "restarts": int, "sanity_examples": int, "eps": float, "analyze": bool,
              "attack_logits": str}
@@ -139,6 +149,13 @@ class StudySpec:
     #: each cell reports the share of class a's misclassified attacked test images predicted
     #: as b (:func:`spat.study.aggregate.class_pair_shares`).
     class_pairs: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    #: The claims the study is run to test (``[[claims]]``), judged by
+    #: :mod:`spat.study.claims`'s rule into the "Claims" table of study.md.
+    claims: tuple[Claim, ...] = ()
+    #: Per dataset, each class's most similar class, fixed before the comparison by a rule
+    #: that uses no compared model (``study.most_similar``: a JSON file written by
+    #: ``docs/study/most_similar.py``); each cell then reports the "most-similar share".
+    most_similar: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def eval_of(self, variant: str) -> dict[str, Any]:
         """The evaluation settings of ``variant``'s cells: [eval] with its overrides."""
@@ -263,6 +280,33 @@ def _check_pairs(src: str, raw: list[Any], variants: dict[str, Any]
     return tuple(pairs)
 
 
+def _check_most_similar(src: str, raw: dict[str, Any], datasets: list[str]
+                        ) -> dict[str, dict[str, str]]:
+    """``study.most_similar``: ``{dataset = "file.json"}``, each file a map written by
+    ``docs/study/most_similar.py`` (``most_similar``: class name → class name, a class never
+    its own). Paths are relative to the current directory, as ``out_dir``. The names are
+    checked against the dataset's classes when its results are read."""
+    from spat.validation import read_json_object
+
+    out: dict[str, dict[str, str]] = {}
+    for ds, path in raw.items():
+        where = f"{src}: study.most_similar.{ds}"
+        if ds not in datasets:
+            raise SpatError(f"{where}: {ds!r} is not a dataset of this study "
+                            f"(study.datasets: {', '.join(datasets)})")
+        if not isinstance(path, str) or not Path(path).is_file():
+            raise SpatError(f"{where} must name an existing JSON file, got {path!r}")
+        doc = read_json_object(Path(path))
+        m = doc.get("most_similar")
+        if (not isinstance(m, dict) or not m
+                or not all(isinstance(k, str) and isinstance(v, str) and k != v
+                           for k, v in m.items())):
+            raise SpatError(f"{where}: {path} holds no 'most_similar' map of class names "
+                            f"(each class to another class)")
+        out[ds] = dict(m)
+    return out
+
+
 def check_class_names(pairs: Any, names: list[str] | tuple[str, ...], where: str,
                       dataset: str = "this dataset") -> None:
     """Each name of the class ``pairs`` must be one of ``names`` (the dataset's classes); else
@@ -286,6 +330,13 @@ def _check_class_pair_names(spec: StudySpec, cells: list[Cell]) -> None:
             names = dataset_class_names(ds, data_dir)
             if names is not None:
                 check_class_names(pairs, names, f"{spec.path}: study.class_pairs.{ds}", ds)
+    for ds, most in spec.most_similar.items():
+        for data_dir in dict.fromkeys(c.config.get("data_dir") for c in cells
+                                      if c.dataset == ds):
+            names = dataset_class_names(ds, data_dir)
+            if names is not None:
+                check_class_names(list(most.items()), names,
+                                  f"{spec.path}: study.most_similar.{ds}", ds)
 
 
 def _check_class_pairs(src: str, raw: dict[str, Any], datasets: list[str]
@@ -319,7 +370,7 @@ def _check_class_pairs(src: str, raw: dict[str, Any], datasets: list[str]
 
 def parse_study(data: dict[str, Any], src: str) -> StudySpec:
     """Validate the TOML document ``data`` (from file ``src``) into a :class:`StudySpec`."""
-    allowed = ("study", "train", "variants", "eval", "engine")
+    allowed = ("study", "train", "variants", "eval", "engine", "claims")
     for k in data:
         if k not in allowed:
             raise SpatError(f"{src}: unknown table [{k}] (valid: {', '.join(allowed)})")
@@ -369,6 +420,8 @@ def parse_study(data: dict[str, Any], src: str) -> StudySpec:
                         f"(valid: {', '.join(variants)})")
     pairs = _check_pairs(src, st.get("pairs", []), variants)
     class_pairs = _check_class_pairs(src, st.get("class_pairs", {}), datasets)
+    claims = parse_claims(src, data.get("claims", []), list(variants), datasets)
+    most_similar = _check_most_similar(src, st.get("most_similar", {}), datasets)
     ev = _check_eval(src, "eval", data.get("eval", {}))
     eng = _check_table(src, "engine", data.get("engine", {}), ENGINE_KEYS)
     if eng.get("kind", "local") not in ENGINES:
@@ -388,9 +441,45 @@ def parse_study(data: dict[str, Any], src: str) -> StudySpec:
                      baseline=baseline, train=train, eval=EvalSpec(**ev),
                      engine=EngineSpec(**eng), description=st.get("description", ""),
                      variant_eval=variant_eval, pairs=pairs,
-                     class_pairs=class_pairs)
+                     class_pairs=class_pairs, claims=claims, most_similar=most_similar)
     _check_class_pair_names(spec, plan_cells(spec))  # plan_cells validates every cell's config
+    _check_claim_metrics(spec)
     return spec
+
+
+def study_metrics(spec: StudySpec, dataset: str, variant: str) -> list[str]:
+    """The metric names a finished cell of ``variant`` on ``dataset`` can report: clean, each
+    evaluated attack, the worst case and class, the excess top share, the validation
+    accuracies, the most-similar share (with ``study.most_similar``) and the dataset's named
+    class pairs."""
+    from spat.evaluation.attacks import attack_name
+    from spat.study.metrics import (
+        CLEAN,
+        EXCESS,
+        MOST_SIMILAR,
+        VAL_CLEAN,
+        VAL_ROBUST,
+        WORST_CASE,
+        WORST_CLASS,
+        class_pair_metric,
+    )
+
+    ev = spec.eval_of(variant)
+    return [CLEAN, *[attack_name(a, restarts=ev["restarts"]) for a in ev["attacks"]],
+            WORST_CASE, WORST_CLASS, EXCESS, VAL_CLEAN, VAL_ROBUST,
+            *([MOST_SIMILAR] if dataset in spec.most_similar else []),
+            *[class_pair_metric(a, b) for a, b in spec.class_pairs.get(dataset, ())]]
+
+
+def _check_claim_metrics(spec: StudySpec) -> None:
+    """Each claim's metric is one that all the variants it names report (refused before any
+    cell runs, not when the table is written)."""
+    for i, c in enumerate(spec.claims):
+        for v in (c.variant, c.baseline, *(c.minus or ())):
+            known = study_metrics(spec, c.dataset, v)
+            if c.metric not in known:
+                raise SpatError(f"{spec.path}: claims[{i}] ({c.name}): metric {c.metric!r} is "
+                                f"not reported for variant {v!r} (valid: {', '.join(known)})")
 
 
 def load_study(path: str | Path) -> StudySpec:
