@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from spat.errors import FolderBusy, SpatError
+from spat.validation import loads_json
 
 try:
     import fcntl
@@ -67,7 +68,7 @@ class FolderLock:
 
     def _read(self) -> dict[str, Any]:
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
+            data = loads_json(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError, UnicodeDecodeError):
             return {}
         return data if isinstance(data, dict) else {}
