@@ -222,9 +222,9 @@ class Range:
     (e.g. SPAT's margin m: ``Range(0.0, 1.0, high_open=True, reason="...")``).
 
     ``low``/``high``: the bounds (``math.inf`` for none above); ``low_open``/``high_open``: the
-    bound itself excluded. An infinite bound is always excluded, so a value in a range is finite;
-    NaN is in no range. :meth:`check` raises a one-line :class:`SpatError` that names the value,
-    the range and the reason.
+    bound itself excluded. An infinite upper bound is always excluded, so a value in a range with
+    no upper bound is finite; NaN is in no range. :meth:`check` raises a one-line
+    :class:`SpatError` that names the value, the range and the reason.
     """
 
     low: float
