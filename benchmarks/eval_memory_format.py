@@ -54,7 +54,7 @@ def one_evaluation(run: str, which: str, nhwc: bool, opts: Any) -> dict[str, Any
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, help="a trained run directory (or checkpoint)")
     p.add_argument("--which", default="best")
     p.add_argument("--attacks", default="pgd20,aa")

@@ -153,7 +153,7 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, default=2, help="seeds per variant (2 variants)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--train-subset", dest="train_subset", type=int, default=1000)

@@ -12,7 +12,12 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+#: The real data (MNIST, Fashion-MNIST in torchvision's layout, ``<dir>/MNIST/raw/*.gz``): the
+#: folder named by the environment variable ``SPAT_TEST_DATA``, else the project's shared/data
+#: folder beside the checkout.
+DEFAULT_SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("SPAT_TEST_DATA") or DEFAULT_SHARED_DATA)
+_FOLDERS = {"MNIST": "mnist", "FashionMNIST": "fashion_mnist"}
 
 # The fast-path calibration's cache (spat.utils.calibration) goes to a folder of this test
 # session, never to the user's ~/.cache; tests that look at the cache point it at tmp_path.
@@ -24,11 +29,20 @@ atexit.register(shutil.rmtree, os.environ["SPAT_CACHE_DIR"], ignore_errors=True)
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
+def missing_data_reason(name: str) -> str:
+    """Why a test of the real data ``name`` ("MNIST", "FashionMNIST") skips, and how to fill the
+    folder: one download (torchvision's, checksums verified), then ``SPAT_TEST_DATA``."""
+    which = _FOLDERS.get(name, name.lower())
+    return (f"real data not found at {SHARED_DATA / name / 'raw'}; download it once with "
+            f"python3 -c \"from spat.data import load_dataset; load_dataset('{which}', "
+            f"data_dir='DIR', download=True)\" and set SPAT_TEST_DATA=DIR (default "
+            f"{DEFAULT_SHARED_DATA})")
+
+
 def shared_data_or_skip(name: str = "FashionMNIST") -> Path:
-    """The shared data folder, or skip the test with the reason."""
+    """The real data folder (:data:`SHARED_DATA`), or skip the test saying how to fill it."""
     if not (SHARED_DATA / name / "raw").is_dir():
-        pytest.skip(f"real data not found at {SHARED_DATA / name / 'raw'} (the project's "
-                    "shared/data folder beside the checkout)")
+        pytest.skip(missing_data_reason(name))
     return SHARED_DATA
 
 

@@ -31,19 +31,11 @@ from spat.data import (
 from spat.data.cifar import CIFAR_FOLDERS
 from spat.data.mnist import mnist_files_ok
 from spat.errors import SpatError
+from tests.conftest import SHARED_DATA, shared_data_or_skip
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MNIST_CLASS_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 FASHION_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                  "Sneaker", "Bag", "Ankle boot")
-
-
-def _shared(folder: str) -> Path:
-    raw = SHARED_DATA / folder / "raw"
-    if not raw.is_dir():
-        pytest.skip(f"real data not found at {raw} (the project's shared/data folder beside "
-                    "the checkout)")
-    return SHARED_DATA
 
 
 # --------------------------------------------------------------------------- registry, digits
@@ -147,7 +139,7 @@ def test_val_split_bad_values(val_size: float) -> None:
 
 @pytest.fixture(scope="module")
 def mnist() -> DataBundle:
-    return load_dataset("mnist", data_dir=_shared("MNIST"))
+    return load_dataset("mnist", data_dir=shared_data_or_skip("MNIST"))
 
 
 def test_mnist_real(mnist: DataBundle) -> None:
@@ -165,7 +157,7 @@ def test_mnist_real(mnist: DataBundle) -> None:
 
 
 def test_fashion_mnist_real() -> None:
-    b = load_dataset("fashion-mnist", data_dir=_shared("FashionMNIST"), val_size=0.1)
+    b = load_dataset("fashion-mnist", data_dir=shared_data_or_skip("FashionMNIST"), val_size=0.1)
     assert (len(b.train), len(b.val), len(b.test)) == (54000, 6000, 10000)
     assert b.info.name == "fashion_mnist" and b.info.class_names == FASHION_NAMES
     assert torch.bincount(b.test.labels).tolist() == [1000] * 10
@@ -175,7 +167,7 @@ def test_fashion_mnist_real() -> None:
 
 
 def test_mnist_corrupted_copy(tmp_path: Path) -> None:
-    src = _shared("MNIST") / "MNIST" / "raw"
+    src = shared_data_or_skip("MNIST") / "MNIST" / "raw"
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
     for f in src.iterdir():

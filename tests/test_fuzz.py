@@ -31,6 +31,7 @@ import torch
 
 from spat import checkpoint as ckpt
 from spat.cli import main
+from spat.errors import SpatError
 
 TINY = {"train_subset": 32, "val_size": 16, "epochs": 1, "steps": 1, "val_steps": 1,
         "test_steps": 1, "test_subset": 16, "batch_size": 16}
@@ -496,3 +497,280 @@ def test_enough_cases() -> None:
     kinds = {k for k, *_ in CASES}
     assert kinds == set(RUN_FILES)
     assert {c for *_, c, _ in CASES} == {"resume", "eval", "analyze", "compare", "export"}
+
+
+# ----------------------------------------------------------------------------- values at entry
+# Issue 25: every value validated where it enters, with one line and exit 2 (docs/reliability.md).
+def run_cli(capsys, argv: list[str]) -> tuple[int, str]:
+    """``main(argv)`` → (exit code, stderr), an argparse refusal (``SystemExit``) included."""
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = int(e.code or 0)
+    return code, capsys.readouterr().err
+
+
+def assert_one_line_refusal(code: int, err: str, *needles: str) -> None:
+    """Exit 2, exactly one stderr line ``spat: error: ...``, holding every needle."""
+    assert code == 2, err
+    assert "Traceback" not in err and "internal error" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("spat: error: "), err
+    for needle in needles:
+        assert needle in lines[0], (needle, err)
+
+
+BIG = 10**400  # JSON and TOML integers are unbounded in Python; JSON's 1e400 reads as inf
+NUMBER_CASES = [
+    ("json", '"epochs": ' + str(BIG), "field 'epochs' must be an integer that fits in 64 bits"),
+    ("json", '"lr": ' + str(BIG), "field 'lr' must be a finite number"),
+    ("json", '"lr": 1e400', "field 'lr' must be a finite number"),
+    ("json", '"seed": ' + str(2**63), "field 'seed' must be an integer that fits in 64 bits"),
+    ("json", '"train_subset": ' + str(-(2**63) - 1), "fits in 64 bits"),
+    ("json", '"epochs": 1' + "0" * 5000, "not valid JSON: number out of range"),
+    ("toml", "seed = " + str(2**64), "field 'seed' must be an integer that fits in 64 bits"),
+    ("toml", "batch_size = " + str(10**30), "field 'batch_size' must be an integer that fits"),
+    ("toml", "lr = 1e400", "field 'lr' must be a finite number"),
+    ("toml", "lr = inf", "field 'lr' must be a finite number"),
+    ("toml", "epochs = 1" + "0" * 5000, "not valid TOML: number out of range"),
+]
+
+
+@pytest.mark.parametrize(("kind", "entry", "message"), NUMBER_CASES,
+                         ids=[f"{k}-{e[:24]}" for k, e, _ in NUMBER_CASES])
+def test_config_numbers_out_of_range_are_one_line(tmp_path: Path, capsys, kind: str, entry: str,
+                                                  message: str) -> None:
+    cfg = tmp_path / f"c.{kind}"
+    cfg.write_text("{" + entry + "}" if kind == "json" else entry + "\n")
+    out = tmp_path / "runs"
+    code, err = run_cli(capsys, ["train", "--config", str(cfg), "--out-dir", str(out),
+                                 "--no-progress"])
+    assert_one_line_refusal(code, err, message, str(cfg))
+    assert len(err) < 400  # the 400-digit value is not echoed
+    assert not out.exists()
+
+
+DEEP = 100_000
+
+
+def _deep_json(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("kind", ["json-list", "json-object", "toml-array", "toml-table"])
+def test_deeply_nested_config_is_one_line(tmp_path: Path, capsys, kind: str) -> None:
+    text = {"json-list": _deep_json(DEEP),
+            "json-object": '{"a":' * DEEP + "1" + "}" * DEEP,
+            "toml-array": "eps = " + _deep_json(DEEP),
+            "toml-table": "eps = " + "{a = " * DEEP + "1" + "}" * DEEP}[kind]
+    cfg = tmp_path / ("c.json" if kind.startswith("json") else "c.toml")
+    cfg.write_text(text)
+    out = tmp_path / "runs"
+    code, err = run_cli(capsys, ["train", "--config", str(cfg), "--out-dir", str(out)])
+    assert_one_line_refusal(code, err, "nested deeper than 64 levels")
+    assert not out.exists()
+
+
+def test_json_and_toml_nesting_bound() -> None:
+    """MAX_NESTING levels are read, one more is refused, also below Python's own limit."""
+    from spat.validation import MAX_NESTING, loads_json, loads_toml, nesting_depth
+
+    ok = _deep_json(MAX_NESTING)
+    assert nesting_depth(loads_json(ok)) == MAX_NESTING
+    assert nesting_depth(loads_toml("a = " + _deep_json(MAX_NESTING - 1))) == MAX_NESTING
+    for text in (_deep_json(MAX_NESTING + 1), _deep_json(900), _deep_json(DEEP)):
+        with pytest.raises(json.JSONDecodeError, match="nested deeper"):
+            loads_json(text)
+    with pytest.raises(ValueError, match="nested deeper"):
+        loads_toml("a = " + _deep_json(MAX_NESTING))
+    assert loads_json('{"a": NaN}')["a"] != loads_json('{"a": NaN}')["a"]  # NaN still read
+
+
+# a run file replaced by 100,000 levels of nesting, read by each command that reads it, and the
+# exit code: 0 where the file is optional there (eval reads the config from state.pt; a finished
+# run's bad summary is recomputed; compare ignores an unreadable report), else 2
+DEEP_RUN_FILES = [("config.json", "resume", 2), ("config.json", "eval", 0),
+                  ("last.json", "resume", 2), ("best.json", "eval", 2),
+                  ("data.json", "analyze", 2), ("summary.json", "resume", 0),
+                  ("metrics.jsonl", "analyze", 2), ("report.json", "export", 2),
+                  ("report.json", "compare", 0)]
+
+
+@pytest.mark.parametrize(("kind", "command", "expected"), DEEP_RUN_FILES,
+                         ids=[f"{k}-{c}" for k, c, _ in DEEP_RUN_FILES])
+def test_deeply_nested_run_file(tiny_run: Path, tmp_path: Path, capsys, kind: str,
+                                command: str, expected: int) -> None:
+    run = tmp_path / "runs" / "tiny"
+    shutil.copytree(tiny_run, run)
+    target = RUN_FILES[kind][0](run)
+    if kind == "metrics.jsonl":  # a deep line before the last one (the last may be torn)
+        lines = target.read_text().splitlines()
+        target.write_text(_deep_json(DEEP) + "\n" + "\n".join(lines) + "\n")
+    else:
+        target.write_text(_deep_json(DEEP))
+    before = snapshot(run)
+    code, err = run_main(capsys, _argv(command, run, tmp_path))
+    check_outcome(code, err)
+    assert code == expected, err
+    if code == 2:
+        assert str(target) in err and "JSON" in err
+        assert snapshot(run) == before
+        assert not (tmp_path / "cmp").exists()
+
+
+def test_deeply_nested_study_file(tmp_path: Path, capsys) -> None:
+    f = tmp_path / "study.toml"
+    f.write_text('[study]\nname = "fz"\ndatasets = ' + _deep_json(DEEP) + "\n")
+    code, err = run_cli(capsys, ["study", str(f), "--dry-run"])
+    assert_one_line_refusal(code, err, "nested deeper than 64 levels")
+
+
+# each knob at a value outside its meaningful range: (method, flag, value, range, reason word)
+KNOB_CASES = [
+    ("spat", "--m", "-100", "m must be in [0, 1)", "-m/2"),
+    ("spat", "--m", "1", "m must be in [0, 1)", "largest cosine"),
+    ("spat", "--m", "-0.01", "m must be in [0, 1)", "(1+m)/2"),
+    ("trades", "--m", "2.5", "m must be in [0, 1)", "self-paced CE"),
+    ("pgd_at", "--m", "-1", "m must be in [0, 1)", "self-paced CE"),
+    ("standard", "--m", "1.5", "m must be in [0, 1)", "self-paced CE"),
+    ("mart", "--m", "-0.5", "m must be in [0, 1)", "self-paced CE"),
+    ("spat", "--n", "-0.2", "n must be >= 0 and finite", "n*KL(p||q)"),
+    ("mart", "--n", "-1", "n must be >= 0 and finite", "n*KL(p||q)"),
+    ("pgd_at", "--n", "-3", "n must be >= 0 and finite", "n*KL(p||q)"),
+    ("spat", "--beta", "-6", "beta must be >= 0 and finite", "L_acc + beta*L_rob"),
+    ("trades", "--beta", "-0.001", "beta must be >= 0 and finite", "L_acc + beta*L_rob"),
+    ("mart", "--beta", "-1", "beta must be >= 0 and finite", "lambda weights MART"),
+    ("spat", "--cosine-scale", "0", "cosine scale must be > 0 and finite", "uniform"),
+    ("spat", "--cosine-scale", "-8", "cosine scale must be > 0 and finite", "reverse"),
+    ("spat", "--m", "nan", "field 'm' must be a finite number", ""),
+    ("spat", "--n", "inf", "field 'n' must be a finite number", ""),
+    ("trades", "--beta", "inf", "field 'beta' must be a finite number", ""),
+    ("spat", "--cosine-scale", "inf", "field 'cosine_scale' must be a finite number", ""),
+]
+
+
+@pytest.mark.parametrize(("method", "flag", "value", "expected", "reason"), KNOB_CASES,
+                         ids=[f"{m}{f}={v}" for m, f, v, *_ in KNOB_CASES])
+def test_method_knob_out_of_range_is_one_line(tmp_path: Path, capsys, method: str, flag: str,
+                                              value: str, expected: str, reason: str) -> None:
+    out = tmp_path / "runs"
+    code, err = run_cli(capsys, ["train", "--method", method, flag, value, "--out-dir", str(out),
+                                 *TINY_ARGS, "--no-progress"])
+    assert_one_line_refusal(code, err, expected, reason, f"got {float(value)}"
+                            if reason else "")
+    assert not out.exists()
+
+
+def test_method_knob_out_of_range_in_a_config_file(tmp_path: Path, capsys) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('method = "spat"\nm = -100\n')
+    code, err = run_cli(capsys, ["train", "--config", str(cfg), "--out-dir",
+                                 str(tmp_path / "runs")])
+    assert_one_line_refusal(code, err, "m must be in [0, 1)", "got -100")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_method_knobs_at_the_edges_of_their_ranges_train(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "runs"
+    code, err = run_cli(capsys, ["train", "--method", "spat", "--m", "0", "--n", "0", "--beta",
+                                 "0", "--cosine-scale", "0.5", "--out-dir", str(out),
+                                 "--name", "edge", *TINY_ARGS, "--no-progress"])
+    assert code == 0, err
+    rec = json.loads((out / "edge" / "config.json").read_text())
+    assert (rec["m"], rec["n"], rec["beta"], rec["cosine_scale"]) == (0.0, 0.0, 0.0, 0.5)
+
+
+def test_each_knob_range_is_declared_once() -> None:
+    """Every method's m/n uses the one declared range (MART's β is its λ, with λ's reason), and
+    the API refuses what the command line refuses."""
+    from spat.methods import METHODS, build_method, knob_range
+    from spat.methods.mart import LAMBDA_RANGE
+    from spat.methods.spat import BETA_RANGE, M_RANGE, N_RANGE
+    from spat.models.heads import COSINE_SCALE, CosineLinear
+
+    for key, declared in (("m", M_RANGE), ("n", N_RANGE)):
+        owners = [cls for cls in METHODS.values() if cls.takes(key)]
+        assert owners and all(cls.knob_range(key) is declared for cls in owners)
+    assert knob_range("beta", "spat") is BETA_RANGE and knob_range("beta", "mart") is LAMBDA_RANGE
+    assert knob_range("n", "pgd_at") is N_RANGE  # a knob pgd_at lacks: still checked
+    assert 0.0 in M_RANGE and 0.999 in M_RANGE and 1.0 not in M_RANGE
+    assert -1e-9 not in M_RANGE and float("nan") not in M_RANGE and True not in M_RANGE
+    assert 0.0 in N_RANGE and 1e6 in N_RANGE and float("inf") not in N_RANGE
+    assert 0.0 not in COSINE_SCALE and 1e-3 in COSINE_SCALE
+    for name, kwargs in (("spat", {"m": 1.0}), ("mart", {"beta": -1.0}),
+                         ("pgd_at", {"m": -0.1}), ("trades", {"n": -0.5})):
+        with pytest.raises(SpatError, match="must be"):
+            build_method(name, **kwargs)
+    with pytest.raises(SpatError, match="cosine scale must be > 0"):
+        CosineLinear(4, 3, scale=-1.0)
+
+
+def _npz_with_labels(path: Path, y_train: np.ndarray, **extra: np.ndarray) -> Path:
+    rng = np.random.default_rng(0)
+    np.savez(path, x_train=rng.integers(0, 256, (len(y_train), 8, 8), dtype=np.uint8),
+             y_train=y_train, x_test=rng.integers(0, 256, (16, 8, 8), dtype=np.uint8),
+             y_test=np.arange(16) % 3, **extra)
+    return path
+
+
+def _labels_with(first: int, dtype: Any = np.int64) -> np.ndarray:
+    y = (np.arange(48) % 3).astype(dtype)
+    y[0] = first
+    return y
+
+
+NPZ_LABEL_CASES = [
+    ("int32-max", _labels_with(2**31 - 1), {}, "y_train has label 2147483647"),
+    ("uint64-max", _labels_with(2**64 - 1, np.uint64), {}, "at most 10000 classes"),
+    ("at-max-classes", _labels_with(10_000), {}, "y_train has label 10000"),
+    ("sparse", _labels_with(100), {}, "label 100 makes 101 classes"),
+    ("negative", _labels_with(-1), {}, "negative label -1"),
+    ("too-many-names", np.arange(48) % 3, {"class_names": np.array(["c"] * 10_001)},
+     "class_names has 10001 names"),
+]
+
+
+@pytest.mark.parametrize(("labels", "extra", "message"),
+                         [c[1:] for c in NPZ_LABEL_CASES], ids=[c[0] for c in NPZ_LABEL_CASES])
+def test_npz_labels_are_checked_before_classes_are_made(tmp_path: Path, capsys,
+                                                        labels: np.ndarray, extra: dict,
+                                                        message: str) -> None:
+    data = _npz_with_labels(tmp_path / "d.npz", labels, **extra)
+    out = tmp_path / "runs"
+    code, err = run_cli(capsys, ["train", "--dataset", "npz", "--data-dir", str(data),
+                                 "--model", "small_cnn", "--out-dir", str(out), *TINY_ARGS,
+                                 "--val-size", "8", "--no-progress"])
+    assert_one_line_refusal(code, err, message)
+    assert not out.exists()
+
+
+def test_npz_dense_labels_up_to_the_example_count_load(tmp_path: Path) -> None:
+    from spat.data.npz import load_npz
+
+    y = np.arange(48) % 3
+    y[0] = 63  # 64 labelled examples (48 + 16): K = 64 is allowed, every id could occur
+    raw = load_npz(_npz_with_labels(tmp_path / "d.npz", y))
+    assert len(raw.class_names) == 64
+
+
+# one abbreviation of a long option per subcommand: each used to be taken as the full option
+ABBREVIATIONS = [
+    ["train", "--epoch", "3"],
+    ["train", "--cosine", "4"],
+    ["eval", "RUN", "--n-ex", "16"],
+    ["analyze", "RUN", "--max-ex", "16"],
+    ["compare", "RUN", "RUN", "--max-ex", "16"],
+    ["export", "RUN", "--form", "robustbench"],
+    ["study", "study.toml", "--dry"],
+    ["--vers"],
+]
+
+
+@pytest.mark.parametrize("argv", ABBREVIATIONS, ids=[" ".join(a) for a in ABBREVIATIONS])
+def test_abbreviated_long_options_are_refused(tmp_path: Path, capsys, argv: list[str]) -> None:
+    argv = [str(tmp_path / "run") if a == "RUN" else a for a in argv]
+    abbreviation = next(a for a in argv if a.startswith("--"))
+    code, err = run_cli(capsys, argv)
+    assert_one_line_refusal(code, err, f"unrecognized arguments: {abbreviation}")
+    assert not any(tmp_path.iterdir())

@@ -14,7 +14,7 @@ import torch
 
 from spat import checkpoint as ckpt
 from spat.cli import main
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, missing_data_reason
 
 TINY = ["--train-subset", "32", "--val-size", "16", "--epochs", "1", "--steps", "1",
         "--val-steps", "1", "--test-steps", "1", "--test-subset", "16", "--batch-size", "16",
@@ -46,7 +46,7 @@ def _snapshot(root: Path) -> dict[str, str]:
 def _mnist_copy(tmp: Path) -> Path:
     raw = SHARED_DATA / "MNIST" / "raw"
     if not raw.is_dir():
-        pytest.skip(f"real MNIST files not found at {raw}")
+        pytest.skip(missing_data_reason("MNIST"))
     dst = tmp / "data" / "MNIST" / "raw"
     dst.mkdir(parents=True)
     for f in raw.glob("*.gz"):

@@ -40,7 +40,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from spat.errors import SpatError
 from spat.utils.io import atomic_write_bytes, atomic_write_text, fsync_path
-from spat.validation import one_line
+from spat.validation import loads_json, one_line
 
 WEIGHTS = "model.safetensors"
 STATE = "state.pt"
@@ -123,8 +123,8 @@ def read_pointer(root: str | os.PathLike[str], name: str) -> str | None:
     if not p.exists():
         return None
     try:
-        tag = json.loads(p.read_text(encoding="utf-8"))["tag"]
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
+        tag = loads_json(p.read_text(encoding="utf-8"))["tag"]
+    except (ValueError, KeyError, TypeError) as e:  # not JSON or UTF-8, too deep, no tag
         raise SpatError(f"checkpoint pointer {p} is corrupted ({type(e).__name__}: "
                         f"{one_line(e, None)})") from None
     if not isinstance(tag, str) or not TAG_RE.fullmatch(tag):

@@ -13,7 +13,7 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from spat.errors import SpatError
 from spat.utils.log import configure as configure_logging
@@ -23,7 +23,14 @@ EXIT_USAGE = 2
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (no usage dump) and exit code 2."""
+    """argparse with one-line errors (no usage dump) and exit code 2, and no abbreviated long
+    options (``--epoch 3`` is an error, not ``--epochs 3``: a prefix that one option matches
+    today would silently mean another once a longer name is added). Every subcommand's parser
+    is a ``_Parser`` too (``add_subparsers(parser_class=_Parser)``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"spat: error: {message}\n")

@@ -13,10 +13,17 @@ touching this module. Ranges and cross-field rules stay with their owners (``val
 
 Rules (stricter than Python's coercions, because a file that says ``epochs = true`` or
 ``deterministic = "yes"`` was not written by ``spat``): ``bool`` accepts only ``true``/``false``;
-``int`` accepts integers (not booleans, not ``2.5``, not ``"3"``); ``float`` accepts finite
-integers and floats (and, for the fields in :data:`FRACTION_FIELDS`, a fraction string such as
-``"8/255"``, as the command line does); ``str`` accepts strings; ``X | None`` also accepts
-``null`` (JSON) — TOML has no null, so there the key is simply left out.
+``int`` accepts integers (not booleans, not ``2.5``, not ``"3"``) that fit in 64 bits
+(:data:`INT_MIN`..:data:`INT_MAX`: JSON and TOML integers are unbounded in Python, and every
+integer setting ends up in a torch/NumPy int64 or a loop count); ``float`` accepts finite
+integers and floats (``1e400`` reads as infinity and is refused; and, for the fields in
+:data:`FRACTION_FIELDS`, a fraction string such as ``"8/255"``, as the command line does);
+``str`` accepts strings; ``X | None`` also accepts ``null`` (JSON) — TOML has no null, so there
+the key is simply left out. A value's own range (``epochs >= 1``, ``0 <= m < 1``) is its owner's:
+:class:`Range` states one with its reason.
+
+The JSON and TOML parsers (:func:`loads_json`, :func:`loads_toml`) bound the nesting of what they
+read to :data:`MAX_NESTING` levels and turn Python's integer-digit limit into a decode error.
 """
 
 from __future__ import annotations
@@ -37,6 +44,13 @@ from spat.errors import SpatError
 
 #: Fields whose value may be written as a fraction string (``"8/255"``): ε and step sizes.
 FRACTION_FIELDS = frozenset({"eps", "step_size"})
+#: The integers an ``int`` field accepts: those of a signed 64-bit integer (torch's and NumPy's
+#: int64, which seeds, counts and sizes become).
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+#: The deepest nesting of lists and objects/tables accepted in a JSON or TOML file: ``spat``'s own
+#: files nest at most 6 levels; Python's parsers (and every recursive walk after them) spend one
+#: stack frame per level, so a deeper file would end in a ``RecursionError``.
+MAX_NESTING = 64
 
 
 def one_line(text: object, limit: int | None = 200) -> str:
@@ -47,6 +61,11 @@ def one_line(text: object, limit: int | None = 200) -> str:
 
 
 def _show(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**30:
+        # repr() of an integer beyond Python's digit limit raises; no one reads 400 digits
+        exp = int((abs(value).bit_length() - 1) * math.log10(2))  # |value| >= 2**(bits-1)
+        exp += abs(value) >= 10 ** (exp + 1)
+        return f"with |value| >= 10**{exp}"
     return one_line(repr(value), 80)
 
 
@@ -112,6 +131,8 @@ def check_value(value: Any, annotation: Any, *, where: str, field: str) -> Any:
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise fail("an integer")
+        if not INT_MIN <= value <= INT_MAX:
+            raise fail("an integer that fits in 64 bits (|value| < 2**63)")
         return value
     if annotation is float:
         if isinstance(value, str) and field in FRACTION_FIELDS:
@@ -121,7 +142,11 @@ def check_value(value: Any, annotation: Any, *, where: str, field: str) -> Any:
             value = parsed
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise fail("a number")
-        if not math.isfinite(value):
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:  # an integer beyond the largest float
+            finite = False
+        if not finite:
             raise fail("a finite number")
         return value
     if annotation is str:
@@ -190,7 +215,108 @@ def check_fields(values: Mapping[str, Any], cls: type, *, where: str,
     return out
 
 
-# ----------------------------------------------------------------------------- JSON files
+# ----------------------------------------------------------------------------- ranges
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The meaningful values of a number, with the reason, declared once by the value's owner
+    (e.g. SPAT's margin m: ``Range(0.0, 1.0, high_open=True, reason="...")``).
+
+    ``low``/``high``: the bounds (``math.inf`` for none above); ``low_open``/``high_open``: the
+    bound itself excluded. An infinite upper bound is always excluded, so a value in a range with
+    no upper bound is finite; NaN is in no range. :meth:`check` raises a one-line
+    :class:`SpatError` that names the value, the range and the reason.
+    """
+
+    low: float
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+    reason: str = ""
+
+    def __contains__(self, value: object) -> bool:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open or math.isinf(self.high) \
+            else value <= self.high
+        return bool(above and below)  # False for NaN
+
+    def describe(self) -> str:
+        """``"in [0, 1)"``, ``">= 0 and finite"``, ``"> 0 and finite"``."""
+        def num(v: float) -> str:
+            return f"{v:g}"
+
+        if math.isinf(self.high):
+            return f"{'>' if self.low_open else '>='} {num(self.low)} and finite"
+        return (f"in {'(' if self.low_open else '['}{num(self.low)}, {num(self.high)}"
+                f"{')' if self.high_open else ']'}")
+
+    def check(self, value: Any, name: str) -> Any:
+        """``value`` if it lies in the range, else a one-line :class:`SpatError`."""
+        if value not in self:
+            why = f" ({self.reason})" if self.reason else ""
+            raise SpatError(f"{name} must be {self.describe()}{why}, got {_show(value)}")
+        return value
+
+
+# ----------------------------------------------------------------------------- JSON and TOML
+def nesting_depth(obj: Any) -> int:
+    """How deeply lists/tuples and dicts nest in ``obj`` (a scalar: 0, ``[]``: 1, ``[[1]]``: 2);
+    iterative, so any depth is measured without recursion."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            value = list(value.values())
+        if isinstance(value, list | tuple):
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in value)
+    return deepest
+
+
+def _too_deep(obj: Any) -> bool:
+    return nesting_depth(obj) > MAX_NESTING
+
+
+def loads_json(text: str) -> Any:
+    """``json.loads(text)``, with nesting bounded by :data:`MAX_NESTING` and integers by Python's
+    digit limit: each violation is a :class:`json.JSONDecodeError` (a ``ValueError``), which
+    every caller already treats as a file that is not valid JSON. NaN and Infinity are accepted
+    (``spat eval`` writes NaN for an empty class); the typed checks refuse them where a field
+    must be finite."""
+    too_deep = json.JSONDecodeError(f"nested deeper than {MAX_NESTING} levels", text, 0)
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise too_deep from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError as e:  # Python's limit on the digits of an integer
+        raise json.JSONDecodeError(f"number out of range ({one_line(e, 80)})", text, 0) from None
+    if _too_deep(data):
+        raise too_deep
+    return data
+
+
+def loads_toml(text: str) -> dict[str, Any]:
+    """``tomllib.loads(text)``, with nesting bounded by :data:`MAX_NESTING` and integers by
+    Python's digit limit; every problem (a syntax error included) is a ``ValueError`` whose
+    message says what is wrong."""
+    import tomllib
+
+    try:
+        data = tomllib.loads(text)
+    except RecursionError:
+        raise ValueError(f"nested deeper than {MAX_NESTING} levels") from None
+    except tomllib.TOMLDecodeError:
+        raise
+    except ValueError as e:  # Python's limit on the digits of an integer
+        raise ValueError(f"number out of range ({one_line(e, 80)})") from None
+    if _too_deep(data):
+        raise ValueError(f"nested deeper than {MAX_NESTING} levels")
+    return data
+
+
 def read_json_object(path: str | os.PathLike[str], *, what: str = "file") -> dict[str, Any]:
     """A JSON file that must hold an object; a missing, unreadable or non-object file is a
     one-line :class:`SpatError` naming it."""
@@ -202,9 +328,8 @@ def read_json_object(path: str | os.PathLike[str], *, what: str = "file") -> dic
     except (OSError, UnicodeDecodeError) as e:
         raise SpatError(f"{what} {p} is unreadable ({type(e).__name__}: {one_line(e)})") from None
     try:
-        data = json.loads(text)  # NaN/Infinity are accepted here (spat eval writes NaN for an
-        # empty class); the typed checks refuse them where a field must be finite
-    except (json.JSONDecodeError, ValueError, RecursionError) as e:
+        data = loads_json(text)
+    except ValueError as e:
         raise SpatError(f"{what} {p} is corrupted (not JSON: {one_line(e, 120)})") from None
     if not isinstance(data, dict):
         raise SpatError(f"{what} {p} is corrupted (expected a JSON object, got "

@@ -22,7 +22,7 @@ from spat.evaluation.attacks import resolve_attack_name
 from spat.evaluation.core import Predictions
 from spat.utils.io import atomic_write_text
 from spat.utils.progress import counting_bar
-from spat.validation import one_line
+from spat.validation import loads_json, one_line
 
 Log = Callable[[str], None]
 
@@ -86,10 +86,10 @@ def obtain_predictions(
     meta = _prediction_meta(checkpoint, float(cfg.eps), cfg.norm, steps, limit, n)
     if cache.is_file() and meta_path.is_file() and not recompute:
         try:
-            if json.loads(meta_path.read_text()) == meta:
+            if loads_json(meta_path.read_text(encoding="utf-8")) == meta:
                 log(f"no {eval_npz}: using the cached predictions {cache}")
                 return _load_predictions(cache), str(cache)
-        except json.JSONDecodeError:
+        except (ValueError, OSError):  # not JSON, not UTF-8, nested too deeply: recompute
             pass
     from spat.attacks import pgd
     from spat.evaluation.core import predict_under_attacks

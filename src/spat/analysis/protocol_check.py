@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from spat.evaluation.report import attack_logits_of
+from spat.validation import loads_json
 
 
 def _digest(values: Any) -> str:
@@ -49,8 +50,10 @@ def protocol_of(a: Any) -> dict[str, Any]:
     else:
         meta_path = Path(str(a.prediction_source)).with_name("predictions.json")
         try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            meta = loads_json(meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # not JSON, not UTF-8, nested too deeply
+            meta = {}
+        if not isinstance(meta, dict):
             meta = {}
         out.update(eps=meta.get("eps", a.config.get("eps")),
                    norm=meta.get("norm", a.config.get("norm")),

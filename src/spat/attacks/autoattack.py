@@ -50,6 +50,7 @@ from spat.attacks.context import attack_mode
 from spat.attacks.geometry import check_norm
 from spat.errors import SpatError
 from spat.utils.io import atomic_write_text
+from spat.validation import loads_json
 
 #: Sub-attacks of each version, in the order they run.
 VERSIONS: dict[str, tuple[str, ...]] = {
@@ -352,11 +353,12 @@ def _load_state(path: str | os.PathLike[str] | None, key: dict[str, Any],
     if path is None or not Path(path).is_file():
         return None
     try:
-        state = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, OSError, UnicodeDecodeError):
+        state = loads_json(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, OSError):  # not JSON, not UTF-8, nested too deeply
         log.append(f"AutoAttack state {path} is unreadable; starting afresh")
         return None
-    if state.get("format") != STATE_FORMAT or state.get("key") != json.loads(json.dumps(key)):
+    if (not isinstance(state, dict) or state.get("format") != STATE_FORMAT
+            or state.get("key") != json.loads(json.dumps(key))):
         log.append(f"AutoAttack state {path} was made with other settings or data; "
                    "starting afresh")
         return None

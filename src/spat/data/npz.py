@@ -12,6 +12,12 @@ from spat.errors import SpatError
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 _CHANNELS = (1, 3)
+#: The most classes an ``.npz`` dataset may have. A run records a K×K confusion matrix every
+#: epoch and the analysis ranks K(K−1)/2 class pairs, so K = 10,000 (10^8 cells, 0.8 GB per int64
+#: matrix) is about the most that stays workable; common benchmarks have 10 to 1,000 classes.
+#: Checked before anything of size K is made (a label of 2**31 − 1 would otherwise ask for two
+#: billion class names).
+MAX_CLASSES = 10_000
 
 
 def to_nchw(x: np.ndarray, key: str, path: Path) -> np.ndarray:
@@ -46,22 +52,37 @@ def _labels(y: np.ndarray, key: str, path: Path) -> np.ndarray:
         raise SpatError(f"{path}: {key} must hold integer class ids, found dtype {y.dtype}")
     if y.size and y.min() < 0:
         raise SpatError(f"{path}: {key} has negative label {int(y.min())}")
+    if y.size and int(y.max()) >= MAX_CLASSES:  # before the cast: uint64 could wrap
+        raise SpatError(f"{path}: {key} has label {int(y.max())}, but labels are class ids "
+                        f"0..K-1 with at most {MAX_CLASSES} classes (K×K confusion matrices "
+                        "are recorded and analysed)")
     return y.astype(np.int64)
 
 
 def _class_names(names_arr: np.ndarray | None, labels: dict[str, np.ndarray], path: Path
                  ) -> tuple[str, ...]:
-    """The ``class_names`` array as strings (each label must index it), or "0".."K-1" for the
-    largest label K-1 when there is none; at least two classes."""
+    """The ``class_names`` array as strings (each label must index it, at most
+    :data:`MAX_CLASSES` names), or "0".."K-1" for the largest label K-1 when there is none (K at
+    most the number of labelled examples: more would be ids that name no example); at least two
+    classes. Checked before anything of size K is made."""
     top = max(int(labels["y_train"].max()), int(labels["y_test"].max()))
     if names_arr is not None:
         if names_arr.ndim != 1 or names_arr.dtype.kind not in "US":
             raise SpatError(f"{path}: class_names must be a 1-D array of strings, found "
                             f"{names_arr.dtype} {names_arr.shape}")
+        if len(names_arr) > MAX_CLASSES:
+            raise SpatError(f"{path}: class_names has {len(names_arr)} names, more than the "
+                            f"{MAX_CLASSES} classes spat supports")
         names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names_arr.tolist())
         if top >= len(names):
             raise SpatError(f"{path}: label {top} is out of range for {len(names)} class names")
     else:
+        labelled = len(labels["y_train"]) + len(labels["y_test"])
+        if top + 1 > labelled:
+            raise SpatError(f"{path}: label {top} makes {top + 1} classes (without class_names, "
+                            f"K = largest label + 1) for only {labelled} labelled examples, so "
+                            "some class ids name no example: number the classes 0..K-1 or "
+                            "store class_names")
         names = tuple(str(i) for i in range(top + 1))
     if len(names) < 2:
         raise SpatError(f"{path}: needs at least 2 classes, found {len(names)}")
@@ -108,10 +129,13 @@ def load_npz(path: str | Path) -> RawDataset:
     1-D string array). Images are ``uint8`` (0..255 = [0,1] pixel units) of shape (N, H, W)
     (greyscale), (N, H, W, C) or (N, C, H, W) with C in {1, 3}; the layout is detected from
     which of axes 1 and 3 has size 1 or 3 (see :func:`to_nchw`). Labels are integers 0..K-1;
-    K is ``len(class_names)`` if given, else the largest label + 1 (names "0".."K-1"). Each
-    problem (missing key, wrong dtype or shape, train/test mismatch, label out of range) is a
-    one-line ``SpatError``. Augmentation ``"crop_flip"`` for 3x32x32 images, else ``"none"``;
-    family ``"custom"``.
+    K is ``len(class_names)`` if given, else the largest label + 1 (names "0".."K-1"), and
+    2 <= K <= :data:`MAX_CLASSES`; without ``class_names``, K must also be at most the number of
+    labelled examples (train + test): N labels hold at most N distinct ids, so a larger K means
+    ids that name no example (sparse ids: give ``class_names``). Each problem (missing key,
+    wrong dtype or shape, train/test mismatch, label out of range) is a one-line ``SpatError``,
+    raised before anything of size K is made. Augmentation ``"crop_flip"`` for 3x32x32 images,
+    else ``"none"``; family ``"custom"``.
     """
     path = Path(path)
     if not path.is_file():

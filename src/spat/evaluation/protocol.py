@@ -46,6 +46,7 @@ from spat.evaluation.sharding import combine, predict_sharded_batches, shard_ind
 from spat.utils.distributed import SINGLE, DistContext
 from spat.utils.io import atomic_write_text
 from spat.utils.log import logger
+from spat.validation import loads_json
 
 Log = Callable[[str], None]
 CACHE_FORMAT = "spat.eval-cache/1"
@@ -170,11 +171,12 @@ class _Cache:
             return None
         if path.is_file():
             try:
-                doc = json.loads(path.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, OSError, UnicodeDecodeError):
+                doc = loads_json(path.read_text(encoding="utf-8"))
+            except (ValueError, OSError):  # not JSON, not UTF-8, nested too deeply
                 self.log(f"{label}: saved result {path} is unreadable; recomputing")
                 return None
-            if doc.get("format") == CACHE_FORMAT and doc.get("fingerprint") == fp:
+            if (isinstance(doc, dict) and doc.get("format") == CACHE_FORMAT
+                    and doc.get("fingerprint") == fp):
                 return doc["result"]
         assert self.root is not None
         own = re.compile(re.escape(key) + r"-[0-9a-f]{12}\.json")
@@ -182,8 +184,8 @@ class _Cache:
             if other == path or not own.fullmatch(other.name):
                 continue
             try:
-                old = json.loads(other.read_text(encoding="utf-8")).get("fingerprint", {})
-            except (json.JSONDecodeError, OSError, UnicodeDecodeError):
+                old = loads_json(other.read_text(encoding="utf-8")).get("fingerprint", {})
+            except (ValueError, OSError, AttributeError):
                 continue
             changed = sorted(k for k in set(fp) | set(old) if fp.get(k) != old.get(k))
             self.log(f"{label}: a saved result exists for other settings "

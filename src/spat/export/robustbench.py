@@ -24,6 +24,7 @@ from typing import Any
 
 from spat.errors import SpatError
 from spat.utils.io import atomic_write_text
+from spat.validation import loads_json
 
 #: Output file names in the export folder.
 MODEL_INFO_FILE = "model_info.json"
@@ -177,8 +178,8 @@ def export_run(
             raise SpatError(f"no evaluation report at {rep_path}; run spat eval {run} first "
                             f"(or give --report)")
         try:
-            doc = json.loads(rep_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+            doc = loads_json(rep_path.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as e:  # not JSON, not UTF-8, nested too deeply
             raise SpatError(f"{rep_path} is not readable JSON ({type(e).__name__})") from None
         if not isinstance(doc, dict):
             raise SpatError(f"{rep_path} is not a spat evaluation report")

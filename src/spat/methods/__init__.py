@@ -16,6 +16,7 @@ from spat.methods.pgd_at import PGDAT
 from spat.methods.spat import SPAT, ConsistencyAT, self_paced_logits, spat
 from spat.methods.standard import Standard
 from spat.methods.trades import trades
+from spat.validation import Range
 
 Method = Callable[..., MethodOutput]
 
@@ -48,6 +49,17 @@ def method_class(name: str) -> type[MethodDefaults]:
 def supporting(part: str) -> tuple[str, ...]:
     """The registered methods that take ``part`` ("self_paced_ce", "hcp_ecp", ...)."""
     return tuple(name for name, cls in METHODS.items() if cls.takes(part))
+
+
+def knob_range(key: str, method: str) -> Range | None:
+    """The meaningful :class:`~spat.validation.Range` of hyperparameter ``key`` for the method
+    registered as ``method`` (MART's ``beta`` is its λ, with λ's reason); for a knob that method
+    lacks (a config carries them all), the first registered method's that declares one; ``None``
+    for a knob with no declared range (the switches, the warm-ups)."""
+    own = METHODS[method].knob_range(key) if method in METHODS else None
+    if own is not None:
+        return own
+    return next((r for cls in METHODS.values() if (r := cls.knob_range(key)) is not None), None)
 
 
 def method_names() -> list[str]:
@@ -95,6 +107,7 @@ __all__ = [
     "build_method",
     "for_epoch",
     "hooks",
+    "knob_range",
     "method_class",
     "method_names",
     "register_method",

@@ -28,6 +28,7 @@ import torch
 
 from spat.attacks.geometry import INITS, check_norm
 from spat.errors import SpatError
+from spat.validation import Range
 
 
 @dataclass
@@ -86,6 +87,19 @@ UNUSED_DEFAULTS: dict[str, Any] = {"beta": 6.0, "m": 0.2, "n": 0.2, "self_paced_
                                    "self_paced_after": 0}
 
 
+#: The key of a method field's ``metadata`` that holds its meaningful :class:`Range`.
+RANGE_KEY = "range"
+
+
+def knob(default: Any, valid: Range) -> Any:
+    """A method hyperparameter field: its ``default`` and the :class:`~spat.validation.Range` of
+    its meaningful values (use as ``m: float = knob(0.2, M_RANGE)``; each range is declared once,
+    with its reason, beside the term it weights, e.g. :data:`spat.methods.spat.M_RANGE`). The
+    range is checked when the method is built (:meth:`MethodDefaults.__post_init__`) and, before
+    anything runs, by ``TrainConfig.validate`` (:meth:`MethodDefaults.knob_range`)."""
+    return dataclasses.field(default=default, metadata={RANGE_KEY: valid})
+
+
 class MethodDefaults:
     """What a method class knows about itself, read by the config (``TrainConfig.resolved`` and
     ``validate``), :func:`spat.methods.build_method` and the CLI help.
@@ -119,6 +133,23 @@ class MethodDefaults:
     default_head: ClassVar[str] = "linear"
     default_init: ClassVar[str] = "uniform"
     linear_head_error: ClassVar[str | None] = None
+
+    def __post_init__(self) -> None:
+        """Every hyperparameter declared with :func:`knob` lies in its range (one-line
+        :class:`SpatError` naming the range and its reason). A subclass's ``__post_init__``
+        calls this one first."""
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            valid = f.metadata.get(RANGE_KEY)
+            if valid is not None:
+                valid.check(getattr(self, f.name), f.name)
+
+    @classmethod
+    def knob_range(cls, key: str) -> Range | None:
+        """The :class:`Range` declared for hyperparameter ``key`` (:func:`knob`), or ``None``."""
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            if f.name == key:
+                return f.metadata.get(RANGE_KEY)
+        return None
 
     @classmethod
     def hyperparameters(cls) -> dict[str, Any]:

@@ -13,8 +13,14 @@ from torch import nn
 
 from spat.attacks.engine import perturb
 from spat.attacks.objectives import cross_entropy
-from spat.methods.base import MethodDefaults, MethodOutput, ThreatModel
-from spat.methods.spat import WarmupMethod, consistency, natural_logits
+from spat.methods.base import MethodDefaults, MethodOutput, ThreatModel, knob
+from spat.methods.spat import M_RANGE, N_RANGE, WarmupMethod, consistency, natural_logits
+from spat.validation import Range
+
+#: MART's λ (the field ``beta``): λ >= 0, finite.
+LAMBDA_RANGE = Range(0.0, reason=(
+    "lambda weights MART's KL(p||q)*(1 - p_y) term: lambda < 0 would reward the "
+    "clean/adversarial divergence on the misclassified examples it exists to pull together"))
 
 
 def _mart_threat() -> ThreatModel:
@@ -48,11 +54,11 @@ class MART(WarmupMethod, MethodDefaults):
 
     name: str = "mart"
     threat: ThreatModel = field(default_factory=_mart_threat)
-    beta: float = 6.0
+    beta: float = knob(6.0, LAMBDA_RANGE)
     self_paced_ce: bool = False
-    m: float = 0.2
+    m: float = knob(0.2, M_RANGE)
     hcp_ecp: bool = False
-    n: float = 0.2
+    n: float = knob(0.2, N_RANGE)
     beta_ramp_epochs: int = 0
     self_paced_after: int = 0
 

@@ -10,8 +10,8 @@ from torch import nn
 
 from spat.attacks.engine import perturb
 from spat.attacks.objectives import cross_entropy
-from spat.methods.base import MethodDefaults, MethodOutput, ThreatModel
-from spat.methods.spat import check_warmup, natural_logits, warmup_for_epoch
+from spat.methods.base import MethodDefaults, MethodOutput, ThreatModel, knob
+from spat.methods.spat import M_RANGE, check_warmup, natural_logits, warmup_for_epoch
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,10 +32,11 @@ class PGDAT(MethodDefaults):
                                             init="uniform")
     )
     self_paced_ce: bool = False
-    m: float = 0.2
+    m: float = knob(0.2, M_RANGE)
     self_paced_after: int = 0
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # the knobs' ranges (MethodDefaults)
         check_warmup(self)
 
     def for_epoch(self, epoch: int) -> PGDAT:

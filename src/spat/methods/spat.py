@@ -54,8 +54,26 @@ from spat.attacks.objectives import (
     per_class_kl,
 )
 from spat.errors import SpatError
-from spat.methods.base import MethodDefaults, MethodOutput, ThreatModel
+from spat.methods.base import MethodDefaults, MethodOutput, ThreatModel, knob
 from spat.models import logit_scale
+from spat.validation import Range
+
+# ---------------------------------------------------------------------------------------------
+# The knobs' meaningful values (each declared once; the methods' fields use them via ``knob``)
+
+#: SPAT's margin m of the self-paced CE (:func:`self_paced_logits`): 0 <= m < 1.
+M_RANGE = Range(0.0, 1.0, high_open=True, reason=(
+    "the self-paced CE pulls the true-class cosine toward (1+m)/2 and wrong ones toward -m/2: "
+    "m < 0 would reward a slightly similar wrong class (its factor z_j+m < 0), m >= 1 puts the "
+    "true-class target at or beyond the largest cosine, 1"))
+#: SPAT's offset n of HCP-ECP (:func:`hcp_ecp`): n >= 0, finite.
+N_RANGE = Range(0.0, reason=(
+    "HCP-ECP is sum_j k_j(k_j+n) = n*KL(p||q) + sum_j k_j^2: n < 0 would reward the "
+    "clean/adversarial divergence the term exists to reduce"))
+#: β, the weight of the consistency term (TRADES, SPAT): β >= 0, finite.
+BETA_RANGE = Range(0.0, reason=(
+    "beta weights the consistency term in L = L_acc + beta*L_rob: beta < 0 would maximise the "
+    "clean/adversarial divergence, training away from robustness"))
 
 # ---------------------------------------------------------------------------------------------
 # Part 1: the self-paced cross-entropy
@@ -195,16 +213,16 @@ def _official_threat() -> ThreatModel:
 
 
 class WarmupMethod:
-    """What a method with β (MART's λ) and the warm-ups shares: β ≥ 0 and valid warm-ups
-    (:func:`check_warmup`) at construction, and :meth:`for_epoch` for the training loop."""
+    """What a method with β (MART's λ) and the warm-ups shares: its knobs in their ranges
+    (:class:`~spat.methods.base.MethodDefaults`) and valid warm-ups (:func:`check_warmup`) at
+    construction, and :meth:`for_epoch` for the training loop."""
 
     beta: float
     beta_ramp_epochs: int
     self_paced_after: int
 
     def __post_init__(self) -> None:
-        if self.beta < 0:
-            raise SpatError(f"beta must be >= 0, got {self.beta}")
+        super().__post_init__()  # type: ignore[misc]  # the knobs' ranges (MethodDefaults)
         check_warmup(self)
 
     def for_epoch(self, epoch: int) -> WarmupMethod:
@@ -249,11 +267,11 @@ class ConsistencyAT(WarmupMethod, MethodDefaults):
 
     name: str = "trades"
     threat: ThreatModel = field(default_factory=_official_threat)
-    beta: float = 6.0
+    beta: float = knob(6.0, BETA_RANGE)
     self_paced_ce: bool = False
-    m: float = 0.2
+    m: float = knob(0.2, M_RANGE)
     hcp_ecp: bool = False
-    n: float = 0.2
+    n: float = knob(0.2, N_RANGE)
     require_cosine: bool = False
     beta_ramp_epochs: int = 0
     self_paced_after: int = 0

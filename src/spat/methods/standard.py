@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spat.methods.base import MethodDefaults, MethodOutput
-from spat.methods.spat import check_warmup, natural_logits, warmup_for_epoch
+from spat.methods.base import MethodDefaults, MethodOutput, knob
+from spat.methods.spat import M_RANGE, check_warmup, natural_logits, warmup_for_epoch
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,10 +28,11 @@ class Standard(MethodDefaults):
 
     name: str = "standard"
     self_paced_ce: bool = False
-    m: float = 0.2
+    m: float = knob(0.2, M_RANGE)
     self_paced_after: int = 0
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # the knobs' ranges (MethodDefaults)
         check_warmup(self)
 
     def for_epoch(self, epoch: int) -> Standard:

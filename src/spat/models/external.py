@@ -53,7 +53,7 @@ from spat import checkpoint as ckpt
 from spat.errors import SpatError
 from spat.models import build_model
 from spat.models.classifier import Classifier
-from spat.validation import one_line
+from spat.validation import loads_json, one_line
 
 #: ``--model`` names of the official checkpoint layouts → the head they are loaded with.
 OFFICIAL_LAYOUTS: dict[str, str] = {"official-trades": "linear", "official-spat": "cosine"}
@@ -359,8 +359,8 @@ def read_portable_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | Non
         if k == "format":
             continue
         try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
+            out[k] = loads_json(v)
+        except ValueError:  # not JSON, nested too deeply
             raise SpatError(f"{path}: metadata field {k!r} is not JSON") from None
     return out
 

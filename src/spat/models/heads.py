@@ -14,6 +14,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from spat.errors import SpatError
+from spat.validation import Range
+
+#: SPAT's scale s, the meaningful values (the head's and ``TrainConfig.cosine_scale``'s one range).
+COSINE_SCALE = Range(0.0, low_open=True, reason="s multiplies the cosines into the logits s·z: "
+                     "s = 0 would make every prediction uniform and s < 0 reverse the class "
+                     "ranking")
 
 #: eps of :func:`torch.nn.functional.normalize` for features and weight rows (its default).
 NORMALIZE_EPS = 1e-12
@@ -70,8 +76,7 @@ class CosineLinear(nn.Module):
             raise SpatError(
                 f"cosine head needs positive sizes, got in={in_features}, out={out_features}"
             )
-        if not (math.isfinite(scale) and scale > 0):
-            raise SpatError(f"cosine scale must be a positive finite number, got {scale}")
+        COSINE_SCALE.check(scale, "cosine scale")
         self.in_features = int(in_features)
         self.out_features = int(out_features)
         self.scale = float(scale)

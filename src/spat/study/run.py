@@ -11,6 +11,7 @@ from typing import Any
 
 from spat.errors import SpatError
 from spat.study.spec import Cell, StudySpec, plan_cells
+from spat.validation import loads_json
 
 Log = Callable[[str], None]
 
@@ -62,8 +63,10 @@ def _measured_rate(cells: list[Cell]) -> float | None:
     for c in cells:
         rec = Path(c.run_dir) / "study_cell.json"
         try:
-            d = json.loads(rec.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+            d = loads_json(rec.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # not JSON, not UTF-8, nested too deeply
+            continue
+        if not isinstance(d, dict):
             continue
         if d.get("seconds") and d.get("stages") and "new" in d["stages"]:
             total_p += cell_cost(c)["passes"]

@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +59,7 @@ from typing import Any
 from spat.errors import SpatError
 from spat.study.claims import Claim, parse_claims
 from spat.train.config import FIELD_NAMES, TrainConfig, config_from_dict
+from spat.validation import loads_toml, one_line
 
 #: Settings a study sets itself for each cell (not allowed in [train] or a variant).
 CELL_FIELDS = ("dataset", "seed", "out_dir", "name", "resume")
@@ -488,11 +488,11 @@ def load_study(path: str | Path) -> StudySpec:
     if not p.is_file():
         raise SpatError(f"study file not found: {p}")
     try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise SpatError(f"study file {p} is not valid TOML: {e}") from None
+        data = loads_toml(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise SpatError(f"study file {p} is not UTF-8 text") from None
+    except ValueError as e:  # a syntax error, nesting deeper than MAX_NESTING, a 5000-digit int
+        raise SpatError(f"study file {p} is not valid TOML: {one_line(e, 160)}") from None
     return parse_study(data, str(p))
 
 

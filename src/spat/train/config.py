@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -292,8 +291,9 @@ class TrainConfig:
         """Range checks; each failure is a one-line :class:`SpatError`."""
         from spat.attacks.geometry import INITS, check_norm
         from spat.data import dataset_names
-        from spat.methods import METHODS, supporting
+        from spat.methods import METHODS, knob_range, supporting
         from spat.models import HEADS, model_names
+        from spat.models.heads import COSINE_SCALE
 
         def check(ok: bool, msg: str) -> None:
             if not ok:
@@ -345,9 +345,11 @@ class TrainConfig:
         if self.weight_decay is not None:
             check(self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}")
         check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
-        check(self.cosine_scale > 0, f"cosine scale must be > 0, got {self.cosine_scale}")
-        if self.beta is not None:
-            check(self.beta >= 0, f"beta must be >= 0, got {self.beta}")
+        COSINE_SCALE.check(self.cosine_scale, "cosine scale")
+        for key in METHOD_KNOBS:  # m, n, beta: each in the range its method class declares
+            valid = knob_range(key, self.method)
+            if valid is not None and getattr(self, key) is not None:
+                valid.check(getattr(self, key), key)
         check(0 <= self.val_size <= MAX_COUNT,
               f"validation size must be in [0, {MAX_COUNT}], got {_show_int(self.val_size)}")
         if self.test_subset is not None:
@@ -470,7 +472,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     run's recorded ``config.json``, so that ``spat train --config RUN/config.json`` trains the
     same run again). A JSON ``null`` means "the default", as a key left out of a TOML file does
     (TOML has no null), so a recorded config and its TOML transcription are the same config."""
-    import json
+    from spat.validation import loads_json, loads_toml
 
     p = Path(path)
     if not p.is_file():
@@ -478,12 +480,12 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     kind = "JSON" if p.suffix.lower() == ".json" else "TOML"
     try:
         text = p.read_text(encoding="utf-8")
-        data = json.loads(text) if kind == "JSON" else tomllib.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
-        raise SpatError(f"config file {p} is not valid {kind}: {one_line(e, 160)}") from None
+        data = loads_json(text) if kind == "JSON" else loads_toml(text)
     except (UnicodeDecodeError, OSError) as e:
         raise SpatError(f"config file {p} is unreadable ({type(e).__name__}: "
                         f"{one_line(e, 160)})") from None
+    except ValueError as e:  # a syntax error, nesting deeper than MAX_NESTING, a 5000-digit int
+        raise SpatError(f"config file {p} is not valid {kind}: {one_line(e, 160)}") from None
     if not isinstance(data, dict):
         raise SpatError(f"config file {p}: expected a table of settings, got "
                         f"{type(data).__name__}")

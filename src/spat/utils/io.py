@@ -104,7 +104,7 @@ def read_jsonl_lines(path: str | os.PathLike[str]) -> list[tuple[Any, str]]:
     :class:`~spat.errors.SpatError` naming the file and the line. An unreadable file is one too.
     """
     from spat.errors import SpatError
-    from spat.validation import one_line
+    from spat.validation import loads_json, one_line
 
     path = Path(path)
     try:
@@ -119,7 +119,7 @@ def read_jsonl_lines(path: str | os.PathLike[str]) -> list[tuple[Any, str]]:
     for k, (lineno, b) in enumerate(raw):
         try:
             line = b.decode("utf-8").rstrip("\r")
-            out.append((json.loads(line), line))
+            out.append((loads_json(line), line))
         except (UnicodeDecodeError, json.JSONDecodeError):
             if k == len(raw) - 1:
                 break  # torn by a crash mid-append
@@ -167,8 +167,10 @@ def read_json_object_or_none(path: str | os.PathLike[str]) -> dict[str, Any] | N
     """The JSON object in ``path``, or ``None`` when the file is missing, unreadable, not JSON
     or not an object (for optional records whose absence is an answer; files that must be
     valid go through :func:`spat.validation.read_json_object`)."""
+    from spat.validation import loads_json
+
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        data = loads_json(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # not JSON, not UTF-8, nested too deeply
         return None
     return data if isinstance(data, dict) else None

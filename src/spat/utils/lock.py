@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from spat.errors import FolderBusy, SpatError
+from spat.validation import loads_json
 
 try:
     import fcntl
@@ -56,7 +57,7 @@ def describe_holder(holder: dict[str, Any]) -> str:
 
 def _read_record(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = loads_json(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, UnicodeDecodeError):
         return {}
     return data if isinstance(data, dict) else {}
