@@ -109,3 +109,29 @@ def torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def train_finished_run(tmp_path_factory: pytest.TempPathFactory, args: list[str]) -> Path:
+    """Train one tiny run with ``spat train ARGS`` on one thread, in a fresh temporary folder,
+    and return its directory (for module-scoped fixtures that train once and hand out copies)."""
+    from spat.cli import main
+
+    out = tmp_path_factory.mktemp("runs")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["train", *args, "--out-dir", str(out), "--name", "done"]) == 0
+    finally:
+        torch.set_num_threads(n)
+    return out / "done"
+
+
+@pytest.fixture
+def run(finished_run: Path, tmp_path: Path) -> Path:
+    """A copy of the module's ``finished_run`` fixture (its own tiny trained run), for a test
+    that may change or damage it."""
+    import shutil
+
+    dst = tmp_path / "runs" / "r"
+    shutil.copytree(finished_run, dst)
+    return dst

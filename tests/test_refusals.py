@@ -27,6 +27,7 @@ from spat.train.config import TrainConfig
 from spat.train.loop import Trainer
 from spat.train.optim import make_optimizer
 from spat.train.run import RESUME_OVERRIDES, train
+from tests.conftest import train_finished_run
 from tests.test_reliability import FAST_EVAL, TINY, refused, snapshot
 
 # the base run trains at a constant lr, so a checkpoint's group lr is the configured lr
@@ -36,21 +37,7 @@ BASE = [*TINY, "--schedule", "constant"]
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> Path:
     """One tiny finished digits run (1 epoch, trained once for this module; tests use copies)."""
-    out = tmp_path_factory.mktemp("runs")
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(["train", *BASE, "--out-dir", str(out), "--name", "done"]) == 0
-    finally:
-        torch.set_num_threads(n)
-    return out / "done"
-
-
-@pytest.fixture
-def run(finished_run: Path, tmp_path: Path) -> Path:
-    dst = tmp_path / "runs" / "r"
-    shutil.copytree(finished_run, dst)
-    return dst
+    return train_finished_run(tmp_path_factory, BASE)
 
 
 def _state(run: Path, tag: str) -> dict[str, Any]:

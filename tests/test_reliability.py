@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from spat import checkpoint as ckpt
 from spat.cli import main
 from spat.errors import SpatError
 from spat.utils.lock import LOCK_NAME, FolderClaim, FolderLock
+from tests.conftest import train_finished_run
 
 TINY = ["--train-subset", "32", "--val-size", "16", "--epochs", "1", "--steps", "1",
         "--val-steps", "1", "--test-steps", "1", "--test-subset", "16", "--batch-size", "16",
@@ -39,21 +39,9 @@ FAST_ANALYZE = ["--max-examples", "16", "--steps", "1", "--batch-size", "16"]
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> Path:
     """One tiny finished digits run (trained once for this module; tests work on copies)."""
-    out = tmp_path_factory.mktemp("runs")
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(["train", *TINY, "--out-dir", str(out), "--name", "done"]) == 0
-    finally:
-        torch.set_num_threads(n)
-    return out / "done"
+    return train_finished_run(tmp_path_factory, TINY)
 
 
-@pytest.fixture
-def run(finished_run: Path, tmp_path: Path) -> Path:
-    dst = tmp_path / "runs" / "r"
-    shutil.copytree(finished_run, dst)
-    return dst
 
 
 def snapshot(root: Path) -> dict[str, str]:

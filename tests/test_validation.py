@@ -14,7 +14,7 @@ import torch
 
 from spat import checkpoint as ckpt
 from spat.cli import main
-from tests.conftest import SHARED_DATA, missing_data_reason
+from tests.conftest import SHARED_DATA, missing_data_reason, train_finished_run
 
 TINY = ["--train-subset", "32", "--val-size", "16", "--epochs", "1", "--steps", "1",
         "--val-steps", "1", "--test-steps", "1", "--test-subset", "16", "--batch-size", "16",
@@ -24,14 +24,7 @@ TINY = ["--train-subset", "32", "--val-size", "16", "--epochs", "1", "--steps", 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> Path:
     """A tiny finished run on digits (trained once per module, copied by the cases)."""
-    out = tmp_path_factory.mktemp("runs")
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(["train", *TINY, "--out-dir", str(out), "--name", "done"]) == 0
-    finally:
-        torch.set_num_threads(n)
-    return out / "done"
+    return train_finished_run(tmp_path_factory, TINY)
 
 
 def _snapshot(root: Path) -> dict[str, str]:

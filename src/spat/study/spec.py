@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from spat.errors import SpatError
-from spat.study.claims import Claim, parse_claims
+from spat.study.claims import CLAIM_KEYS, Claim, parse_claims
 from spat.train.config import FIELD_NAMES, TrainConfig, config_from_dict
 from spat.validation import loads_toml, one_line
 
@@ -420,7 +420,11 @@ def parse_study(data: dict[str, Any], src: str) -> StudySpec:
                         f"(valid: {', '.join(variants)})")
     pairs = _check_pairs(src, st.get("pairs", []), variants)
     class_pairs = _check_class_pairs(src, st.get("class_pairs", {}), datasets)
-    claims = parse_claims(src, data.get("claims", []), list(variants), datasets)
+    raw_claims = data.get("claims", [])
+    if isinstance(raw_claims, list):
+        raw_claims = [_check_table(src, f"claims[{i}]", t, CLAIM_KEYS)
+                      for i, t in enumerate(raw_claims)]
+    claims = parse_claims(src, raw_claims, list(variants), datasets)
     most_similar = _check_most_similar(src, st.get("most_similar", {}), datasets)
     ev = _check_eval(src, "eval", data.get("eval", {}))
     eng = _check_table(src, "engine", data.get("engine", {}), ENGINE_KEYS)
