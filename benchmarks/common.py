@@ -119,6 +119,27 @@ def fmt_time(s: dict[str, float], unit: float = 1.0, digits: int = 3) -> str:
             f"{s['q3'] * unit:.{digits}f}]")
 
 
+# ------------------------------------------------------------------------------ compute rate
+
+
+def matmul_gflops(dtype: Any, size: int = 2048, repeats: int = 7) -> float:
+    """GFLOP/s of a bare ``size``² × ``size``² ``torch.matmul`` in ``dtype`` on the CPU with
+    torch's current thread count, best of ``repeats`` (after one warm-up): the rate this CPU
+    attains on dense work, against which a training step's achieved rate is read."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=g).to(dtype)
+    b = torch.randn(size, size, generator=g).to(dtype)
+    torch.matmul(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.matmul(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size**3 / best / 1e9
+
+
 # ------------------------------------------------------------------------------ memory
 
 

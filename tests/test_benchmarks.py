@@ -220,3 +220,55 @@ def test_write_section_replaces_its_own_block(tmp_path: Path):
     text = path.read_text()
     assert text.count("BEGIN a") == 1 and "second" in text and "first" not in text
     assert "other" in text and text.startswith("# Results\n\nintro")
+
+
+def test_epoch_vs_reference_dry_run_and_refusals(capsys, tmp_path: Path):
+    """The issue-23 epoch benchmark: its commands are built from one configuration (ours' flags
+    carry every shared value, both sides one thread), bad arguments are refused, and a missing
+    Fashion-MNIST is a clear skip that writes nothing."""
+    ev = _load("epoch_vs_reference")
+    assert ev.main(["--dataset", "digits", "--dry-run", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    ours = next(line for line in out.splitlines() if line.startswith("ours:"))
+    for flag in ("--method spat", "--steps=10", "--eps=0.1", "--step-size=0.01",
+                 "--batch-size=128", "--train-subset 1536", "--val-size 256", "--epochs 2",
+                 "--threads 1"):
+        assert flag in ours, flag
+    assert "--child reference" in out
+    with pytest.raises(SystemExit) as e:
+        ev.parse_args(["--images", "100", "--batch", "64"])  # not whole batches
+    assert e.value.code == 2
+    with pytest.raises(SystemExit):
+        ev.parse_args(["--rounds", "0"])
+    results = REPO / "benchmarks" / "RESULTS.md"
+    before = results.read_text()
+    assert ev.main(["--data-dir", str(tmp_path)]) == 0
+    assert "skipped: no Fashion-MNIST" in capsys.readouterr().out
+    assert results.read_text() == before
+
+
+def test_epoch_vs_reference_tiny_run(tmp_path: Path):
+    """One real round on the offline digits (2 batches of 32, K = 1): ours is the real
+    `spat train` command, the reference its child process; the report's ratios are the
+    per-round epoch times' ratios, both sides ran the same settings, the FLOP analysis runs."""
+    ev = _load("epoch_vs_reference")
+    out = tmp_path / "res.json"
+    argv = ["--dataset", "digits", "--images", "64", "--batch", "32", "--val-images", "32",
+            "--test-images", "16", "--steps", "1", "--val-steps", "1", "--eval-steps", "1",
+            "--rounds", "1", "--matmul-size", "64", "--matmul-repeats", "1", "--no-write",
+            "--json", str(out)]
+    assert ev.main(argv) == 0
+    import json
+
+    res = json.loads(out.read_text())
+    (r,) = res["rounds"]
+    ours, ref = r["ours"], r["reference"]
+    assert ours["resolved"] == ref["shared"] and ref["images"] == 64 and ref["val_images"] == 32
+    for side in (ours, ref):
+        assert side["train_s"] > 0 and side["val_s"] > 0 and side["wall_s"] > side["epoch_s"]
+    assert res["ratios"]["epoch"]["median"] == pytest.approx(ours["epoch_s"] / ref["epoch_s"])
+    assert res["ratios"]["train"]["median"] == pytest.approx(ours["train_s"] / ref["train_s"])
+    f = res["flops"]
+    assert f["steps_per_epoch"] == 2 and f["ours_train"] == pytest.approx(2 * f["ours_step"])
+    assert f["ref_step"] >= f["ours_step"] > 0 and f["ref_val"] > 0
+    assert res["matmul"]["fp32"] > 0 and res["floor"]["epoch"] > 0
