@@ -143,18 +143,72 @@ def test_export_refuses_a_report_without_standard_autoattack(
     assert not (tmp_path / "x").exists()
 
 
-def test_export_robustbench_and_load_model_without_the_run(
-        umask_022_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
-    run = tmp_path / "run"
-    shutil.copytree(umask_022_run, run)
-    report = json.loads((run / "eval" / "report.json").read_text())
-    # This test is about the export's plumbing, not AutoAttack (minutes on a CPU): the FGSM
-    # entry of the real report is relabelled as a standard AutoAttack entry.
+def _fake_aa(report: dict) -> dict:
+    """The report with its FGSM entry relabelled as a standard AutoAttack entry: these tests are
+    about the export's plumbing, not AutoAttack (minutes on a CPU)."""
     fake = copy.deepcopy(report)
     entry = fake["attacks"][0]
     entry.update(key="aa", name="AutoAttack", kind="autoattack",
                  settings={"version": "standard", "seed": 0, "batch_size": 500})
     fake["autoattack_acc"] = entry["accuracy"]
+    return fake
+
+
+def _own_fake_report(run: Path) -> Path:
+    """``run``'s report (of a copy of the fixture's run), made exportable and pointing at
+    ``run`` itself."""
+    path = run / "eval" / "report.json"
+    fake = _fake_aa(json.loads(path.read_text()))
+    fake["run_dir"] = str(run)
+    fake["checkpoint"] = str(run / "checkpoints" / Path(fake["checkpoint"]).name)
+    path.write_text(json.dumps(fake))
+    return path
+
+
+def test_export_refuses_another_runs_report(
+        umask_022_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    """``--report OTHER/eval/report.json`` once exported OTHER's model and numbers under RUN's
+    name; it is refused, naming both runs, and nothing is written. The run's own report is
+    accepted, given or by default."""
+    run, other = tmp_path / "run", tmp_path / "other"
+    shutil.copytree(umask_022_run, run)
+    shutil.copytree(umask_022_run, other)  # the same training config: identity is the run
+    _own_fake_report(run)
+    other_report = _own_fake_report(other)
+    out = tmp_path / "x"
+    assert main(["export", str(run), "--report", str(other_report), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("spat: error: refusing to export") and err.count("\n") == 1
+    assert str(other) in err and str(run) in err
+    assert not out.exists()
+    assert main(["export", str(run), "--report", str(run / "eval" / "report.json"),
+                 "--out", str(out)]) == 0
+    assert json.loads((out / "model_info.json").read_text())["name"] == "run"
+    assert main(["export", str(other), "--out", str(tmp_path / "y")]) == 0
+    capsys.readouterr()
+
+
+def test_export_refuses_the_report_of_a_model_that_is_not_a_run(
+        umask_022_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    run = tmp_path / "run"
+    shutil.copytree(umask_022_run, run)
+    fake = _fake_aa(json.loads((run / "eval" / "report.json").read_text()))
+    fake.update(run_dir=None, checkpoint=None, model="official-trades")
+    report = tmp_path / "external.json"
+    report.write_text(json.dumps(fake))
+    assert main(["export", str(run), "--report", str(report)]) == 2
+    err = capsys.readouterr().err
+    assert "official-trades, not of a spat run" in err and err.count("\n") == 1
+    assert not (run / "export").exists()
+
+
+def test_export_robustbench_and_load_model_without_the_run(
+        umask_022_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    run = tmp_path / "run"
+    shutil.copytree(umask_022_run, run)
+    report = json.loads((run / "eval" / "report.json").read_text())
+    fake = _fake_aa(report)
+    entry = fake["attacks"][0]
     fake["checkpoint"] = str(run / "checkpoints" / Path(report["checkpoint"]).name)
     (run / "eval" / "report.json").write_text(json.dumps(fake))
     out = tmp_path / "export"

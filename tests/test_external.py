@@ -159,7 +159,7 @@ def test_official_wrn_checkpoint_equals_reference_forward(tmp_path: Path, depth:
     sd = official_wrn_state(depth, k, counters=depth == 16)  # WRN-10-1: no counters (old torch)
     path = tmp_path / "model-wideres-epoch76.pt"
     torch.save(sd, path)  # as the official training scripts: torch.save(model.state_dict())
-    model = spat.load_model(layout, path, cosine_scale=8.0)
+    model = spat.load_model(layout, path)  # official-spat: s = 8 by default
     assert not model.training
     cosine = layout == "official-spat"
     ref = reference_wrn(sd, X, depth, k, cosine=cosine)
@@ -190,8 +190,8 @@ def test_official_resnet18_checkpoint_equals_reference_forward(tmp_path: Path, l
     sd = official_resnet18_state(classes=10)
     path = tmp_path / "resnet18.safetensors"
     save_file({f"module.{k}": v for k, v in sd.items()}, str(path))  # DataParallel prefix
-    model = spat.load_model(layout, path, cosine_scale=4.0)
     cosine = layout == "official-spat"
+    model = spat.load_model(layout, path, cosine_scale=4.0 if cosine else None)
     ref = reference_resnet18(sd, X[:2], cosine=cosine)
     with torch.no_grad():
         got = model(X[:2])
@@ -324,6 +324,40 @@ def test_weights_loader_refuses_code_and_non_finite_values(tmp_path: Path):
         read_weights(bad_pt)
 
 
+def test_refusal_of_a_pickled_model_has_no_terminal_escapes(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
+    """torch's message refusing a pickle is bold (ANSI escapes); spat's error line is plain
+    text, with colour forced on as in a terminal, for ``spat eval`` and ``spat export``."""
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    evil = tmp_path / "evil.pt"
+    torch.save(nn.Linear(64, 10), evil)  # a pickled module, not a state dict
+    with pytest.raises(SpatError) as caught:
+        read_weights(evil)
+    assert "refusing to load" in str(caught.value)
+    argv = ["eval", "--model", "official-trades", "--weights", str(evil), "--dataset", "digits",
+            "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"spat: error: refusing to load {evil}") and err.count("\n") == 1
+    assert "\x1b" not in err
+    # a run whose state.pt is that pickle: export refuses it, in plain text too
+    run = tmp_path / "run" / "checkpoints" / "epoch_0001"
+    run.mkdir(parents=True)
+    save_file({"w": torch.zeros(1)}, str(run / "model.safetensors"))
+    torch.save({"config": {}, "obj": nn.Linear(2, 2)}, run / "state.pt")
+    assert main(["export", str(run), "--format", "portable", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("spat: error:") and err.count("\n") == 1 and "\x1b" not in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_one_line_removes_terminal_escapes():
+    from spat.validation import one_line
+
+    text = "a \x1b[1mbold\x1b[0m\nb \x1b]0;title\x07c \x1b[38;5;196mred\x1b[m\x00!"
+    assert one_line(text, None) == "a bold b c red!"
+
+
 # -------------------------------------------------------------------- the library, plain tensors
 class _Linear(nn.Module):
     def __init__(self) -> None:
@@ -377,4 +411,34 @@ def test_eval_official_spat_checkpoint_from_the_command_line(tmp_path: Path):
     assert saved["clean"].tolist() == ref.argmax(1).tolist()  # every example's prediction
     assert report["architecture"] == "wrn10_1" and report["head"] == "cosine"
     assert report["model"] == "official-spat" and report["eps"] == pytest.approx(8 / 255)
+    assert report["cosine_scale"] == 8.0  # the s of the attacked logits s·z
     assert report["attacks"][0]["correct"] <= correct
+    # another s is recorded as given (clean predictions are the same: argmax of s·z)
+    assert main(["eval", "--model", "official-spat", "--weights", str(weights), "--dataset",
+                 "npz", "--data-dir", str(data), "--attacks", "fgsm", "--eps", "8/255",
+                 "--sanity-examples", "0", "--out", str(tmp_path / "s4"), "--no-progress",
+                 "--cosine-scale", "4"]) == 0
+    again = json.loads((tmp_path / "s4" / "report.json").read_text())
+    assert again["cosine_scale"] == 4.0 and again["clean"]["correct"] == correct
+
+
+@pytest.mark.parametrize("model", ["official-trades", "export.safetensors", "tests:Net"])
+def test_cosine_scale_is_refused_where_there_is_no_head_to_scale(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], model: str):
+    """``--cosine-scale`` was silently ignored with official-trades (a linear head), a portable
+    file (its own s) and a module; it is refused with one line, before anything is read."""
+    out = tmp_path / "out"
+    argv = ["eval", "--model", model, "--weights", str(tmp_path / "absent.pt"), "--dataset",
+            "digits", "--cosine-scale", "4", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("spat: error: --cosine-scale only applies to --model official-spat")
+    assert err.count("\n") == 1 and not out.exists()
+    with pytest.raises(SpatError, match="only applies to --model official-spat"):
+        spat.load_model(model, cosine_scale=8.0)
+
+
+def test_cosine_scale_with_a_run_directory_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    assert main(["eval", str(tmp_path), "--cosine-scale", "4"]) == 2
+    assert "--cosine-scale goes with --model" in capsys.readouterr().err

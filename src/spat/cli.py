@@ -33,7 +33,7 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"spat: error: {message}\n")
+        sys.stderr.write(f"spat: error: {one_line(message, None)}\n")
         raise SystemExit(EXIT_USAGE)
 
 

@@ -32,6 +32,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -53,10 +54,18 @@ INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 MAX_NESTING = 64
 
 
+#: Terminal escape sequences (colour, bold: CSI ``ESC [ … m``; titles, links: OSC ``ESC ] … BEL``)
+#: and any other control character: a library's message (torch's refusal of a pickle is bold)
+#: must not colour or move the user's terminal, nor a log file.
+_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"
+                      r"|[\x00-\x08\x0b\x0e-\x1f\x7f]")
+
+
 def one_line(text: object, limit: int | None = 200) -> str:
-    """``text`` with all whitespace runs (newlines included) collapsed to single spaces, cut to
-    ``limit`` characters (ending in "…"; ``None``: no limit) — for one-line error messages."""
-    s = " ".join(str(text).split())
+    """``text`` without terminal escape sequences and control characters, with all whitespace
+    runs (newlines included) collapsed to single spaces, cut to ``limit`` characters (ending in
+    "…"; ``None``: no limit) — for one-line error messages."""
+    s = " ".join(_ESCAPES.sub("", str(text)).split())
     return s if limit is None or len(s) <= limit else s[: limit - 1] + "…"
 
 

@@ -13,17 +13,11 @@ from spat.errors import SpatError
 from spat.evaluation.attacks import ATTACK_KEYS, CHOICES, DEFAULT_ATTACKS
 from spat.evaluation.options import ATTACK_LOGITS, EvalOptions
 from spat.utils.argtypes import fraction
+from spat.utils.options import DefaultsHelpFormatter
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keep the attack table's line breaks; show each option's default (unless its help text
-    already explains it)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        text = action.help or ""
-        if action.default is None or "default" in text:
-            return text
-        return super()._get_help_string(action)
+class _Formatter(argparse.RawDescriptionHelpFormatter, DefaultsHelpFormatter):
+    """Keep the attack table's line breaks; show each option's default once."""
 
 
 def _epilog() -> str:
@@ -83,8 +77,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "with weights_only=True; never unpickles code)")
     g.add_argument("--dataset", default=None, help="dataset whose test split is evaluated "
                    "(required with --model)")
-    g.add_argument("--cosine-scale", dest="cosine_scale", type=float, default=8.0,
-                   help="scale s of official-spat's cosine head: the attacked logits are s·z")
+    g.add_argument("--cosine-scale", dest="cosine_scale", type=float, default=None,
+                   help="scale s of official-spat's cosine head: the attacked logits are s·z "
+                   "(default 8, the official training's; only with --model official-spat)")
     p.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS),
                    help=f"comma-separated, from: {', '.join(ATTACK_KEYS)} (see below)")
     p.add_argument("--eps", type=fraction, default=None,
@@ -156,8 +151,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
                             "directory can be evaluated sharded)")
         report, out_dir = _eval_model(args, opts, out)
     else:
-        for flag in ("weights", "dataset"):
+        for flag in ("weights", "dataset", "cosine_scale"):
             if getattr(args, flag) is not None:
+                flag = flag.replace("_", "-")
                 raise SpatError(f"--{flag} goes with --model, not with a run directory")
         from spat.utils.distributed import init_distributed, shutdown_distributed
         from spat.utils.log import info, quiet

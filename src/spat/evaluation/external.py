@@ -45,7 +45,7 @@ def evaluate_model(
     data_dir: str | None = None,
     out: str | os.PathLike[str] | None = None,
     device: str = "auto",
-    cosine_scale: float = 8.0,
+    cosine_scale: float | None = None,
     resume: bool = True,
     progress: bool = True,
     console: Any = None,
@@ -55,12 +55,13 @@ def evaluate_model(
     """Evaluate any classifier of [0, 1] images on ``dataset``'s test split.
 
     ``model``: an ``nn.Module``, a ``package.module:factory`` spec, ``official-trades`` /
-    ``official-spat`` (with ``weights``), or a portable spat model file (see
-    :func:`spat.models.external.load_model`). The settings are ``options`` with any
-    :class:`EvalOptions` field given in ``settings`` replaced. ``eps`` defaults to the
-    dataset's training ε (:data:`spat.train.config.DATASET_DEFAULTS`; 0.031 for CIFAR, as the
-    official SPAT/TRADES code; give ``8/255`` for RobustBench's threat model). Output in
-    ``out`` (default ``./eval-<model>-<dataset>``). Returns the report and the output folder.
+    ``official-spat`` (with ``weights``; ``cosine_scale``: its s, default 8), or a portable
+    spat model file (see :func:`spat.models.external.load_model`). The settings are
+    ``options`` with any :class:`EvalOptions` field given in ``settings`` replaced. ``eps``
+    defaults to the dataset's training ε (:data:`spat.train.config.DATASET_DEFAULTS`; 0.031 for
+    CIFAR, as the official SPAT/TRADES code; give ``8/255`` for RobustBench's threat model).
+    Output in ``out`` (default ``./eval-<model>-<dataset>``). Returns the report and the output
+    folder.
     """
     from spat.data import load_dataset
     from spat.models.external import (
@@ -79,6 +80,9 @@ def evaluate_model(
         model if isinstance(model, nn.Module) else os.fspath(model), dataset)
     check_out_dir(out_dir)
     if isinstance(model, nn.Module):
+        if cosine_scale is not None:
+            raise SpatError("cosine_scale only applies to official-spat; a module passed in "
+                            "sets its own head")
         net, spec = model.to(dev).eval(), type(model).__name__
         meta = None
     else:
@@ -104,6 +108,7 @@ def evaluate_model(
         "dataset": info.name,
         "architecture": (meta or {}).get("architecture", architecture_name(net)),
         "head": (meta or {}).get("head", head_name(net)),
+        "cosine_scale": _scale(net),  # the s whose logits s·z were attacked (None: no cosine)
         "method": None,
         "environment": environment(dev),
     }
@@ -131,3 +136,13 @@ def _probe(net: nn.Module, split: Split, device: torch.device, spec: str, datase
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise SpatError(f"{spec} must return logits of shape (N, K); got {got} for N = "
                         f"{x.shape[0]}")
+
+
+def _scale(net: nn.Module) -> float | None:
+    """The model's cosine-head scale s for the report, ``None`` without one (or with several)."""
+    from spat.models import logit_scale
+
+    try:
+        return logit_scale(net)
+    except SpatError:
+        return None

@@ -111,6 +111,7 @@ def evaluate_run(
         "dataset": cfg.dataset,
         "architecture": cfg.model,
         "head": cfg.head,
+        "cosine_scale": cfg.cosine_scale if cfg.head == "cosine" else None,
         "method": cfg.method,
         "training_eps": cfg.eps,
         "training_norm": cfg.norm,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from spat.utils.argtypes import fraction
+from spat.utils.options import DefaultsHelpFormatter
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +19,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "evaluation report, which must hold standard AutoAttack on the whole test set, and "
         "the evaluated checkpoint as model.safetensors with the metadata spat.load_model needs "
         "(no run directory). --format portable writes only the model file.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("run", metavar="RUN", help="a run directory (from spat train)")
     p.add_argument("--format", dest="fmt", choices=FORMATS, default="robustbench",

@@ -187,14 +187,9 @@ def export_run(
 
         check_eval_report(doc, str(rep_path))  # types and ranges, one line naming the field
         check_full_standard_aa(doc, str(rep_path))
-        evaluated = doc.get("checkpoint")
-        if evaluated and Path(evaluated).is_dir():
-            run_path_model: str | Path = evaluated
-        else:
-            run_path_model, which = run_path, str(doc.get("which") or which)
+        loaded = _run_of_report(doc, rep_path, run_path)
     else:
-        run_path_model = run_path
-    loaded = load_run(run_path_model, which=which, device="cpu")
+        loaded = load_run(run_path, which=which, device="cpu")
     model, cfg, info = loaded.model, loaded.config, loaded.info
     run_dir = run_dir_of(loaded.checkpoint)
     out_dir = Path(out) if out is not None else run_dir / "export"
@@ -218,3 +213,54 @@ def export_run(
     mi_file = out_dir / MODEL_INFO_FILE
     atomic_write_text(mi_file, json.dumps(mi, indent=2, ensure_ascii=False) + "\n")
     return ExportResult(model_file, mi_file, mi)
+
+
+def _run_of_report(doc: Mapping[str, Any], rep_path: Path, run: Path) -> Any:
+    """The checkpoint of ``run`` that the evaluation report ``doc`` (read from ``rep_path``)
+    evaluated, loaded; a report of another run, or of a model that is not a spat run, is a
+    one-line :class:`SpatError` naming both (its numbers would be exported with this run's
+    model, or with the other run's).
+
+    The report belongs to ``run`` when its recorded run directory is ``run``'s. A run that was
+    moved or copied keeps the old path in its own ``eval/report.json``: a report that lies
+    inside ``run`` and records the same training config is accepted too, and the checkpoint of
+    the recorded name is read from ``run``."""
+    from spat import checkpoint as ckpt
+    from spat.evaluation.run import run_dir_of
+    from spat.runs import load_run
+
+    own = run_dir_of(ckpt.resolve(run)).resolve()
+    recorded, evaluated = doc.get("run_dir"), doc.get("checkpoint")
+    if not recorded or not evaluated:
+        raise SpatError(f"refusing to export: {rep_path} is the evaluation of "
+                        f"{doc.get('model') or 'a model'}, not of a spat run; export {run} with "
+                        f"its own report (spat eval {run})")
+    if Path(str(recorded)).resolve() == own:
+        folder, moved = Path(str(evaluated)), False
+    elif own in rep_path.resolve().parents:  # the run's own report, the run moved or copied
+        folder, moved = own / "checkpoints" / Path(str(evaluated)).name, True
+    else:
+        raise _other_run(rep_path, recorded, run, own)
+    if not folder.is_dir():
+        raise SpatError(f"refusing to export: the checkpoint {rep_path} evaluated ({folder}) is "
+                        f"gone; evaluate the run again (spat eval {run})")
+    loaded = load_run(folder, device="cpu")
+    if moved and not _same_training(doc.get("config"), loaded.config.to_dict()):
+        raise _other_run(rep_path, recorded, run, own)
+    return loaded
+
+
+def _other_run(rep_path: Path, recorded: object, run: Path, own: Path) -> SpatError:
+    return SpatError(f"refusing to export: {rep_path} is the evaluation of run {recorded}, not "
+                     f"of {run} ({own}); give that run's own report, or export {recorded}")
+
+
+def _same_training(recorded: Any, config: dict[str, Any]) -> bool:
+    """The report's training config is the run's, once both are written as JSON (tuples as
+    lists) and without ``data_dir`` (``spat eval --data-dir`` records the one it read)."""
+    if not isinstance(recorded, dict):
+        return False
+
+    def text(d: Mapping[str, Any]) -> str:
+        return json.dumps({k: v for k, v in d.items() if k != "data_dir"}, sort_keys=True)
+    return text(recorded) == text(config)

@@ -57,6 +57,9 @@ from spat.validation import loads_json, one_line
 
 #: ``--model`` names of the official checkpoint layouts → the head they are loaded with.
 OFFICIAL_LAYOUTS: dict[str, str] = {"official-trades": "linear", "official-spat": "cosine"}
+#: s of ``official-spat``'s cosine head unless ``--cosine-scale`` says otherwise: the official
+#: SPAT training's scale.
+OFFICIAL_SPAT_SCALE = 8.0
 
 #: Format tag of spat's portable model files (safetensors metadata key ``format``).
 PORTABLE_FORMAT = "spat.model/1"
@@ -387,7 +390,7 @@ def load_model(
     source: str | os.PathLike[str],
     weights: str | os.PathLike[str] | None = None,
     *,
-    cosine_scale: float = 8.0,
+    cosine_scale: float | None = None,
     device: str | torch.device = "cpu",
 ) -> nn.Module:
     """Any classifier spat can evaluate, in eval mode on ``device``.
@@ -397,7 +400,10 @@ def load_model(
     * a portable spat model file (``spat export``): rebuilt from its metadata, no run needed;
     * ``"official-trades"`` / ``"official-spat"`` with ``weights`` an official TRADES/SPAT
       checkpoint (WideResNet or ResNet-18, architecture read from the keys and shapes);
-      ``official-spat`` gives the cosine head with scale ``cosine_scale`` (logits s·z);
+      ``official-spat`` gives the cosine head with scale ``cosine_scale`` (logits s·z;
+      default :data:`OFFICIAL_SPAT_SCALE`, the official training's s). ``cosine_scale`` applies
+      to ``official-spat`` only: any other source has no head for it to scale, or records its
+      own s, and is refused with it;
     * ``"package.module:attr"``: an ``nn.Module`` instance, a class, or a factory called with no
       arguments; ``weights`` (optional) is loaded into it strictly. When the module is a spat
       :class:`Classifier` and the weights are in an official layout, the keys are mapped.
@@ -405,6 +411,14 @@ def load_model(
     The model must map images in [0, 1], shape (N, C, H, W), to logits (N, K).
     """
     src = os.fspath(source)
+    if cosine_scale is not None and src != "official-spat":
+        why = ("official-trades has a linear head" if src == "official-trades" else
+               f"{src} sets its own head" + (" (a model file records its s)"
+                                              if src.endswith(_SAFETENSORS_SUFFIXES) else ""))
+        raise SpatError(f"--cosine-scale only applies to --model official-spat (the scale s of "
+                        f"its cosine head); {why}")
+    if cosine_scale is None:
+        cosine_scale = OFFICIAL_SPAT_SCALE
     if not (math.isfinite(cosine_scale) and cosine_scale > 0):
         raise SpatError(f"cosine scale must be a positive finite number, got {cosine_scale}")
     if src in OFFICIAL_LAYOUTS:
@@ -435,6 +449,6 @@ def load_model(
             if isinstance(model, Classifier) and official_layout(sd) is not None:
                 _, sd, _ = convert_official(
                     sd, head=model_info(model)["head"],
-                    cosine_scale=model_info(model)["cosine_scale"] or cosine_scale)
+                    cosine_scale=model_info(model)["cosine_scale"] or OFFICIAL_SPAT_SCALE)
             load_state_into(model, sd, str(weights))
     return model.to(device).eval()

@@ -78,6 +78,20 @@ def _show_default(value: Any) -> str | None:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """``--help`` with each option's default, once: ``(default: X)`` is added unless the help
+    text already mentions a default, or the default says nothing (``None``, ``""``, a flag's
+    ``False`` or a counter's 0). The commands whose options are not dataclass fields use it
+    (:func:`help_text` is the same rule for fields)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (action.nargs == 0 or action.default is argparse.SUPPRESS or action.default == ""
+                or _show_default(action.default) is None or "default" in text):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def help_text(f: dataclasses.Field, context: Mapping[str, str] | None = None,
               note: str | None = None) -> str:
     """The help text of field ``f``: its metadata's text with ``context`` filled in, then
