@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from spat.attacks.context import attack_mode
-from spat.attacks.geometry import Geometry
+from spat.attacks.geometry import NORMAL_INIT_STD, Geometry
 from spat.attacks.objectives import Objective
 from spat.errors import SpatError
 
@@ -26,7 +26,6 @@ def perturb(
     steps: int,
     norm: str = "linf",
     init: str = "uniform",
-    init_std: float = 0.001,
     restarts: int = 1,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
@@ -43,8 +42,8 @@ def perturb(
         step_size: η per step (L∞: sign step; L2: normalised-gradient step).
         steps: number of ascent steps K ≥ 1 (FGSM: K=1, η=ε, init "none").
         norm: "linf" or "l2".
-        init: random start: "uniform" in the ball, "normal" (x + init_std·N(0,I), TRADES/SPAT), or
-            "none".
+        init: random start: "uniform" in the ball, "normal" (x + 0.001·N(0,I), TRADES/SPAT:
+            :data:`~spat.attacks.geometry.NORMAL_INIT_STD`), or "none".
         restarts: independent runs; per example the worst case is kept: a misclassifying point
             beats a correct one, then the higher objective wins. One extra forward per restart
             is spent only when ``restarts > 1``.
@@ -70,7 +69,7 @@ def perturb(
     best_score: torch.Tensor | None = None
     with attack_mode(model), torch.enable_grad():
         for _ in range(restarts):
-            x_adv = geometry.init(x, init, init_std, generator)
+            x_adv = geometry.init(x, init, NORMAL_INIT_STD, generator)
             for _ in range(steps):
                 x_adv.requires_grad_(True)
                 loss = objective(model(x_adv), y).sum()

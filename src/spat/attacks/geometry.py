@@ -14,6 +14,8 @@ from spat.errors import SpatError
 
 NORMS = ("linf", "l2")
 INITS = ("uniform", "normal", "none")
+#: σ of the ``normal`` random start x + σ·N(0, I): TRADES' and SPAT's official training code.
+NORMAL_INIT_STD = 0.001
 
 
 def check_norm(norm: str) -> str:
@@ -49,8 +51,8 @@ class Geometry:
         """Starting point x₀ in the ball and the box.
 
         ``uniform``: uniform in the ball (L∞: each pixel in [−ε, ε]; L2: direction uniform on the
-        sphere, radius ε·U^(1/d)). ``normal``: x + std·N(0, I), as TRADES/SPAT (std = 0.001).
-        ``none``: x itself.
+        sphere, radius ε·U^(1/d)). ``normal``: x + std·N(0, I) (TRADES/SPAT:
+        :data:`NORMAL_INIT_STD`). ``none``: x itself.
         """
         if kind == "none" or self.eps == 0.0:
             return x.clone()

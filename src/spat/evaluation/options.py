@@ -33,8 +33,6 @@ from spat.evaluation.attacks import DEFAULT_ATTACKS, parse_attacks
 
 #: The logits every attack sees: the model's own (s·z for a cosine head) or z = s·z / s.
 ATTACK_LOGITS: tuple[str, ...] = ("model", "unit_cosine")
-#: How each choice is shown next to the attack table (empty: nothing shown, as before).
-ATTACK_LOGITS_LABEL = {"model": "", "unit_cosine": "attacks on the unit-cosine logits z = s·z / s"}
 
 
 def _integer(name: str, value: Any, low: int | None) -> int:

@@ -51,6 +51,7 @@ from spat.attacks.objectives import (
     Objective,
     consistency_objective,
     kl_divergence,
+    kl_objective,
     per_class_kl,
 )
 from spat.errors import SpatError
@@ -284,7 +285,7 @@ class ConsistencyAT(WarmupMethod, MethodDefaults):
         with attack_mode(model), torch.no_grad():
             logits_clean = model(x)
         objective = (hcp_ecp_objective(logits_clean, self.n) if self.hcp_ecp
-                     else consistency_objective(logits_clean, kl_divergence))
+                     else kl_objective(logits_clean))
         t = self.threat
         return perturb(model, x, y, objective, eps=t.eps, step_size=t.step_size, steps=t.steps,
                        norm=t.norm, init=t.init, generator=generator)
