@@ -45,9 +45,9 @@ class MART(WarmupMethod, MethodDefaults):
         hcp_ecp: SPAT's Σ_j k_j(k_j + n) in place of the KL.
         n: SPAT's n.
         beta_ramp_epochs: N, epochs of linear λ warm-up (:func:`spat.methods.spat.ramped_beta`);
-            0 = off (the reference method). A project option for the study of issue 11.
+            0 = off (the reference method). A project option for the self-paced plateau study.
         self_paced_after: N, epochs of plain CE before the self-paced CE switches on (needs
-            ``self_paced_ce``); 0 = off. A project option for the study of issue 11.
+            ``self_paced_ce``); 0 = off. A project option for the self-paced plateau study.
     """
 
     default_init: ClassVar[str] = "normal"

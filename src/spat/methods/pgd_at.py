@@ -23,7 +23,7 @@ class PGDAT(MethodDefaults):
         self_paced_ce: CE on SPAT's modulated adversarial logits (needs the cosine head).
         m: SPAT's m for the self-paced CE.
         self_paced_after: N, epochs of plain CE before the self-paced CE switches on (needs
-            ``self_paced_ce``); 0 = off. A project option for the study of issue 11.
+            ``self_paced_ce``); 0 = off. A project option for the self-paced plateau study.
     """
 
     name: str = "pgd_at"

@@ -1,7 +1,7 @@
 """SPAT, the method section: self-paced hard-class-pair reweighting (Hou, Han & Li, AAAI-23,
-arXiv 2210.15068; specification: ``../shared/docs/spat-method.md``).
+arXiv 2210.15068; where spat departs from the official code: ``docs/spat-differences.md``).
 
-Notation (as the specification): x clean image, y its label, K classes, x' the adversarial image;
+Notation (as the paper): x clean image, y its label, K classes, x' the adversarial image;
 f the network, whose cosine head outputs s·z with z_j = ŵ_jᵀĝ(x) + b_j (a model option,
 :mod:`spat.models.heads`); p = softmax(f(x)), q = softmax(f(x')); s, m, n, β the method's knobs
 (official defaults s = 8, m = 0.2, n = 0.2, β = 6).
@@ -24,7 +24,7 @@ the parts on. The parts are also switches on the other methods (``self_paced_ce`
 :func:`natural_logits`, :func:`consistency`).
 
 Two warm-ups, NOT part of the official method (both off, 0, by default; they exist for the
-study of issue 11, which asks whether they remove the self-paced plateau): ``beta_ramp_epochs``
+study of whether they remove the self-paced plateau): ``beta_ramp_epochs``
 (β grows linearly from 0 over the first N epochs: :func:`ramped_beta`) and ``self_paced_after``
 (plain CE on the logits f(x) = s·z for the first N epochs, the self-paced CE from epoch N + 1:
 :func:`self_paced_active`). The training loop applies them per epoch through the methods'
@@ -258,10 +258,10 @@ class ConsistencyAT(WarmupMethod, MethodDefaults):
         n: SPAT's n (0.2).
         require_cosine: refuse a linear head (SPAT's definition includes the cosine head).
         beta_ramp_epochs: N, epochs of linear β warm-up (:func:`ramped_beta`); 0 = off, as the
-            official method. A project option for the study of issue 11.
+            official method. A project option for the self-paced plateau study.
         self_paced_after: N, epochs of plain CE on f(x) before the self-paced CE switches on
             (:func:`self_paced_active`; needs ``self_paced_ce``); 0 = off, as the official
-            method. A project option for the study of issue 11.
+            method. A project option for the self-paced plateau study.
     """
 
     default_init: ClassVar[str] = "normal"

@@ -21,7 +21,7 @@ class Standard(MethodDefaults):
         self_paced_ce: use SPAT's modulated logits (needs the cosine head).
         m: SPAT's margin m for the self-paced CE (0.2 in the official code).
         self_paced_after: N, epochs of plain CE before the self-paced CE switches on (needs
-            ``self_paced_ce``); 0 = off. A project option for the study of issue 11.
+            ``self_paced_ce``); 0 = off. A project option for the self-paced plateau study.
     """
 
     default_init: ClassVar[str] = "none"

@@ -19,7 +19,7 @@ Both take inputs in [0, 1] with no normalisation (the official training scripts 
 A ``module.`` prefix (``nn.DataParallel``) is stripped, and ``num_batches_tracked`` entries
 missing from old checkpoints are filled with 0 (they are not used in eval mode).
 
-Head and temperature (docs: ../shared/docs/spat-method.md, "Temperature at evaluation"): the
+Head and temperature (``docs/evaluation.md``, "Which logits are attacked"): the
 official SPAT model renormalises the rows of ``fc`` in place on every forward with
 ``normalize=True`` and returns the temperature-1 cosine logits z = ŵᵀĝ + b; its training loss
 multiplies by s = 8, and its per-epoch PGD-20 attacks z itself (temperature 1), while its clean

@@ -39,7 +39,7 @@ class DatasetDefaults:
     source: str
 
 
-#: Per-dataset defaults (issue: "defaults per dataset"; the README explains each choice).
+#: Per-dataset defaults (the README explains each choice).
 DATASET_DEFAULTS: dict[str, DatasetDefaults] = {
     # 32x32 colour data: the 8/255 family of the official TRADES/SPAT CIFAR-10 code
     # (ε 0.031, η 0.007, K 10; SGD 0.1, wd 2e-4, batch 128, 100 epochs). PGD-AT uses 8/255 and

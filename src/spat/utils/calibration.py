@@ -1,7 +1,7 @@
 """The training fast path chosen by measurement, and the per-machine cache of that choice.
 
 A CPU flag does not say which setting is fastest: on an Intel Xeon with AVX512-BF16 but no AMX,
-a bf16 matrix product ran at half the fp32 rate and the bf16 training step was slower (issue 23),
+a bf16 matrix product ran at half the fp32 rate and the bf16 training step was slower,
 while on this project's AMD EPYC the bf16 step is 1.3–1.7× faster. So ``spat train`` times a
 few real training steps in every candidate setting (:func:`candidates`: fp32/bf16 × NCHW/NHWC,
 compile on CUDA for long runs) and keeps the fastest (:func:`choose`). :func:`calibrate` is that
