@@ -292,3 +292,15 @@ def test_study_variant_eval_errors_name_the_field(variant: dict, field: str) -> 
         parse_study({**_STUDY, "variants": {"v": variant}}, "s.toml")
     msg = str(e.value)
     assert msg.startswith("s.toml") and field in msg and "\n" not in msg
+
+
+def test_white_box_spec_refuses_a_kind_it_cannot_build() -> None:
+    """AutoAttack is not a white-box preset: asking for its spec is an error naming the kinds,
+    never a silent fallback to CW (each kind is built by its own maker)."""
+    from spat.errors import SpatError
+    from spat.evaluation.attacks import white_box_spec
+
+    assert white_box_spec("pgd20", 0.1, "linf").name == "PGD-20"
+    assert white_box_spec("cw20", 0.1, "linf").name == "CW-20"
+    with pytest.raises(SpatError, match="not a white-box attack"):
+        white_box_spec("aa", 0.1, "linf")

@@ -7,9 +7,16 @@ from __future__ import annotations
 import pytest
 
 from spat.cli import main
+from spat.data import dataset_names
 from spat.errors import SpatError
 from spat.methods import METHODS, SPAT, ConsistencyAT, build_method, supporting
-from spat.train.config import METHOD_DATASET_DEFAULTS, TrainConfig, lr_remedy
+from spat.train.config import (
+    DATASET_DEFAULTS,
+    METHOD_DATASET_DEFAULTS,
+    TrainConfig,
+    dataset_defaults,
+    lr_remedy,
+)
 
 KEYS = ("model", "head", "init", "beta", "m", "n", "self_paced_ce", "hcp_ecp", "eps",
         "step_size", "steps", "epochs", "batch_size", "lr", "weight_decay")
@@ -158,3 +165,16 @@ def test_lr_remedy_is_a_rate_the_run_can_train_at() -> None:
     at_default = TrainConfig().resolved()  # diverged at the default itself: a tenth
     assert lr_remedy(at_default) == (0.005, "a tenth of the current lr")
     assert lr_remedy(TrainConfig(dataset="cifar10", lr=1.0).resolved())[0] == 0.1
+
+
+@pytest.mark.parametrize("dataset", dataset_names())
+def test_every_registered_dataset_has_its_own_defaults(dataset: str) -> None:
+    """One record per dataset: each registered dataset has an entry (with its source), and a
+    name without one is an error, never another dataset's values."""
+    d = dataset_defaults(dataset)
+    assert d is DATASET_DEFAULTS[dataset] and d.source
+
+
+def test_a_dataset_without_defaults_is_an_error() -> None:
+    with pytest.raises(SpatError, match="has no defaults"):
+        dataset_defaults("imagenet")

@@ -235,6 +235,19 @@ def test_pool_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
      '[variants.a]\nmethod = "pgd_at"', "train.seed"),
     ('[study]\nname = "x"\ndatasets = ["digits"]\nseeds = [0]\n[variants.a]\nmethod = "pgd_at"'
      '\n[eval]\nattacks = ["pgd7"]', "eval.attacks"),
+    # [eval] goes through spat eval's own validator (EvalOptions), before any cell trains
+    ('[study]\nname = "x"\ndatasets = ["digits"]\nseeds = [0]\n[variants.a]\nmethod = "pgd_at"'
+     '\n[eval]\neps = 0.0', "eval.eps"),
+    ('[study]\nname = "x"\ndatasets = ["digits"]\nseeds = [0]\n[variants.a]\nmethod = "pgd_at"'
+     '\n[eval]\neps = 1.5', "eval.eps"),
+    ('[study]\nname = "x"\ndatasets = ["digits"]\nseeds = [0]\n[variants.a]\nmethod = "pgd_at"'
+     '\n[eval]\nrestarts = 0', "eval.restarts"),
+    ('[study]\nname = "x"\ndatasets = ["digits"]\nseeds = [0]\n[variants.a]\nmethod = "pgd_at"'
+     '\n[eval]\nseed = -1', "eval.seed"),
+    ('[study]\nname = "x"\ndatasets = ["digits"]\nseeds = [0]\n[variants.a]\nmethod = "pgd_at"'
+     '\n[eval]\nn_examples = 0', "eval.n_examples"),
+    ('[study]\nname = "x"\ndatasets = ["digits"]\nseeds = [0]\n[variants.a]\nmethod = "pgd_at"'
+     '\neval = { attack_logits = "z" }', "variants.a.eval.attack_logits"),
     ('[study]\nname = "x"\ndatasets = ["digits"]\nseeds = [0]\n[variants.a]\nmethod = "spat"\n'
      'head = "linear"', "variants.a"),
 ])

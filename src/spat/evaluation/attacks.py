@@ -89,9 +89,13 @@ def white_box_spec(key: str, eps: float, norm: str, *, restarts: int = 1,
         raise SpatError(f"restarts must be >= 1, got {restarts}")
     if choice.kind == "fgsm":
         return fgsm(eps, norm=norm)
+    makers = {"pgd": pgd, "cw": cw}
+    if choice.kind not in makers:  # a new kind needs its maker here, never a silent fallback
+        raise SpatError(f"attack {key!r} of kind {choice.kind!r} is not a white-box attack "
+                        f"(white-box kinds: fgsm, {', '.join(makers)})")
     assert choice.steps is not None
-    make = pgd if choice.kind == "pgd" else cw
-    return make(eps, steps=choice.steps, step_size=step_size, restarts=restarts, norm=norm)
+    return makers[choice.kind](eps, steps=choice.steps, step_size=step_size,
+                               restarts=restarts, norm=norm)
 
 
 def attack_name(key: str, *, restarts: int = 1) -> str:

@@ -30,6 +30,7 @@ from torch import nn
 from spat.attacks.geometry import check_norm
 from spat.errors import SpatError
 from spat.evaluation.attacks import DEFAULT_ATTACKS, parse_attacks
+from spat.utils.rng import MAX_SEED
 
 #: The logits every attack sees: the model's own (s·z for a cosine head) or z = s·z / s.
 ATTACK_LOGITS: tuple[str, ...] = ("model", "unit_cosine")
@@ -109,7 +110,9 @@ class EvalOptions:
             put(self, "eps", eps)
         if self.n_examples is not None:
             put(self, "n_examples", _integer("n-examples", self.n_examples, 1))
-        put(self, "seed", _integer("seed", self.seed, None))
+        put(self, "seed", _integer("seed", self.seed, 0))
+        if self.seed > MAX_SEED:
+            raise SpatError(f"seed must be in [0, 2**63 - 1], got {self.seed}")
         put(self, "restarts", _integer("restarts", self.restarts, 1))
         put(self, "batch_size", _integer("batch size", self.batch_size, 1))
         put(self, "sanity_examples", _integer("sanity examples", self.sanity_examples, 0))

@@ -228,34 +228,41 @@ def _check_train_settings(src: str, where: str, table: Any) -> dict[str, Any]:
     return dict(table)
 
 
+#: ``[eval]`` keys that are :class:`spat.evaluation.EvalOptions` fields (validated by it); the
+#: others (``which``, ``analyze``) are the study's own.
+EVAL_OPTION_KEYS = ("attacks", "n_examples", "seed", "batch_size", "restarts",
+                    "sanity_examples", "eps", "attack_logits")
+
+
 def _check_eval(src: str, where: str, table: Any) -> dict[str, Any]:
     """An ``[eval]`` table (or a variant's ``eval`` override): known keys of the right types,
-    values valid for :class:`spat.evaluation.EvalOptions`; attacks in canonical order."""
-    from spat.evaluation.attacks import parse_attacks, require_attacks
-    from spat.evaluation.options import ATTACK_LOGITS
+    and values that :class:`spat.evaluation.EvalOptions` accepts (the validator of
+    ``spat eval`` itself, so a study refuses what ``spat eval`` would refuse, before any cell
+    trains); attacks in canonical order."""
+    from spat.evaluation.attacks import require_attacks
+    from spat.evaluation.options import EvalOptions
 
     ev = _check_table(src, where, table, EVAL_KEYS)
-    if "attacks" in ev:
-        if not all(isinstance(a, str) for a in ev["attacks"]):
-            raise SpatError(f"{src}: {where}.attacks must be a list of attack names")
+    if "attacks" in ev and not all(isinstance(a, str) for a in ev["attacks"]):
+        raise SpatError(f"{src}: {where}.attacks must be a list of attack names")
+    given = {k: ev[k] for k in EVAL_OPTION_KEYS if k in ev}
+    for k, v in given.items():  # one key at a time first, so that the message names it
         try:
-            ev["attacks"] = tuple(parse_attacks(ev["attacks"]))
-            require_attacks(ev["attacks"], "the list")
+            one = EvalOptions(**{k: v})
+            if k == "attacks":
+                require_attacks(one.attacks, "the list")
         except SpatError as e:
-            raise SpatError(f"{src}: {where}.attacks: {e}") from None
+            raise SpatError(f"{src}: {where}.{k}: {e}") from None
+    try:
+        opts = EvalOptions(**given)
+    except SpatError as e:
+        raise SpatError(f"{src}: {where}: {e}") from None
+    if opts.eps is not None and opts.eps > 1:  # as spat eval for linf; a study keeps [0, 1] units
+        raise SpatError(f"{src}: {where}.eps must be in (0, 1] (pixel units), got {opts.eps}")
+    for k in given:
+        ev[k] = getattr(opts, k)
     if ev.get("which", "best") not in ("best", "last"):
         raise SpatError(f"{src}: {where}.which must be 'best' or 'last', got {ev['which']!r}")
-    for k, low in (("n_examples", 1), ("batch_size", 1), ("restarts", 1),
-                   ("sanity_examples", 0), ("seed", 0)):
-        if k in ev and ev[k] < low:
-            raise SpatError(f"{src}: {where}.{k} must be >= {low}, got {ev[k]}")
-    if "eps" in ev:
-        ev["eps"] = float(ev["eps"])
-        if not 0 <= ev["eps"] <= 1:
-            raise SpatError(f"{src}: {where}.eps must be in [0, 1], got {ev['eps']}")
-    if ev.get("attack_logits", "model") not in ATTACK_LOGITS:
-        raise SpatError(f"{src}: {where}.attack_logits must be one of "
-                        f"{', '.join(ATTACK_LOGITS)}, got {ev['attack_logits']!r}")
     return ev
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from spat.errors import SpatError
 from spat.utils.argtypes import count_or_fraction, fraction, switch
 from spat.utils.options import option
+from spat.utils.rng import MAX_SEED
 from spat.validation import one_line
 
 SCHEDULES = ("piecewise", "cosine", "constant")
@@ -68,7 +69,21 @@ DATASET_DEFAULTS: dict[str, DatasetDefaults] = {
                               weight_decay=5e-4, batch_size=64, model="small_cnn",
                               source="chosen here so the offline default trains in < 3 min"),
 }
-_FALLBACK = DATASET_DEFAULTS["cifar10"]
+# a user's own .npz: CIFAR-10's values, the common case of 32x32 colour data; set ε, the model
+# and the budget for other data
+DATASET_DEFAULTS["npz"] = dataclasses.replace(
+    DATASET_DEFAULTS["cifar10"],
+    source="as CIFAR-10 (a user's .npz: set eps, model and epochs for other data)")
+
+
+def dataset_defaults(dataset: str) -> DatasetDefaults:
+    """The defaults of a registered dataset (:data:`DATASET_DEFAULTS`); a dataset without an
+    entry is an error, never another dataset's values."""
+    try:
+        return DATASET_DEFAULTS[dataset]
+    except KeyError:
+        raise SpatError(f"dataset {dataset!r} has no defaults (known: "
+                        f"{', '.join(DATASET_DEFAULTS)})") from None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -125,7 +140,7 @@ def default_lr(dataset: str, method: str) -> float:
     sel = method_settings(dataset, method)
     if sel is not None and sel.lr is not None:
         return sel.lr
-    return DATASET_DEFAULTS.get(dataset, _FALLBACK).lr
+    return dataset_defaults(dataset).lr
 
 
 def lr_remedy(cfg: TrainConfig) -> tuple[float, str]:
@@ -248,7 +263,7 @@ class TrainConfig:
 
     # ------------------------------------------------------------------
     def defaults(self) -> DatasetDefaults:
-        return DATASET_DEFAULTS.get(self.dataset, _FALLBACK)
+        return dataset_defaults(self.dataset)
 
     def resolved(self) -> TrainConfig:
         """Fill every ``None`` from the dataset's and method's defaults and validate."""
@@ -416,9 +431,6 @@ FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
 COUNT_FIELDS = ("steps", "val_steps", "test_steps", "epochs", "batch_size", "eval_batch_size",
                 "train_subset", "test_subset", "beta_ramp_epochs", "self_paced_after")
 MAX_COUNT = 10**9
-#: The seed range: non-negative 63-bit, as every derived stream (``spat.utils.rng.derive_seed``);
-#: torch takes seeds below 2**64, and the final test adds ``FINAL_TEST_OFFSET`` to the seed.
-MAX_SEED = 2**63 - 1
 #: A run name is a folder name: at most this many bytes (file systems take 255; the overwrite's
 #: temporary ``.NAME.old.XXXXXXXX.tmp`` needs 18 more).
 MAX_NAME_BYTES = 200

@@ -31,6 +31,10 @@ STREAM_RANK, STREAM_DATA, STREAM_VAL = 0, 1, 4
 #: The final test's PGD random starts are seeded by ``seed + FINAL_TEST_OFFSET`` (the value every
 #: recorded run used; changing it changes ``test_robust_acc`` of every new run).
 FINAL_TEST_OFFSET = 12345
+#: The seed range of a run or an evaluation: non-negative 63-bit, as every derived stream
+#: (:func:`derive_seed`); torch takes seeds below 2**64, and the final test adds
+#: ``FINAL_TEST_OFFSET`` to the seed.
+MAX_SEED = 2**63 - 1
 
 
 def derive_seed(*parts: int) -> int:
