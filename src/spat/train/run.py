@@ -34,6 +34,7 @@ from spat.utils.log import info as log_info
 from spat.utils.log import logger
 from spat.utils.progress import counting_bar
 from spat.utils.rng import final_test_seed, seed_everything
+from spat.validation import loads_json
 
 Log = Callable[[str], None]
 
@@ -420,7 +421,7 @@ def _recorded_fast_path(run_dir: Path, cfg: TrainConfig, device: Any) -> Any:
     from spat.utils.hardware import recorded_fast_path
 
     try:
-        env = json.loads((run_dir / "env.json").read_text(encoding="utf-8"))
+        env = loads_json((run_dir / "env.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
         return None
     if not isinstance(env, dict) or str(env.get("device", "")).split(":")[0] != device.type:

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spat.validation import loads_json
+
 #: Environment variable naming the cache folder (tests and shared machines point it elsewhere).
 CACHE_ENV = "SPAT_CACHE_DIR"
 CACHE_FILE = "fast_path.json"
@@ -217,7 +219,7 @@ def _read(path: Path, log: Log) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = loads_json(path.read_text(encoding="utf-8"))
         if not isinstance(doc, dict) or doc.get("format") != CACHE_FORMAT \
                 or not isinstance(doc.get("entries"), dict):
             raise ValueError("not a fast-path cache of format 1")
