@@ -176,5 +176,5 @@ def test_every_registered_dataset_has_its_own_defaults(dataset: str) -> None:
 
 
 def test_a_dataset_without_defaults_is_an_error() -> None:
-    with pytest.raises(SpatError, match="has no defaults"):
+    with pytest.raises(SpatError, match="unknown dataset .imagenet.*no defaults record"):
         dataset_defaults("imagenet")

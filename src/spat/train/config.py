@@ -82,8 +82,8 @@ def dataset_defaults(dataset: str) -> DatasetDefaults:
     try:
         return DATASET_DEFAULTS[dataset]
     except KeyError:
-        raise SpatError(f"dataset {dataset!r} has no defaults (known: "
-                        f"{', '.join(DATASET_DEFAULTS)})") from None
+        raise SpatError(f"unknown dataset {dataset!r} (valid: "
+                        f"{', '.join(DATASET_DEFAULTS)}): it has no defaults record") from None
 
 
 @dataclass(frozen=True, kw_only=True)
