@@ -774,3 +774,17 @@ def test_abbreviated_long_options_are_refused(tmp_path: Path, capsys, argv: list
     code, err = run_cli(capsys, argv)
     assert_one_line_refusal(code, err, f"unrecognized arguments: {abbreviation}")
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(("argv", "hint"), [
+    (["train", "--epoch", "3"], "(did you mean --epochs?)"),
+    (["eval", "RUN", "--atacks", "pgd20"], "(did you mean --attacks?)"),
+])
+def test_a_misspelled_option_names_the_close_one(tmp_path: Path, capsys, argv: list[str],
+                                                 hint: str) -> None:
+    argv = [str(tmp_path / "run") if a == "RUN" else a for a in argv]
+    code, err = run_cli(capsys, argv)
+    assert_one_line_refusal(code, err, hint)
+    code, err = run_cli(capsys, ["train", "--zzz"])
+    assert_one_line_refusal(code, err, "unrecognized arguments: --zzz")
+    assert "did you mean" not in err

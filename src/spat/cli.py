@@ -33,8 +33,29 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"spat: error: {one_line(message, None)}\n")
+        sys.stderr.write(f"spat: error: {one_line(message, None)}{self._did_you_mean(message)}\n")
         raise SystemExit(EXIT_USAGE)
+
+    def _did_you_mean(self, message: str) -> str:
+        """``(did you mean --epochs?)`` for an unknown long option close to a real one."""
+        import difflib
+
+        if not message.startswith("unrecognized arguments:"):
+            return ""
+        parsers, known = [self], []
+        while parsers:  # this parser's options and its subcommands' (the top level reports
+            p = parsers.pop()  # what a subcommand left over)
+            for a in p._actions:
+                known += [o for o in a.option_strings if o.startswith("--")]
+                if isinstance(a, argparse._SubParsersAction):
+                    parsers += list(dict.fromkeys(a.choices.values()))
+        known = list(dict.fromkeys(known))
+        for word in message.split(":", 1)[1].split():
+            if word.startswith("--"):
+                close = difflib.get_close_matches(word.split("=")[0], known, n=1, cutoff=0.8)
+                if close:
+                    return f" (did you mean {close[0]}?)"
+        return ""
 
 
 def _names() -> dict[str, list[str]]:
