@@ -46,6 +46,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from spat.analysis.stats import t_interval
 from spat.errors import SpatError
 
 #: The verdict words, in the order the rule tries them.
@@ -162,20 +163,6 @@ def seeds_for_margin(std: float, margin: float, level: float) -> int | None:
     return None
 
 
-def _interval(d: Sequence[float], level: float) -> tuple[float, float, float, float]:
-    from scipy.stats import t as student_t
-
-    n = len(d)
-    if n == 0:
-        return math.nan, math.nan, math.nan, math.nan
-    mean = math.fsum(d) / n
-    if n < 2:
-        return mean, math.nan, math.nan, math.nan
-    std = math.sqrt(math.fsum((x - mean) ** 2 for x in d) / (n - 1))
-    half = student_t.ppf((1 + level) / 2, n - 1) * std / math.sqrt(n)
-    return mean, std, mean - half, mean + half
-
-
 def evaluate_claims(claims: Sequence[Claim], values: dict[tuple[str, str], dict[str, list]]
                     ) -> list[ClaimResult]:
     """Judge every claim from ``values[(dataset, variant)][metric]``: the per-seed values
@@ -199,7 +186,8 @@ def evaluate_claims(claims: Sequence[Claim], values: dict[tuple[str, str], dict[
                     d -= 100.0 * (row[2] - row[3])
                 diffs.append(d)
         level = claim_level(c.family, primaries)
-        mean, std, low, high = _interval(diffs, level)
+        iv = t_interval(diffs, level)
+        mean, std, low, high = iv.mean, iv.std, iv.low, iv.high
         word = judge(low, high, c.margin, c.direction)
         if c.family == "exploratory":
             word += EXPLORATORY_SUFFIX

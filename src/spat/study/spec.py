@@ -464,22 +464,13 @@ def study_metrics(spec: StudySpec, dataset: str, variant: str) -> list[str]:
     accuracies, the most-similar share (with ``study.most_similar``) and the dataset's named
     class pairs."""
     from spat.evaluation.attacks import attack_name
-    from spat.study.metrics import (
-        CLEAN,
-        EXCESS,
-        MOST_SIMILAR,
-        VAL_CLEAN,
-        VAL_ROBUST,
-        WORST_CASE,
-        WORST_CLASS,
-        class_pair_metric,
-    )
+    from spat.study import metrics as mt
 
     ev = spec.eval_of(variant)
-    return [CLEAN, *[attack_name(a, restarts=ev["restarts"]) for a in ev["attacks"]],
-            WORST_CASE, WORST_CLASS, EXCESS, VAL_CLEAN, VAL_ROBUST,
-            *([MOST_SIMILAR] if dataset in spec.most_similar else []),
-            *[class_pair_metric(a, b) for a, b in spec.class_pairs.get(dataset, ())]]
+    return [mt.CLEAN, *[attack_name(a, restarts=ev["restarts"]) for a in ev["attacks"]],
+            mt.WORST_CASE, mt.WORST_CLASS, mt.EXCESS, mt.VAL_CLEAN, mt.VAL_ROBUST,
+            *([mt.MOST_SIMILAR] if dataset in spec.most_similar else []),
+            *[mt.class_pair_metric(a, b) for a, b in spec.class_pairs.get(dataset, ())]]
 
 
 def _check_claim_metrics(spec: StudySpec) -> None:
