@@ -497,3 +497,18 @@ def test_benchmark_times_every_cpu_setting_against_the_reference(tmp_path: Path)
             assert len(r["times"]) == 2 and r["ratio"]["median"] > 0
             assert r["setting"] == (chosen if impl == "ours" else impl.split(":", 1)[1])
     assert doc["e2e"] is None  # --quick skips the end-to-end runs
+
+
+def test_setting_names_round_trip() -> None:
+    """Every candidate's name maps back to the same setting (the cache stores names; plain
+    fp32 + compile is "compile", which a suffix test for "+compile" would miss)."""
+    from spat.utils.calibration import Setting
+
+    for amp in (False, True):
+        for cl in (False, True):
+            for comp in (False, True):
+                s = Setting(amp, cl, comp)
+                assert Setting.from_name(s.name) == s
+    assert Setting.from_name("compile") == Setting(False, False, True)
+    with pytest.raises(ValueError):
+        Setting.from_name("bf17")

@@ -10,7 +10,6 @@ WideResNets (arXiv 1605.07146, TRADES' variant); heads: linear or SPAT's cosine 
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Sequence
 
@@ -18,7 +17,7 @@ from torch import nn
 
 from spat.errors import SpatError, unknown_name
 from spat.models.classifier import Classifier, Normalize, count_parameters, logit_scale, unwrap
-from spat.models.heads import CosineLinear, linear_head
+from spat.models.heads import COSINE_SCALE, CosineLinear, linear_head
 from spat.models.resnet import preact_resnet18, resnet18
 from spat.models.small_cnn import small_cnn
 from spat.models.wideresnet import check_wrn, wide_resnet, wrn28_10, wrn34_10
@@ -104,8 +103,8 @@ def build_model(
     size = tuple(int(v) for v in image_size)
     if len(size) != 2 or min(size) < 1:
         raise SpatError(f"image_size must be two positive integers, got {tuple(image_size)}")
-    if head == "cosine" and not (math.isfinite(cosine_scale) and cosine_scale > 0):
-        raise SpatError(f"cosine scale must be a positive finite number, got {cosine_scale}")
+    if head == "cosine":
+        COSINE_SCALE.check(cosine_scale, "cosine scale")
     backbone = build_backbone(name, in_channels=in_channels, image_size=(size[0], size[1]))
     d = int(backbone.out_dim)
     head_module: nn.Linear | CosineLinear

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import math
 import os
 import pickle
 import re
@@ -53,6 +52,7 @@ from spat import checkpoint as ckpt
 from spat.errors import SpatError
 from spat.models import build_model
 from spat.models.classifier import Classifier
+from spat.models.heads import COSINE_SCALE
 from spat.validation import loads_json, one_line
 
 #: ``--model`` names of the official checkpoint layouts → the head they are loaded with.
@@ -419,8 +419,7 @@ def load_model(
                         f"its cosine head); {why}")
     if cosine_scale is None:
         cosine_scale = OFFICIAL_SPAT_SCALE
-    if not (math.isfinite(cosine_scale) and cosine_scale > 0):
-        raise SpatError(f"cosine scale must be a positive finite number, got {cosine_scale}")
+    COSINE_SCALE.check(cosine_scale, "cosine scale")
     if src in OFFICIAL_LAYOUTS:
         if weights is None:
             raise SpatError(f"--model {src} needs --weights (an official checkpoint file)")

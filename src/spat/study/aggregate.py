@@ -48,7 +48,7 @@ from spat.study.metrics import (  # noqa: F401  (re-exported: the metric names)
     class_pair_metric,
     is_class_pair_metric,
 )
-from spat.study.spec import Cell, StudySpec
+from spat.study.spec import Cell, StudySpec, check_class_names
 from spat.train.guard import run_findings
 from spat.utils.io import read_json_object_or_none, read_jsonl
 
@@ -81,16 +81,14 @@ def most_similar_share(confusion: np.ndarray, class_names: Sequence[str],
     none has enough errors). Under uniform wrong targets each share is 1/(K − 1). A class name
     that the dataset does not have raises :class:`SpatError` naming ``where``."""
     names = list(class_names)
+    check_class_names(list(most_similar.items()), names, where)
     shares = []
     for a, b in most_similar.items():
-        for c in (a, b):
-            if c not in names:
-                raise SpatError(f"{where}: {c!r} is not a class of this dataset (classes: "
-                                f"{', '.join(names)})")
-        row = np.asarray(confusion[names.index(a)])
-        errors = int(row.sum() - row[names.index(a)])
+        ia, ib = names.index(a), names.index(b)
+        row = np.asarray(confusion[ia])
+        errors = int(row.sum() - row[ia])
         if errors >= min_errors:
-            shares.append(float(row[names.index(b)]) / errors)
+            shares.append(float(row[ib]) / errors)
     return float(np.mean(shares)) if shares else math.nan
 
 

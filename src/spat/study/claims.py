@@ -52,7 +52,6 @@ from spat.errors import SpatError
 #: The verdict words, in the order the rule tries them.
 HOLDS, NOT_HOLDS, EQUIVALENT, INCONCLUSIVE = ("holds", "does not hold", "equivalent within δ",
                                               "inconclusive")
-VERDICTS = (HOLDS, NOT_HOLDS, EQUIVALENT, INCONCLUSIVE)
 EXPLORATORY_SUFFIX = " (exploratory)"
 #: Family-wise error rate of each study file's primary claims.
 ALPHA = 0.05

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from spat.analysis.stats import Interval
+from spat.analysis.stats import MIN_ERRORS, Interval
 from spat.study.aggregate import (
     EXCESS,
     MOST_SIMILAR,
@@ -176,18 +176,21 @@ def _class_pair_lines(spec: StudySpec, ds: str, sub: list[Aggregate],
     return lines
 
 
-def _most_similar_lines(spec: StudySpec, ds: str, sub: list[Aggregate]) -> list[str]:
+def _most_similar_lines(spec: StudySpec, ds: str, sub: list[Aggregate],
+                        results: list[CellResult]) -> list[str]:
     """Claim 2 as the paper states it (``study.most_similar``): each variant's most-similar
     share, then its paired difference to the baseline."""
     sub = [a for a in sub if MOST_SIMILAR in a.summary]
-    if ds not in spec.most_similar or not sub:
+    k = next((len(r.class_names) for r in results if r.cell.dataset == ds and r.class_names),
+             None)
+    if ds not in spec.most_similar or not sub or not k:
         return []
     att = next((a.pooled["attack"] for a in sub if a.pooled), "the primary attack")
     lines = [f"Most-similar share (`study.most_similar`, claim 2 as the paper states it): of "
              f"class a's test images that {att} misclassifies, the share predicted as a's most "
              "similar class (fixed before the comparison, from a model it does not contain), "
-             "averaged over the classes with ≥ 5 errors, in %; under uniform wrong targets "
-             f"{100 / max(len(spec.most_similar[ds]) - 1, 1):.1f} %. Mean ± sample std over "
+             f"averaged over the classes with ≥ {MIN_ERRORS} errors, in %; under uniform "
+             f"wrong targets {100 / max(k - 1, 1):.1f} %. Mean ± sample std over "
              "seeds [95 % Student-t interval]; paired difference to "
              f"**{spec.baseline}** in points [95 % paired t] {{95 % paired bootstrap}}.", ""]
     rows = [[a.variant, _summary_cell(a.summary[MOST_SIMILAR]),
@@ -268,7 +271,7 @@ def render_markdown(spec: StudySpec, aggs: list[Aggregate], metrics: list[str],
                                  "mean norm. entropy", "non-uniform classes", "top pair"],
                                 rows), ""]
         lines += _class_pair_lines(spec, ds, sub, pairs)
-        lines += _most_similar_lines(spec, ds, sub)
+        lines += _most_similar_lines(spec, ds, sub, results)
         for f in figures:
             if f == f"study_{ds}.png":
                 lines += [f"![{ds}]({f}) (also `study_{ds}.pdf`)", ""]

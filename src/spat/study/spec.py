@@ -326,24 +326,20 @@ def check_class_names(pairs: Any, names: list[str] | tuple[str, ...], where: str
 
 
 def _check_class_pair_names(spec: StudySpec, cells: list[Cell]) -> None:
-    """The names of ``study.class_pairs`` against each dataset's classes, before any cell
+    """The names of ``study.class_pairs`` and ``study.most_similar`` against each dataset's
+    classes, before any cell
     runs (where the names are known without the data: see
     :func:`spat.data.dataset_class_names`; else when its results are read)."""
     from spat.data import dataset_class_names
 
-    for ds, pairs in spec.class_pairs.items():
+    named = [("class_pairs", ds, list(p)) for ds, p in spec.class_pairs.items()]
+    named += [("most_similar", ds, list(m.items())) for ds, m in spec.most_similar.items()]
+    for key, ds, pairs in named:
         for data_dir in dict.fromkeys(c.config.get("data_dir") for c in cells
                                       if c.dataset == ds):
             names = dataset_class_names(ds, data_dir)
             if names is not None:
-                check_class_names(pairs, names, f"{spec.path}: study.class_pairs.{ds}", ds)
-    for ds, most in spec.most_similar.items():
-        for data_dir in dict.fromkeys(c.config.get("data_dir") for c in cells
-                                      if c.dataset == ds):
-            names = dataset_class_names(ds, data_dir)
-            if names is not None:
-                check_class_names(list(most.items()), names,
-                                  f"{spec.path}: study.most_similar.{ds}", ds)
+                check_class_names(pairs, names, f"{spec.path}: study.{key}.{ds}", ds)
 
 
 def _check_class_pairs(src: str, raw: dict[str, Any], datasets: list[str]

@@ -87,10 +87,14 @@ def measure_fast_path(cfg: TrainConfig, data: DataBundle, model: nn.Module, meth
     cached = cal.lookup(key, names, log)
     if cached is not None:
         times = {n: float(cached["times_s"][n]) for n in names}
-        comp = [n for n in cached["times_s"] if n.endswith("+compile") and compile_auto]
-        for n in comp:
-            times[n] = float(cached["times_s"][n])
-            by_name[n] = cal.Setting(n.startswith("bf16"), "channels_last" in n, True)
+        for n in cached["times_s"] if compile_auto else ():
+            try:
+                setting = cal.Setting.from_name(n)
+            except ValueError:  # a hand-edited cache: ignore the entry
+                continue
+            if setting.compile:
+                times[n] = float(cached["times_s"][n])
+                by_name[n] = setting
         best = cal.choose(times, run_steps=run_steps, first=cached.get("first_step_s"))
         record = {"source": "cache", "cache_file": str(cal.cache_dir() / cal.CACHE_FILE),
                   "key": key_parts, "chosen": best, **cached}
@@ -115,8 +119,7 @@ def measure_fast_path(cfg: TrainConfig, data: DataBundle, model: nn.Module, meth
         return dataclasses.replace(static, reasons=reasons)
     for n in result.times:
         if n not in by_name:
-            by_name[n] = cal.Setting(n.startswith("bf16"), "channels_last" in n,
-                                     n.endswith("compile"))
+            by_name[n] = cal.Setting.from_name(n)
     best = cal.choose(result.times, run_steps=run_steps, first=result.first)
     measured = result.to_dict()
     written = cal.store(key, {**measured, "key": key_parts}, log)

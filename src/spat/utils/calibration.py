@@ -67,6 +67,15 @@ class Setting:
                                  ("compile", self.compile)) if on]
         return "+".join(parts) if parts else "fp32"
 
+    @classmethod
+    def from_name(cls, name: str) -> Setting:
+        """The setting whose :attr:`name` is ``name`` (``"compile"``, ``"bf16+compile"``, …)."""
+        parts = set(name.split("+")) - {"fp32"}
+        unknown = parts - {"bf16", "channels_last", "compile"}
+        if unknown:
+            raise ValueError(f"not a fast-path setting name: {name!r}")
+        return cls("bf16" in parts, "channels_last" in parts, "compile" in parts)
+
 
 def candidates(requested: Mapping[str, str], device_type: str, *, native_bf16: bool
                ) -> list[Setting]:
