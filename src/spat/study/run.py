@@ -11,7 +11,7 @@ from typing import Any
 
 from spat.errors import SpatError
 from spat.study.spec import Cell, StudySpec, plan_cells
-from spat.validation import loads_json
+from spat.utils.io import read_json_object_or_none
 
 Log = Callable[[str], None]
 
@@ -62,11 +62,8 @@ def _measured_rate(cells: list[Cell]) -> float | None:
     total_p, total_s = 0.0, 0.0
     for c in cells:
         rec = Path(c.run_dir) / "study_cell.json"
-        try:
-            d = loads_json(rec.read_text(encoding="utf-8"))
-        except (OSError, ValueError):  # not JSON, not UTF-8, nested too deeply
-            continue
-        if not isinstance(d, dict):
+        d = read_json_object_or_none(rec)
+        if d is None:
             continue
         if d.get("seconds") and d.get("stages") and "new" in d["stages"]:
             total_p += cell_cost(c)["passes"]

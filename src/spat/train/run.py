@@ -29,12 +29,11 @@ from spat.train.config import FIELD_NAMES, TrainConfig, config_from_dict
 from spat.train.loop import Trainer
 from spat.utils.distributed import SINGLE, DistContext
 from spat.utils.env import environment, resolve_device
-from spat.utils.io import atomic_write_text
+from spat.utils.io import atomic_write_text, read_json_object_or_none
 from spat.utils.log import info as log_info
 from spat.utils.log import logger
 from spat.utils.progress import counting_bar
 from spat.utils.rng import final_test_seed, seed_everything
-from spat.validation import loads_json
 
 Log = Callable[[str], None]
 
@@ -420,11 +419,8 @@ def _recorded_fast_path(run_dir: Path, cfg: TrainConfig, device: Any) -> Any:
     when the run was started on the same kind of device; else ``None`` (decided afresh)."""
     from spat.utils.hardware import recorded_fast_path
 
-    try:
-        env = loads_json((run_dir / "env.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None
-    if not isinstance(env, dict) or str(env.get("device", "")).split(":")[0] != device.type:
+    env = read_json_object_or_none(run_dir / "env.json")
+    if env is None or str(env.get("device", "")).split(":")[0] != device.type:
         return None
     return recorded_fast_path(env.get("fast_path"), cfg.amp, cfg.channels_last, cfg.compile,
                               device)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from spat.errors import FolderBusy, SpatError
-from spat.validation import loads_json
+from spat.utils.io import read_json_object_or_none
 
 try:
     import fcntl
@@ -56,11 +56,7 @@ def describe_holder(holder: dict[str, Any]) -> str:
 
 
 def _read_record(path: Path) -> dict[str, Any]:
-    try:
-        data = loads_json(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    return read_json_object_or_none(path) or {}
 
 
 def lock_holder(path: str | os.PathLike[str]) -> dict[str, Any] | None:
