@@ -1,7 +1,7 @@
 """Speed must not cost accuracy: train SPAT with our fast path (``spat.train.run.train``, the real
 loop) and with the official-style fp32 reference loop (``benchmarks/reference.py``) from the same
 seeds, data subset and initial weights, then evaluate both with the same evaluator (clean and
-PGD-20 test accuracy, ``spat.evaluation.split.evaluate_split``).
+PGD-20 test accuracy, ``spat.train.validate.evaluate_split``).
 
     PYTHONPATH=src:. python benchmarks/accuracy.py --data-dir ../shared/data
 
@@ -27,9 +27,9 @@ import torch  # noqa: E402
 from benchmarks import common as C  # noqa: E402
 from benchmarks import reference as R  # noqa: E402
 from spat.data import Split  # noqa: E402
-from spat.evaluation.split import evaluate_split  # noqa: E402
-from spat.runs import load_data, model_for  # noqa: E402
-from spat.train.config import TrainConfig  # noqa: E402
+from spat.train.validate import evaluate_split  # noqa: E402
+from spat.build import load_data, model_for  # noqa: E402
+from spat.config import TrainConfig  # noqa: E402
 from spat.train.run import train  # noqa: E402
 from spat.utils.rng import final_test_seed, seed_everything  # noqa: E402
 

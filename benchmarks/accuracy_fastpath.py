@@ -31,8 +31,8 @@ import torch  # noqa: E402
 
 from benchmarks import common as C  # noqa: E402
 from spat.evaluation.protocol import evaluate  # noqa: E402
-from spat.runs import load_data, method_for, model_for  # noqa: E402
-from spat.train.config import TrainConfig  # noqa: E402
+from spat.build import load_data, method_for, model_for  # noqa: E402
+from spat.config import TrainConfig  # noqa: E402
 from spat.train.loop import Trainer  # noqa: E402
 from spat.utils.rng import seed_everything  # noqa: E402
 

@@ -245,7 +245,7 @@ def measure_auto(args: argparse.Namespace, device: torch.device, name: str) -> d
     import tempfile
 
     from spat.train.calibrate import measure_fast_path
-    from spat.train.config import TrainConfig
+    from spat.config import TrainConfig
 
     c, h, w, augment = input_spec(args.model)
     cfg = TrainConfig(dataset="digits", model=args.model, head=HEAD[name], method=name,
@@ -711,7 +711,7 @@ def child(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
 
 
 def epochs_memory(args: argparse.Namespace, device: torch.device, impl: str) -> dict[str, Any]:
-    from spat.train.config import TrainConfig
+    from spat.config import TrainConfig
     from spat.train.loop import Trainer
 
     b, k = args.mem_batch, args.mem_steps

@@ -1,7 +1,7 @@
 """Each method at its defaults on the digits, as a new user runs it: does any collapse?
 
 ``spat train --method M --seed S`` with no other setting (so the per-(dataset, method) defaults
-of :data:`spat.train.config.METHOD_DATASET_DEFAULTS` apply: the lr the study selected on the
+of :data:`spat.config.METHOD_DATASET_DEFAULTS` apply: the lr the study selected on the
 validation split) for M in PGD-AT, TRADES, MART, SPAT and S in 0, 1, 2; each run in its own
 ``spat`` process (the real command line), one thread. Recorded per run: the resolved lr, the
 final test clean and PGD-20 accuracy from ``summary.json`` and what the collapse guard reported

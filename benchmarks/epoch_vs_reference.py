@@ -10,7 +10,7 @@ Each round runs two child processes, one after the other (AB, then BA in the nex
   fresh fast-path cache so its ``auto`` is measured as on a new machine); the 2nd epoch's
   ``train_seconds`` and ``val_seconds`` from ``RUN/metrics.jsonl`` (the first epoch follows the
   calibration and warms up), and the whole command's wall time;
-* **reference**: this script with ``--child reference``: the same images (``spat.runs.load_data``
+* **reference**: this script with ``--child reference``: the same images (``spat.build.load_data``
   of the same configuration), the same architecture with the official cosine head
   (``reference.reference_model``), ``reference.make_loader`` / ``make_optimizer`` /
   ``train_epoch`` with ``spat_loss`` for 2 epochs, each followed by the official per-epoch
@@ -43,7 +43,7 @@ from benchmarks import bench as B  # noqa: E402
 from benchmarks import common as C  # noqa: E402
 from benchmarks import reference as R  # noqa: E402
 from spat.data import Split  # noqa: E402
-from spat.train.config import TrainConfig  # noqa: E402
+from spat.config import TrainConfig  # noqa: E402
 
 TARGET = 0.45
 #: Fields of ours' resolved configuration (RUN/config.json) that the reference must share.
@@ -59,7 +59,7 @@ FLAGS = {"eps": "--eps", "step_size": "--step-size", "steps": "--steps", "lr": "
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
     """The one configuration both sides run: ours passes it as flags, the reference reads its
-    values (and loads the same images with ``spat.runs.load_data``)."""
+    values (and loads the same images with ``spat.build.load_data``)."""
     return TrainConfig(dataset=args.dataset, data_dir=args.data_dir, method="spat",
                        train_subset=args.images, val_size=args.val_images, steps=args.steps,
                        eps=args.eps, step_size=args.step_size, lr=args.lr,
@@ -127,7 +127,7 @@ def run_ours(args: argparse.Namespace, cfg: TrainConfig, tmp: str, name: str
 def reference_child(args: argparse.Namespace) -> dict[str, Any]:
     """The reference's 2 epochs in this (child) process: official ``train()`` then the official
     per-epoch ``eval_adv_test``; each part's seconds per epoch."""
-    from spat.runs import load_data, model_for
+    from spat.build import load_data, model_for
 
     t_start = time.perf_counter()
     cfg = train_config(args)
@@ -190,8 +190,8 @@ def check_same_settings(ours: dict[str, Any], ref: dict[str, Any]) -> None:
 def flops(args: argparse.Namespace) -> dict[str, Any]:
     """GFLOP of one training step and of one per-epoch evaluation, each side as it runs them
     (``bench.count_flops``: convolutions and matrix products), on the data's real shapes."""
-    from spat.evaluation.split import evaluate_split
-    from spat.runs import load_data, method_for, model_for
+    from spat.train.validate import evaluate_split
+    from spat.build import load_data, method_for, model_for
 
     cfg = train_config(args)
     device = torch.device("cpu")

@@ -86,7 +86,7 @@ def linear_problem(n: int = 24) -> tuple[torch.nn.Module, torch.Tensor, torch.Te
 def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small digits PGD-AT model that is right on most clean examples and wrong on some
     attacked ones, so the predictions under attack are worth comparing."""
-    from spat.train.config import TrainConfig
+    from spat.config import TrainConfig
     from spat.train.run import train
 
     out = tmp_path_factory.mktemp("runs")

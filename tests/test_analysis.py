@@ -279,7 +279,7 @@ def test_helpers() -> None:
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two tiny digits runs (PGD-AT and SPAT), a few seconds each."""
-    from spat.train.config import TrainConfig
+    from spat.config import TrainConfig
     from spat.train.run import train
 
     root = tmp_path_factory.mktemp("runs")

@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from spat import checkpoint as ckpt
+from spat.build import load_run, model_for
 from spat.cli import main
+from spat.config import TrainConfig
 from spat.data import load_dataset
 from spat.errors import SpatError
-from spat.runs import load_run, model_for
-from spat.train.config import TrainConfig
 
 
 def _weights() -> dict[str, torch.Tensor]:

@@ -13,7 +13,7 @@ import pytest
 
 import spat.train.command as train_command
 from spat.cli import build_parser, main
-from spat.train.config import METHOD_KNOBS, TrainConfig, config_from_dict
+from spat.config import METHOD_KNOBS, TrainConfig, config_from_dict
 from spat.utils.options import add_dataclass_options, flag_name, option
 
 #: argv → the settings they give (the command's other options in "_args"). Recorded from the

@@ -13,8 +13,8 @@ import pytest
 
 from spat import checkpoint as ckpt
 from spat.cli import main
+from spat.config import TrainConfig
 from spat.methods import METHODS
-from spat.train.config import TrainConfig
 from spat.train.guard import (
     ADV_DROP,
     EXPLODE_FACTOR,

@@ -10,7 +10,7 @@ import pytest
 from safetensors.torch import load_file
 
 from spat.cli import main
-from spat.train.config import config_from_dict, load_config_file
+from spat.config import config_from_dict, load_config_file
 from spat.train.optim import lr_factor
 
 TINY = ["--train-subset", "96", "--epochs", "2", "--steps", "1", "--batch-size", "32",

@@ -148,8 +148,8 @@ def test_one_norm_check_one_message(make) -> None:
 
 
 def test_norm_check_in_config_and_methods() -> None:
+    from spat.config import TrainConfig
     from spat.methods.base import ThreatModel
-    from spat.train.config import TrainConfig
 
     with pytest.raises(SpatError, match=r"^unknown norm 'l1' \(valid: linf, l2\)$"):
         TrainConfig(norm="l1").resolved()
@@ -162,10 +162,10 @@ def test_a_runs_test_subset_is_evals_n_examples_subset(tmp_path: Path, monkeypat
     the best checkpoint score the same examples, in the same order, with the same clean
     accuracy (a tiny 1-epoch digits run, CPU, a few seconds)."""
     import spat.train.run as train_run
+    from spat.build import load_data, load_run
+    from spat.config import config_from_dict
     from spat.data.subset import subset_indices
     from spat.evaluation.protocol import evaluate
-    from spat.runs import load_data, load_run
-    from spat.train.config import config_from_dict
 
     seen = []
     real = train_run.evaluate_split

@@ -56,10 +56,10 @@ def _worker(argv: list[str]) -> int:
     """One torchrun rank: train epoch 1, then resume the same run to epoch 2."""
     import torch.distributed as dist
 
-    import spat.runs
+    import spat.build
     from spat.cli import main
 
-    spat.runs.model_for = _without_dropout(spat.runs.model_for)
+    spat.build.model_for = _without_dropout(spat.build.model_for)
     out, name = argv[0], argv[1]
     # one process group for both calls (spat leaves a group it did not create alone): creating
     # the default group a second time in the same launch can deadlock (see shutdown_distributed)
@@ -108,10 +108,10 @@ def test_two_processes_match_one_process(tmp_path: Path, monkeypatch, capsys) ->
     )
 
     # meanwhile: the same training in this process, one process, 2 epochs straight
-    import spat.runs
+    import spat.build
 
-    monkeypatch.setattr(spat.runs, "model_for",
-                        _without_dropout(spat.runs.model_for))
+    monkeypatch.setattr(spat.build, "model_for",
+                        _without_dropout(spat.build.model_for))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from spat.build import load_data, load_run
 from spat.evaluation import EvalOptions, evaluate
-from spat.evaluation.run import _memory_format, evaluate_run
-from spat.runs import load_data, load_run
+from spat.evaluation.evaluate_run import _memory_format, evaluate_run
 
 OPTS = EvalOptions(attacks=("fgsm", "pgd20", "cw20", "aa-fast"), n_examples=60,
                    sanity_examples=0)

@@ -17,12 +17,12 @@ from filelock import FileLock
 from torch import nn
 
 from spat.attacks import autoattack as aa_mod
+from spat.build import load_data, load_run
 from spat.cli import main
+from spat.config import TrainConfig
 from spat.errors import SpatError
 from spat.evaluation import Predictions, evaluate, parse_attacks, sanity, select_subset
 from spat.evaluation.attacks import ATTACK_KEYS
-from spat.runs import load_data, load_run
-from spat.train.config import TrainConfig
 from spat.train.run import train
 from tests.conftest import linear_problem
 

@@ -17,12 +17,12 @@ import pytest
 import torch
 
 import spat
+from spat.build import load_run
 from spat.cli import main
+from spat.config import TrainConfig
 from spat.errors import SpatError
 from spat.export import format_eps, robustbench_architecture, robustbench_model_info
 from spat.models.external import read_portable_metadata
-from spat.runs import load_run
-from spat.train.config import TrainConfig
 from spat.train.run import train
 from spat.utils.io import atomic_write_text
 

@@ -12,16 +12,16 @@ import pytest
 import torch
 
 from spat.attacks import cross_entropy, perturb
+from spat.build import load_data, method_for, model_for
 from spat.cli import main
+from spat.config import TrainConfig, config_from_dict
 from spat.errors import SpatError
-from spat.evaluation.split import evaluate_split
 from spat.methods import spat, trades
 from spat.methods.base import ThreatModel
 from spat.methods.spat import hcp_ecp_objective
 from spat.models import build_model
-from spat.runs import load_data, method_for, model_for
-from spat.train.config import TrainConfig, config_from_dict
 from spat.train.loop import Trainer
+from spat.train.validate import evaluate_split
 from spat.utils import calibration, hardware
 from spat.utils.hardware import normalize_switch, resolve_fast_path
 

@@ -1,43 +1,47 @@
-"""The package's layering: no module imports a module of a higher layer, and no two modules
-import each other (directly or through others), counting imports inside functions too.
-
-Layers, lowest first (a module may import its own layer and those below):
-
-0. base — ``spat._version``, ``spat.errors``, ``spat.validation``, ``spat.utils``
-1. data / models / attacks — and ``spat.checkpoint`` (files of weights, no training)
-2. methods
-3. config — ``spat.train.config`` (the description of a run, which evaluation and analysis
-   read too) and ``spat.runs`` (data, model and method from a config; a run loaded back)
-4. evaluation
-5. train
-6. analysis / study / export (may use train and evaluation)
-7. api — ``spat.api`` and the package ``spat`` itself (the facade)
-8. cli — ``spat.cli``, ``spat.__main__`` and every subcommand module ``*.command``
-
-``if TYPE_CHECKING:`` imports are not counted (they never run). A module that no rule places
-fails the test, so a new package has to be given its layer here.
+"""The package's layering, as ``docs/architecture.md`` writes it (this test reads the table
+there): no module imports a module of a higher layer, no two modules import each other
+(directly or through others), and no two first-level units (``spat.train``, ``spat.config``,
+...) do, counting imports inside functions too. ``if TYPE_CHECKING:`` imports are not counted
+(they never run). A module that no rule places fails the test, so a new package has to be given
+its layer there.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
 
-LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("spat._version", "spat.errors", "spat.validation", "spat.utils")),
-    ("data/models/attacks", ("spat.data", "spat.models", "spat.attacks", "spat.checkpoint")),
-    ("methods", ("spat.methods",)),
-    ("config", ("spat.train.config", "spat.runs")),
-    ("evaluation", ("spat.evaluation",)),
-    ("train", ("spat.train",)),
-    ("analysis/study/export", ("spat.analysis", "spat.study", "spat.export")),
-    ("api", ("spat.api", "spat")),
-    ("cli", ("spat.cli", "spat.__main__")),
-]
+
+def read_layers(text: str) -> list[tuple[str, tuple[str, ...]]]:
+    """``(layer name, module prefixes)`` from the first table of the architecture document
+    whose header starts ``| layer | modules |``, lowest layer first; ``*.command`` names the CLI
+    layer's subcommand modules and is not a prefix."""
+    layers: list[tuple[str, tuple[str, ...]]] = []
+    in_table = False
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not in_table:
+            in_table = line.startswith("|") and cells[:2] == ["layer", "modules"]
+            continue
+        if not line.startswith("|"):
+            break
+        if set(cells[0]) <= {"-", ":", " "}:
+            continue
+        names = tuple(n for n in re.findall(r"`([^`]+)`", cells[1]) if not n.startswith("*"))
+        layers.append((cells[0], names))
+    if not layers:
+        raise ValueError("no '| layer | modules |' table found")
+    return layers
+
+
+LAYERS: list[tuple[str, tuple[str, ...]]] = read_layers(ARCHITECTURE.read_text(encoding="utf-8"))
 CLI = len(LAYERS) - 1
 
 
@@ -54,7 +58,7 @@ def layer_of(module: str) -> int:
             if (module == p or sub) and len(p) > best_len:
                 best, best_len = i, len(p)
     if best < 0:
-        raise ValueError(f"module {module} has no layer: add it to LAYERS in {__file__}")
+        raise ValueError(f"module {module} has no layer: give it a row in {ARCHITECTURE}")
     return best
 
 
@@ -192,6 +196,40 @@ def test_no_import_cycles() -> None:
     assert not found, "\n".join(_cycle_text(graph, c) for c in found)
 
 
+def unit_of(module: str) -> str:
+    """The first-level unit of ``module``: ``spat.train.loop`` -> ``spat.train``, ``spat.config``
+    -> itself, the package ``spat`` -> itself."""
+    return ".".join(module.split(".")[:2])
+
+
+def unit_graph(graph: dict[str, list[tuple[str, int]]]) -> dict[str, list[tuple[str, int]]]:
+    """The import graph between first-level units: an edge wherever a module of one imports a
+    module of another (an import inside a function included)."""
+    out: dict[str, list[tuple[str, int]]] = {unit_of(m): [] for m in graph}
+    for m, deps in graph.items():
+        out[unit_of(m)] += [(unit_of(d), line) for d, line in deps
+                            if unit_of(d) != unit_of(m) and unit_of(d) in out]
+    return out
+
+
+def test_no_cycles_between_first_level_units() -> None:
+    """The folders follow the layers: no package or first-level module imports another that
+    imports it back, even when no two modules do."""
+    units = unit_graph(import_graph(SRC))
+    found = cycles(units)
+    assert not found, "\n".join(_cycle_text(units, c) for c in found)
+
+
+def test_the_layer_table_is_read_from_the_architecture_document() -> None:
+    names = [name for name, _ in LAYERS]
+    assert names[0] == "base" and names[-1] == "cli" and len(names) == len(set(names))
+    assert read_layers("| layer | modules | x |\n| --- | --- | --- |\n"
+                       "| low | `spat.a`, `spat.b` | y |\n| top | `spat.c`, `*.command` | z |\n"
+                       ) == [("low", ("spat.a", "spat.b")), ("top", ("spat.c",))]
+    with pytest.raises(ValueError, match="no '| layer"):
+        read_layers("# nothing here\n")
+
+
 # ---------------------------------------------------------------- the checks can fail
 
 
@@ -230,6 +268,20 @@ def test_relative_and_type_checking_imports(tmp_path: Path) -> None:
                    "(evaluation) at line 1"]
 
 
+def test_a_cycle_between_folders_is_reported(tmp_path: Path) -> None:
+    root = _fake_package(tmp_path, {
+        "__init__.py": "",
+        "train/__init__.py": "",
+        "train/config.py": "",
+        "train/loop.py": "from spat.evaluation import split\n",
+        "evaluation/__init__.py": "",
+        "evaluation/split.py": "def f():\n    from spat.train import config\n",
+    })
+    graph = import_graph(root)
+    assert cycles(graph) == []  # no two modules import each other ...
+    assert cycles(unit_graph(graph)) == [["spat.evaluation", "spat.train"]]  # ... two folders do
+
+
 def test_a_cycle_within_one_layer_is_reported(tmp_path: Path) -> None:
     root = _fake_package(tmp_path, {
         "__init__.py": "",
@@ -247,7 +299,7 @@ def test_a_cycle_within_one_layer_is_reported(tmp_path: Path) -> None:
 
 
 def test_layer_rules() -> None:
-    assert layer_of("spat.train.config") < layer_of("spat.evaluation.run") < layer_of(
+    assert layer_of("spat.config") < layer_of("spat.evaluation.evaluate_run") < layer_of(
         "spat.train.loop") < layer_of("spat.study.cell") < layer_of("spat") < layer_of(
         "spat.evaluation.command") == layer_of("spat.cli")
     with pytest.raises(ValueError, match="no layer"):

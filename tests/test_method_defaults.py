@@ -7,16 +7,16 @@ from __future__ import annotations
 import pytest
 
 from spat.cli import main
-from spat.data import dataset_names
-from spat.errors import SpatError
-from spat.methods import METHODS, SPAT, ConsistencyAT, build_method, supporting
-from spat.train.config import (
+from spat.config import (
     DATASET_DEFAULTS,
     METHOD_DATASET_DEFAULTS,
     TrainConfig,
     dataset_defaults,
     lr_remedy,
 )
+from spat.data import dataset_names
+from spat.errors import SpatError
+from spat.methods import METHODS, SPAT, ConsistencyAT, build_method, supporting
 
 KEYS = ("model", "head", "init", "beta", "m", "n", "self_paced_ce", "hcp_ecp", "eps",
         "step_size", "steps", "epochs", "batch_size", "lr", "weight_decay")

@@ -16,9 +16,9 @@ from torch import nn
 
 import spat
 from spat.attacks import cross_entropy, perturb
+from spat.config import TrainConfig
 from spat.methods import METHODS, MethodDefaults, MethodOutput, ThreatModel, register_method
 from spat.methods.spat import natural_logits
-from spat.train.config import TrainConfig
 
 #: what the hooks and the method saw, in call order (the method is a frozen dataclass)
 EVENTS: list[tuple[str, float]] = []

@@ -22,8 +22,8 @@ from safetensors.torch import load_file
 
 from spat import checkpoint as ckpt
 from spat.cli import main
+from spat.config import TrainConfig
 from spat.errors import SpatError
-from spat.train.config import TrainConfig
 from spat.train.loop import Trainer
 from spat.train.optim import make_optimizer
 from spat.train.run import RESUME_OVERRIDES, train

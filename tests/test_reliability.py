@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import spat.runs
+import spat.build
 import spat.train.run
 from spat import checkpoint as ckpt
 from spat.cli import main
@@ -92,7 +92,7 @@ def test_toml_of_the_wrong_type_is_one_line_and_writes_nothing(tmp_path: Path, c
 
 
 def test_toml_fraction_string_is_accepted_like_the_command_line(tmp_path: Path) -> None:
-    from spat.train.config import config_from_dict, load_config_file
+    from spat.config import config_from_dict, load_config_file
 
     cfg = tmp_path / "ok.toml"
     cfg.write_text('eps = "8/255"\nstep_size = "2/255"\n')
@@ -276,7 +276,7 @@ def test_resume_cannot_cut_below_the_trained_epochs(run: Path, capsys) -> None:
 
 def test_nan_in_the_first_epoch_says_no_checkpoint_and_the_lr_remedy_works(
         tmp_path: Path, monkeypatch, capsys) -> None:
-    real = spat.runs.method_for
+    real = spat.build.method_for
     calls = {"n": 0}
 
     def poisoned(cfg):
@@ -291,7 +291,7 @@ def test_nan_in_the_first_epoch_says_no_checkpoint_and_the_lr_remedy_works(
 
         return call
 
-    monkeypatch.setattr(spat.runs, "method_for", poisoned)
+    monkeypatch.setattr(spat.build, "method_for", poisoned)
     out = tmp_path / "runs"
     err = refused(capsys, ["train", *TINY, "--out-dir", str(out), "--name", "nan"],
                   "epoch 1, step 1", "no checkpoint was written yet",

@@ -174,9 +174,9 @@ def test_non_finite_loss_stops_naming_epoch_and_step(tmp_path: Path, monkeypatch
                                                      one_thread, bad: float) -> None:
     """The method returns a NaN (or inf) loss at epoch 2, step 3: exit code 2, a one-line error
     naming both, the checkpoint of epoch 1 kept and pointed to, no metrics for epoch 2."""
-    import spat.runs
+    import spat.build
 
-    real = spat.runs.method_for
+    real = spat.build.method_for
     steps_per_epoch = 4  # 64 training images, batch 16
 
     def poisoned(cfg):
@@ -192,7 +192,7 @@ def test_non_finite_loss_stops_naming_epoch_and_step(tmp_path: Path, monkeypatch
 
         return call
 
-    monkeypatch.setattr(spat.runs, "method_for", poisoned)
+    monkeypatch.setattr(spat.build, "method_for", poisoned)
     out = tmp_path / "runs"
     # a fixed fast path: no calibration steps (spat.train.calibrate) call the counted method
     code = main(["train", "--train-subset", "64", "--val-size", "16", "--batch-size", "16",

@@ -423,7 +423,7 @@ def test_dry_run_lists_cells(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
 def test_cells_run_seed_by_seed(tmp_path: Path) -> None:
     """The plan lists variant-major; the run order is seed-major, so a study stopped early has
     every variant of its first seeds (whole paired comparisons)."""
-    from spat.study.run import seed_major
+    from spat.study.runner import seed_major
 
     spec = load_study(_write(tmp_path, "order"))
     cells = plan_cells(spec)
@@ -449,7 +449,7 @@ def pool_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     under a file lock in the session's shared temporary folder, the others read its records."""
     import fcntl
 
-    from spat.study.run import run_study
+    from spat.study.runner import run_study
 
     base = tmp_path_factory.getbasetemp()
     # under xdist each worker's base is <session>/popen-gwN; the session folder is shared
@@ -494,7 +494,7 @@ def test_study_through_local_pool(pool_study: tuple[Path, dict]) -> None:
     md = (study_dir / "study.md").read_text()
     assert "Paired difference to **pgd_at**" in md and "null" in md
     # a second run has nothing to do and writes the same table
-    from spat.study.run import run_study
+    from spat.study.runner import run_study
 
     before, stamp = _table(study_dir), (study_dir / "study.csv").stat().st_mtime_ns
     again = run_study(load_study(study_dir.parent / "ref.toml"), progress=False, figures=False,
@@ -559,7 +559,7 @@ def test_cell_analysis_stage_then_done(pool_study: tuple[Path, dict]) -> None:
 def test_study_through_submitit_local_executor(tmp_path: Path,
                                                pool_study: tuple[Path, dict]) -> None:
     pytest.importorskip("submitit", reason="submitit (the slurm extra) is not installed")
-    from spat.study.run import run_study
+    from spat.study.runner import run_study
 
     spec = load_study(_write(tmp_path, "sub", extra='[engine]\nkind = "submitit"\n'
                                                     'cluster = "local"'))
@@ -573,7 +573,7 @@ def test_study_through_submitit_local_executor(tmp_path: Path,
 
 def test_study_killed_midway_resumes_to_the_same_table(tmp_path: Path,
                                                        pool_study: tuple[Path, dict]) -> None:
-    from spat.study.run import run_study
+    from spat.study.runner import run_study
 
     path = _write(tmp_path, "kill")
     study = tmp_path / "kill"
@@ -675,7 +675,7 @@ def test_a_cell_another_process_holds_is_waited_for(tmp_path: Path) -> None:
     left the cell unfinished, runs it itself: the table has every cell."""
     from spat.study.cell import cell_state
     from spat.study.pool import dataclasses_asdict
-    from spat.study.run import run_study
+    from spat.study.runner import run_study
     from spat.utils.lock import FolderLock
 
     spec = load_study(_tiny(tmp_path, "busy"))
@@ -751,7 +751,7 @@ def test_compare_warns_when_runs_were_evaluated_differently(tmp_path: Path,
     import shutil
 
     from spat.analysis.compare import compare_runs
-    from spat.evaluation.run import evaluate_run
+    from spat.evaluation.evaluate_run import evaluate_run
 
     doc = json.loads((pool_study[0] / "study.json").read_text())
     a, b = (Path(c["run_dir"]) for c in doc["cells"][:2])
@@ -1021,7 +1021,7 @@ def test_named_pairs_also_compare_the_class_pair_shares(tmp_path: Path) -> None:
 def test_a_session_that_ran_no_stage_keeps_the_cells_record(tmp_path: Path) -> None:
     """A cell planned as new that another process finished meanwhile runs no stage; its
     study_cell.json (stages, seconds: what --dry-run estimates from) must stay the finisher's."""
-    from spat.study.run import _save_record
+    from spat.study.runner import _save_record
 
     run = tmp_path / "run"
     run.mkdir()

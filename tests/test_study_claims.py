@@ -138,7 +138,7 @@ def test_dry_run_plans_seeds_from_the_committed_claims(monkeypatch: pytest.Monke
     spread needs for ±δ (the committed digits budget table: 11 seeds for ×3 vs TRADES)."""
     from pathlib import Path
 
-    from spat.study.run import dry_run
+    from spat.study.runner import dry_run
     from spat.study.spec import load_study
 
     repo = Path(__file__).resolve().parents[1]

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from spat.config import config_from_dict
 from spat.study.aggregate import VAL_CLEAN, VAL_ROBUST, aggregate, read_cell
 from spat.study.cell import cell_state
 from spat.study.spec import load_study, plan_cells
-from spat.train.config import config_from_dict
 
 STUDY = """
 [study]

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
+from spat.build import load_data, method_for, model_for
 from spat.cli import main
+from spat.config import config_from_dict, load_config_file
 from spat.data import Split, dataset_names
-from spat.evaluation.split import evaluate_split
 from spat.methods import method_names
 from spat.models import model_names
-from spat.runs import load_data, method_for, model_for
-from spat.train.config import config_from_dict, load_config_file
 from spat.train.loop import Trainer
+from spat.train.validate import evaluate_split
 from tests.conftest import REPO, shared_data_or_skip
 
 TINY = ["--train-subset", "48", "--val-size", "16", "--epochs", "1", "--steps", "1",

@@ -17,12 +17,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from spat.config import TrainConfig, config_from_dict, load_config_file
 from spat.errors import SpatError
 from spat.methods import MART, PGDAT, SPAT, ConsistencyAT, Standard, build_method, for_epoch
 from spat.methods.spat import ramped_beta, self_paced_active, self_paced_logits
 from spat.models import build_model
 from spat.study.cell import config_mismatch
-from spat.train.config import TrainConfig, config_from_dict, load_config_file
 
 S = 8.0  # the cosine head's scale s
 

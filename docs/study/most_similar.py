@@ -31,7 +31,7 @@ import numpy as np
 
 import spat
 from spat.analysis.similarity import head_similarity
-from spat.runs import load_run
+from spat.build import load_run
 
 REFERENCE_SEED = 900
 

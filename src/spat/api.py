@@ -17,13 +17,13 @@ import torch
 from torch import nn
 
 from spat.analysis.pairs import HardPairs, hard_pairs
+from spat.build import Run, load_run
+from spat.config import TrainConfig
 from spat.data import Split
 from spat.errors import SpatError
 from spat.evaluation.options import EvalOptions
 from spat.evaluation.protocol import evaluate as _evaluate
 from spat.evaluation.report import EvalReport
-from spat.runs import Run, load_run
-from spat.train.config import TrainConfig
 from spat.train.run import train as _train
 
 

@@ -323,7 +323,7 @@ def check_compatible(model: torch.nn.Module, weights: dict[str, torch.Tensor],
     """Refuse a checkpoint of another architecture or number of classes, in one line.
 
     Compares the weights' names and shapes with ``model``'s; with ``cfg`` (a
-    :class:`spat.train.config.TrainConfig`) also the fields of :data:`ARCHITECTURE_FIELDS`
+    :class:`spat.config.TrainConfig`) also the fields of :data:`ARCHITECTURE_FIELDS`
     recorded in the checkpoint (a cosine head and a linear head have the same shapes), and with
     ``num_classes`` the recorded number of classes.
     """

@@ -8,7 +8,7 @@ and the field (``<file>: field 'epochs' must be an integer, got 2.5``), which th
 
 The checks are *data-driven*: a dataclass's field annotations (``int``, ``float | None``,
 ``str``, ``bool``, ``tuple[str, ...]``) say what each field accepts, so a field added to
-:class:`~spat.train.config.TrainConfig` or :class:`~spat.data.DatasetInfo` is checked without
+:class:`~spat.config.TrainConfig` or :class:`~spat.data.DatasetInfo` is checked without
 touching this module. Ranges and cross-field rules stay with their owners (``validate()``).
 
 Rules (stricter than Python's coercions, because a file that says ``epochs = true`` or

@@ -68,7 +68,7 @@ def collect(
     prediction cache are written). ``out_dir`` defaults to ``RUN/analysis``."""
     import dataclasses
 
-    from spat.runs import load_data, load_run
+    from spat.build import load_data, load_run
     from spat.utils.env import resolve_device
 
     run = Path(run_dir)

@@ -52,10 +52,10 @@ def preflight_runs(runs: Sequence[str | os.PathLike[str]], *, which: str = "best
     """Refuse, before anything is written, what ``spat compare`` would refuse later.
 
     Each path must be a run directory whose ``which`` checkpoint loads (see
-    :func:`spat.runs.load_run`); ``attack`` must be in every run's predictions and
+    :func:`spat.build.load_run`); ``attack`` must be in every run's predictions and
     ``class_name`` among the first run's classes. Returns each run's class names.
     """
-    from spat.runs import load_run
+    from spat.build import load_run
 
     names: list[list[str]] = []
     attacks: list[str] | None = None

@@ -7,11 +7,11 @@ checks, resumable); :func:`evaluate_run` applies it to a run directory. See docs
 
 from spat.evaluation.attacks import ATTACK_KEYS, DEFAULT_ATTACKS, parse_attacks
 from spat.evaluation.core import Predictions, predict_under_attacks
-from spat.evaluation.external import evaluate_model
+from spat.evaluation.evaluate_model import evaluate_model
+from spat.evaluation.evaluate_run import evaluate_run
 from spat.evaluation.options import ATTACK_LOGITS, EvalOptions
 from spat.evaluation.protocol import evaluate, select_subset
 from spat.evaluation.report import EvalReport, print_report
-from spat.evaluation.run import evaluate_run
 
 __all__ = [
     "ATTACK_KEYS",

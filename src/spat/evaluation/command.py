@@ -131,8 +131,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Run the evaluation, print the table, say where the files are."""
     from rich.console import Console
 
+    from spat.evaluation.evaluate_run import evaluate_run
     from spat.evaluation.report import PREDICTIONS_FILE, REPORT_FILE, print_report
-    from spat.evaluation.run import evaluate_run
     from spat.utils.threads import apply_threads
 
     apply_threads(args.threads)
@@ -187,10 +187,10 @@ def options_from_args(args: argparse.Namespace) -> EvalOptions:
 
 
 def _eval_model(args: argparse.Namespace, opts: EvalOptions, out: Any) -> tuple[Any, Any]:
-    """``spat eval --model ...``: one call of :func:`spat.evaluation.external.evaluate_model`."""
+    """``spat eval --model ...``: one call of :func:`spat.evaluation.evaluate_model`."""
     from rich.console import Console
 
-    from spat.evaluation.external import evaluate_model
+    from spat.evaluation.evaluate_model import evaluate_model
     from spat.utils.log import info, quiet
 
     del out  # messages go through spat's logger (-q/-v), as for a run

@@ -162,9 +162,9 @@ def export_run(
     cosine scale s, normalisation mean/std, input shape, class names, spat version) is enough
     for :func:`spat.load_model` to rebuild the model alone.
     """
-    from spat.evaluation.run import run_dir_of
+    from spat.build import load_run
+    from spat.evaluation.evaluate_run import run_dir_of
     from spat.models.external import save_portable
-    from spat.runs import load_run
 
     if fmt not in FORMATS:
         raise SpatError(f"unknown export format {fmt!r} (valid: {', '.join(FORMATS)})")
@@ -226,8 +226,8 @@ def _run_of_report(doc: Mapping[str, Any], rep_path: Path, run: Path) -> Any:
     inside ``run`` and records the same training config is accepted too, and the checkpoint of
     the recorded name is read from ``run``."""
     from spat import checkpoint as ckpt
-    from spat.evaluation.run import run_dir_of
-    from spat.runs import load_run
+    from spat.build import load_run
+    from spat.evaluation.evaluate_run import run_dir_of
 
     own = run_dir_of(ckpt.resolve(run)).resolve()
     recorded, evaluated = doc.get("run_dir"), doc.get("checkpoint")

@@ -3,7 +3,7 @@ pool of workers or through submitit (SLURM), aggregated over seeds with uncertai
 
 Modules: :mod:`~spat.study.spec` (the file, validated), :mod:`~spat.study.cell` (one cell:
 train, eval, analyse, each skipped when done), :mod:`~spat.study.pool` (local workers ×
-threads), :mod:`~spat.study.engine` (submitit), :mod:`~spat.study.aggregate` (statistics over
+threads), :mod:`~spat.study.submitit_jobs` (submitit), :mod:`~spat.study.aggregate` (statistics over
 seeds) and :mod:`~spat.study.report` (study.md/csv/json and figures).
 """
 

@@ -36,7 +36,7 @@ IGNORED_FIELDS = ("device", "out_dir", "name", "tensorboard", "compile")
 def config_mismatch(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     """Fields whose saved (resolved) value differs from the wanted (resolved) one; a field the
     saved config lacks (recorded before it existed) has the value it had then (ADDED_FIELDS)."""
-    from spat.train.config import ADDED_FIELDS
+    from spat.config import ADDED_FIELDS
 
     return sorted(k for k in wanted if k not in IGNORED_FIELDS
                   and saved.get(k, ADDED_FIELDS.get(k)) != wanted[k])
@@ -68,7 +68,7 @@ def cell_state(cell: dict[str, Any]) -> str:
     """``"done"``, ``"eval"`` (trained, evaluation missing), ``"analyze"``, ``"resume"``
     (interrupted training) or ``"new"``; a run directory made with other settings is a
     one-line :class:`SpatError`."""
-    from spat.train.config import config_from_dict
+    from spat.config import config_from_dict
 
     run = Path(cell["run_dir"])
     saved = read_json_object_or_none(run / "config.json")
@@ -203,7 +203,7 @@ def run_cell(cell: dict[str, Any], *, threads: int | None = None, device: str | 
 
 
 def _run_stages(cell: dict[str, Any], record: dict[str, Any], device: str | None) -> None:
-    from spat.train.config import config_from_dict
+    from spat.config import config_from_dict
     from spat.train.run import train
 
     run = Path(cell["run_dir"])
@@ -224,7 +224,7 @@ def _run_stages(cell: dict[str, Any], record: dict[str, Any], device: str | None
     if state == "eval":
         from rich.console import Console
 
-        from spat.evaluation.run import evaluate_run
+        from spat.evaluation.evaluate_run import evaluate_run
 
         t = time.perf_counter()
         report, _ = evaluate_run(

@@ -42,7 +42,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def cmd_study(args: argparse.Namespace) -> int:
     """Run ``spat study``; exit 1 when a cell failed (its error is printed). Cells another
     ``spat study`` of the same file runs are waited for, so both end with the whole table."""
-    from spat.study.run import dry_run, engine_plan, run_study
+    from spat.study.runner import dry_run, engine_plan, run_study
     from spat.study.spec import load_study, plan_cells
 
     spec = load_study(args.file)

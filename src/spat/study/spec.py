@@ -45,7 +45,7 @@
 
 Everything is validated before the first cell runs: an unknown key, a wrong type or a bad
 setting is one line naming the file and the field (exit 2). Every cell's training config goes
-through :func:`spat.train.config.config_from_dict` and :meth:`TrainConfig.resolved`.
+through :func:`spat.config.config_from_dict` and :meth:`TrainConfig.resolved`.
 """
 
 from __future__ import annotations
@@ -56,9 +56,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spat.config import FIELD_NAMES, TrainConfig, config_from_dict
 from spat.errors import SpatError
 from spat.study.claims import CLAIM_KEYS, Claim, parse_claims
-from spat.train.config import FIELD_NAMES, TrainConfig, config_from_dict
 from spat.validation import loads_toml, one_line
 
 #: Settings a study sets itself for each cell (not allowed in [train] or a variant).
@@ -217,7 +217,7 @@ def _check_train_settings(src: str, where: str, table: Any) -> dict[str, Any]:
             raise SpatError(f"{src}: {where}.{k} must be a string, got {v!r}")
         if isinstance(v, str) and "str" not in t:
             if k in ("eps", "step_size"):
-                from spat.train.config import parse_fraction
+                from spat.config import parse_fraction
 
                 try:
                     table = {**table, k: parse_fraction(v)}

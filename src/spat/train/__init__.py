@@ -1,4 +1,4 @@
-"""Training: the configuration (:mod:`spat.train.config`), the loop (:mod:`spat.train.loop`),
+"""Training: the configuration (:mod:`spat.config`), the loop (:mod:`spat.train.loop`),
 optimiser and schedules (:mod:`spat.train.optim`) and a whole run (:mod:`spat.train.run`).
 
 ``spat.train`` is also the facade's training call: ``spat.train(config)`` trains a run (see

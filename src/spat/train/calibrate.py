@@ -12,10 +12,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from spat.config import TrainConfig
 from spat.data import DataBundle, augment_batch, batches
 from spat.methods import for_epoch as method_for_epoch
 from spat.methods import hooks as method_hooks
-from spat.train.config import TrainConfig
 from spat.train.optim import make_optimizer
 from spat.train.step import train_step
 from spat.utils import calibration as cal

@@ -1,9 +1,9 @@
 """``spat train``: a training run on the command line.
 
-Its flags are derived from :class:`~spat.train.config.TrainConfig`'s fields and their
+Its flags are derived from :class:`~spat.config.TrainConfig`'s fields and their
 :func:`~spat.utils.options.option` metadata (:func:`spat.utils.options.add_dataclass_options`):
 a field added to the config is a flag with no edit here. The help text of a method's
-hyperparameter (:data:`~spat.train.config.METHOD_KNOBS`) states each method's default, read from
+hyperparameter (:data:`~spat.config.METHOD_KNOBS`) states each method's default, read from
 the method classes. Only the options that are not settings of the run (``--config``,
 ``--resume``, ``--overwrite``, ``--no-progress``, ``--threads``) are written out below.
 """
@@ -14,7 +14,7 @@ import argparse
 import dataclasses
 from typing import Any
 
-from spat.train.config import METHOD_KNOBS, TrainConfig
+from spat.config import METHOD_KNOBS, TrainConfig
 from spat.utils.options import add_dataclass_options
 
 #: Option groups of ``spat train --help``, in order (keys: the ``group`` of a field's metadata).
@@ -87,7 +87,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def config_values(args: argparse.Namespace) -> dict[str, Any]:
     """The settings that ``args`` gives: a ``--config`` file's values, then the flags over them
     (defaults are left out; :meth:`TrainConfig.resolved` fills them)."""
-    from spat.train.config import load_config_file
+    from spat.config import load_config_file
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     values: dict[str, Any] = {}
@@ -101,7 +101,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from spat.utils.threads import apply_threads
 
     apply_threads(getattr(args, "threads", None))
-    from spat.train.config import config_from_dict
+    from spat.config import config_from_dict
     from spat.train.run import train
     from spat.utils.distributed import init_distributed, shutdown_distributed
     from spat.utils.log import info as log_info

@@ -183,8 +183,8 @@ def scan(records: Sequence[Mapping[str, Any]], *, num_classes: int, uniform_loss
 
 def remedy(kind: str, cfg: Any) -> str:
     """What to try, for a finding of ``kind`` in a run configured by ``cfg`` (a resolved
-    :class:`~spat.train.config.TrainConfig`)."""
-    from spat.train.config import lr_remedy
+    :class:`~spat.config.TrainConfig`)."""
+    from spat.config import lr_remedy
 
     lr, why = lr_remedy(cfg)
     lower = f"lower --lr (try --lr {lr:g}: {why})"
@@ -212,7 +212,7 @@ def guard_line(found: Sequence[Finding], cfg: Any) -> str:
 def findings_for(cfg: Any, num_classes: int, records: Sequence[Mapping[str, Any]]
                  ) -> list[Finding]:
     """:func:`scan` with the thresholds of a run configured by ``cfg`` (a resolved
-    :class:`~spat.train.config.TrainConfig`): its method's uniform-prediction loss and its
+    :class:`~spat.config.TrainConfig`): its method's uniform-prediction loss and its
     ``plateau_epochs``."""
     from spat.methods import METHODS
 
@@ -226,8 +226,8 @@ def run_findings(run_dir: str | Path) -> list[Finding]:
     """The findings of a run directory, from its ``config.json``, ``data.json`` and
     ``metrics.jsonl`` (the records the loop scanned; for a run made before the guard existed,
     the same scan after the fact). ``[]`` when a file is missing or unreadable."""
+    from spat.config import config_from_dict
     from spat.errors import SpatError
-    from spat.train.config import config_from_dict
     from spat.utils.io import read_json_object_or_none, read_jsonl
 
     run = Path(run_dir)

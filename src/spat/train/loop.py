@@ -35,15 +35,15 @@ import torch
 from torch import nn
 
 from spat import checkpoint as ckpt
+from spat.config import TrainConfig, lr_remedy
 from spat.data import DataBundle, augment_batch, batches, num_batches
 from spat.errors import SpatError
-from spat.evaluation.split import evaluate_split
 from spat.methods import for_epoch as method_for_epoch
 from spat.methods import hooks as method_hooks
-from spat.train.config import TrainConfig, lr_remedy
 from spat.train.guard import findings_for, guard_line
 from spat.train.optim import lr_factor, make_optimizer
 from spat.train.step import train_step
+from spat.train.validate import evaluate_split
 from spat.utils.distributed import SINGLE, DistContext
 from spat.utils.hardware import FastPath
 from spat.utils.io import append_jsonl, atomic_write_text, read_jsonl_lines

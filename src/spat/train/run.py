@@ -19,14 +19,14 @@ from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
+from spat import build
 from spat import checkpoint as ckpt
-from spat import runs
+from spat.config import FIELD_NAMES, TrainConfig, config_from_dict
 from spat.data import DataBundle
 from spat.data.subset import subset_split
 from spat.errors import SpatError
-from spat.evaluation.split import evaluate_split
-from spat.train.config import FIELD_NAMES, TrainConfig, config_from_dict
 from spat.train.loop import Trainer
+from spat.train.validate import evaluate_split
 from spat.utils.distributed import SINGLE, DistContext
 from spat.utils.env import environment, resolve_device
 from spat.utils.io import atomic_write_text, read_json_object_or_none
@@ -294,9 +294,9 @@ def _train(
         require_tensorboard()  # before anything is written
     device = resolve_device(cfg.device, dist)
     seed_everything(cfg.seed, deterministic=cfg.deterministic)
-    data = runs.load_data(cfg)
-    model = runs.model_for(cfg, data.info).to(device)  # the Trainer applies channels_last
-    method = runs.method_for(cfg)
+    data = build.load_data(cfg)
+    model = build.model_for(cfg, data.info).to(device)  # the Trainer applies channels_last
+    method = build.method_for(cfg)
     if resume is None:
         # one name for all ranks (the default name holds the time)
         run_dir = Path(dist.broadcast_object(str(Path(cfg.out_dir) /

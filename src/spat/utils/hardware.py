@@ -11,7 +11,7 @@ device when the run starts, with the reason recorded in the run's ``env.json`` (
 * ``channels_last`` — NHWC memory format for the model and its inputs. Candidates: NCHW and
   NHWC on CPU and CUDA; NCHW elsewhere (MPS). ``spat eval`` of a run resolves the run's switch
   with the static rule below for its own device (NHWC on CPU and CUDA) and evaluates in fp32
-  (:func:`spat.evaluation.run.evaluate_run`).
+  (:func:`spat.evaluation.evaluate_run.evaluate_run`).
 * ``compile`` — ``torch.compile`` of the training model. On a CPU ``auto`` is off: on this
   project's CPU benchmark the compiled SPAT step (inductor) was slower than the eager one even
   after 13–265 s of compilation (the attack switches eval mode and ``requires_grad``, which the

@@ -16,10 +16,10 @@ from torch import nn
 from spat.data import Split
 from spat.errors import SpatError
 from spat.evaluation.attacks import require_attacks
+from spat.evaluation.evaluate_run import STATE_SUBDIR
 from spat.evaluation.options import EvalOptions
 from spat.evaluation.protocol import Log, evaluate
 from spat.evaluation.report import EvalReport
-from spat.evaluation.run import STATE_SUBDIR
 from spat.validation import one_line
 
 
@@ -58,11 +58,12 @@ def evaluate_model(
     ``official-spat`` (with ``weights``; ``cosine_scale``: its s, default 8), or a portable
     spat model file (see :func:`spat.models.external.load_model`). The settings are
     ``options`` with any :class:`EvalOptions` field given in ``settings`` replaced. ``eps``
-    defaults to the dataset's training ε (:data:`spat.train.config.DATASET_DEFAULTS`; 0.031 for
+    defaults to the dataset's training ε (:data:`spat.config.DATASET_DEFAULTS`; 0.031 for
     CIFAR, as the official SPAT/TRADES code; give ``8/255`` for RobustBench's threat model).
     Output in ``out`` (default ``./eval-<model>-<dataset>``). Returns the report and the output
     folder.
     """
+    from spat.config import DATASET_DEFAULTS
     from spat.data import load_dataset
     from spat.models.external import (
         architecture_name,
@@ -70,7 +71,6 @@ def evaluate_model(
         load_model,
         read_portable_metadata,
     )
-    from spat.train.config import DATASET_DEFAULTS
     from spat.utils.env import environment, resolve_device
 
     opts = EvalOptions.of(options, **settings)

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from spat.attacks.presets import AttackSpec, pgd
+from spat.config import TrainConfig
 from spat.data import Split, shard_order
 from spat.evaluation.core import Predictions, predict_under_attacks
-from spat.train.config import TrainConfig
 from spat.utils.distributed import SINGLE, DistContext
 from spat.utils.rng import derive_seed
 

@@ -35,7 +35,7 @@ def cell_cost(cell: Cell) -> dict[str, Any]:
     """Gradient passes (forward + backward of one image) a cell needs: training (attack steps
     + the update, per epoch), the per-epoch validation attack, the final test and the
     evaluation. A rough measure of work, the same unit for every cell of one model."""
-    from spat.train.config import config_from_dict
+    from spat.config import config_from_dict
 
     cfg = config_from_dict(cell.config, source=cell.key).resolved()
     n_train, n_test = DATASET_SIZES.get(cfg.dataset, (0, 0))
@@ -237,7 +237,7 @@ def _run_cells(todo: list[Cell], spec: StudySpec, kind: str, plan: Any, log_dir:
         from spat.study.pool import run_local
 
         return run_local(todo, plan, log_dir, log=log, progress=bar, on_record=_save_record)
-    from spat.study.engine import run_submitit
+    from spat.study.submitit_jobs import run_submitit
 
     return run_submitit(todo, spec.engine, spec.study_dir / "submitit", log_dir,
                         workers=plan.workers, threads=plan.threads, log=log, progress=bar,

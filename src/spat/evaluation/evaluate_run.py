@@ -74,7 +74,7 @@ def evaluate_run(
 
     Returns the report and the output folder.
     """
-    from spat.runs import load_data, load_run
+    from spat.build import load_data, load_run
     from spat.utils.env import environment, resolve_device
 
     opts = EvalOptions.of(options, **settings)

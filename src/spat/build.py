@@ -1,4 +1,4 @@
-"""From a :class:`~spat.train.config.TrainConfig` to the objects it names, and a run back.
+"""From a :class:`~spat.config.TrainConfig` to the objects it names, and a run back.
 
 :func:`load_data`, :func:`model_for` and :func:`method_for` build the data, the network and the
 training method of a configuration through the registries; :func:`load_run` rebuilds a trained
@@ -19,11 +19,11 @@ import torch
 from torch import nn
 
 from spat import checkpoint as ckpt
+from spat.config import METHOD_KNOBS, TrainConfig, config_from_dict
 from spat.data import DataBundle, DatasetInfo, Split, load_dataset
 from spat.errors import SpatError
 from spat.methods import ThreatModel, build_method, method_class
 from spat.models import build_model
-from spat.train.config import METHOD_KNOBS, TrainConfig, config_from_dict
 
 
 def load_data(cfg: TrainConfig) -> DataBundle:
