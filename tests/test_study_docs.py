@@ -64,9 +64,21 @@ def test_study_file_parses(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert plan_cells(spec), "a study declares at least one cell"
 
 
+def _partial() -> set[str]:
+    """Studies whose row in the README's state table says ``partial`` (a study extended with
+    more seeds, reported with the cells finished so far): only their finished cells must be
+    committed, and a test elsewhere keeps the issue open until they are complete."""
+    if not README.is_file():
+        return set()
+    row = re.compile(r"^\|[^|]*\|\s*\[([A-Za-z0-9_.+-]+)\.toml\]\([^)]*\)\s*\|\s*partial\b")
+    return {m.group(1) for line in README.read_text(encoding="utf-8").splitlines()
+            if (m := row.match(line))}
+
+
 def test_readme_reports_only_committed_studies(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
     reported = _reported()
+    partial = _partial()
     tracked = _tracked()
     names = {p.stem for p in TOMLS}
     for name, table_lines in reported.items():
@@ -77,6 +89,8 @@ def test_readme_reports_only_committed_studies(monkeypatch: pytest.MonkeyPatch) 
         cells = {c["key"]: c for c in doc["cells"]}
         for cell in plan_cells(spec):
             got = cells.get(cell.key)
+            if name in partial and (got is None or not got["done"]):
+                continue  # not run yet; the README's state row says "partial"
             assert got is not None and got["done"], f"{name}: cell {cell.key} not in results"
             assert got["metrics"], f"{name}: cell {cell.key} has no numbers"
             run = REPO / cell.run_dir
