@@ -223,8 +223,9 @@ def corrupt_predictions(path: Path, kind: str, rng: random.Random) -> None:
     else:  # swap: out-of-range classes, wrong length, float, 2-D; strings: length, type
         a = arrays[name]
         options: list[Callable[[], np.ndarray]] = (
-            [lambda: a + 1000, lambda: a[:-3], lambda: a.astype(np.float32) + 0.5,
-             lambda: a.reshape(-1, 1)] if a.dtype.kind in "iuf" else
+            [lambda: a.astype(np.int64) + 1000, lambda: a[:-3],
+             lambda: a.astype(np.float32) + 0.5, lambda: a.reshape(-1, 1)]
+            if a.dtype.kind in "iuf" else
             [lambda: a[:-1], lambda: a.reshape(-1, 1), lambda: np.arange(len(a))])
         arrays[name] = rng.choice(options)()
     buf = io.BytesIO()

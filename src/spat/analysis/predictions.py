@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from spat.data.subset import SUBSET_RULE, subset_split
@@ -22,7 +21,7 @@ from spat.evaluation.attacks import resolve_attack_name
 from spat.evaluation.core import Predictions
 from spat.utils.io import atomic_write_text
 from spat.utils.progress import counting_bar
-from spat.validation import loads_json, one_line
+from spat.validation import loads_json
 
 Log = Callable[[str], None]
 
@@ -76,7 +75,7 @@ def obtain_predictions(
         if evaluated and not _same_checkpoint(evaluated, checkpoint):
             log(f"warning: spat eval evaluated {evaluated}, the similarities below use "
                 f"{checkpoint} (pass --which to match, or --recompute)")
-        return _load_predictions(eval_npz), str(eval_npz)
+        return Predictions.load(eval_npz), str(eval_npz)
     cache = out_dir / "predictions.npz"
     meta_path = out_dir / "predictions.json"
     if test_split is None:
@@ -88,7 +87,7 @@ def obtain_predictions(
         try:
             if loads_json(meta_path.read_text(encoding="utf-8")) == meta:
                 log(f"no {eval_npz}: using the cached predictions {cache}")
-                return _load_predictions(cache), str(cache)
+                return Predictions.load(cache), str(cache)
         except (ValueError, OSError):  # not JSON, not UTF-8, nested too deeply: recompute
             pass
     from spat.attacks import pgd
@@ -108,19 +107,6 @@ def obtain_predictions(
     preds.save(cache)
     atomic_write_text(meta_path, json.dumps(meta, indent=2))
     return preds, str(cache)
-
-
-def _load_predictions(path: Path) -> Predictions:
-    from spat.validation import check_prediction_arrays
-
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except Exception as e:  # not a zip, bad CRC, truncated stream, pickled arrays, ...
-        raise SpatError(f"cannot read predictions {path} ({type(e).__name__}: "
-                        f"{one_line(e, 160)})") from None
-    check_prediction_arrays(arrays, str(path))
-    return Predictions.load(path)
 
 
 def choose_attack(attacks: Sequence[str], wanted: str | None) -> str:

@@ -20,8 +20,10 @@ from torch import nn
 from spat.attacks.context import attack_mode
 from spat.attacks.presets import AttackSpec
 from spat.data import Split, batches
+from spat.errors import SpatError
 from spat.evaluation.attacks import resolve_attack_name
 from spat.utils.io import atomic_write_bytes
+from spat.validation import check_prediction_arrays, one_line
 
 
 @dataclass
@@ -59,19 +61,41 @@ class Predictions:
         return ok
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Store compactly as ``.npz`` (int16 classes): ``labels``, ``clean`` and one
-        ``adv/<attack name>`` array per attack; written atomically."""
+        """Store as a compressed ``.npz``: ``labels``, ``clean`` and one ``adv/<attack name>``
+        array per attack, all in the smallest unsigned integer type that holds the largest class
+        index (uint8 up to 256 classes, uint16 up to 65,536); written atomically. There is no
+        sentinel value: a negative class index is a ``ValueError``."""
         arrays = {"labels": self.labels, "clean": self.clean,
                   **{f"adv/{k}": v for k, v in self.adversarial.items()}}
+        values = {k: v.detach().to("cpu").numpy() for k, v in arrays.items()}
+        for k, a in values.items():
+            if a.size and int(a.min()) < 0:
+                raise ValueError(f"predictions {k!r} hold a negative class index")
+        dtype = np.min_scalar_type(max((int(a.max()) for a in values.values() if a.size),
+                                       default=0))
         buf = io.BytesIO()
-        np.savez_compressed(buf, **{k: v.numpy().astype(np.int16) for k, v in arrays.items()})
+        np.savez_compressed(buf, **{k: a.astype(dtype) for k, a in values.items()})
         atomic_write_bytes(path, buf.getvalue())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Predictions:
-        """Read what :meth:`save` wrote (no pickle: ``allow_pickle=False``)."""
-        with np.load(path, allow_pickle=False) as z:
-            t = {k: torch.from_numpy(z[k].astype(np.int64)) for k in z.files}
+        """Read a ``predictions.npz`` (no pickle: ``allow_pickle=False``) into int64 tensors.
+        Any integer type is accepted (files written by earlier versions hold int16); an
+        unreadable file, an array other than ``labels``, ``clean`` and ``adv/<attack>``, or
+        arrays that are not 1-D non-negative integers of one length are a
+        :class:`~spat.errors.SpatError` naming ``path``."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except Exception as e:  # not a zip, bad CRC, truncated stream, pickled arrays, ...
+            raise SpatError(f"cannot read predictions {path} ({type(e).__name__}: "
+                            f"{one_line(e, 160)})") from None
+        check_prediction_arrays(arrays, str(path))
+        other = [k for k in arrays if k not in ("labels", "clean") and not k.startswith("adv/")]
+        if other:
+            raise SpatError(f"{path}: unexpected array {other[0]!r} (expected labels, clean and "
+                            f"adv/<attack>)")
+        t = {k: torch.from_numpy(a.astype(np.int64)) for k, a in arrays.items()}
         return cls(labels=t.pop("labels"), clean=t.pop("clean"),
                    adversarial={k.split("/", 1)[1]: v for k, v in t.items()})
 
