@@ -87,10 +87,11 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 
 def append_jsonl(path: str | os.PathLike[str], record: dict[str, Any]) -> None:
-    """Append one JSON object as a line (flushed and fsynced)."""
+    """Append one JSON object as a compact line (no spaces after separators; flushed and
+    fsynced)."""
     path = Path(path)
     with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
+        f.write(json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
