@@ -32,7 +32,7 @@ import torch  # noqa: E402
 from benchmarks import common as C  # noqa: E402
 from spat.build import load_data, method_for, model_for  # noqa: E402
 from spat.config import TrainConfig  # noqa: E402
-from spat.evaluation.protocol import evaluate  # noqa: E402
+from spat.evaluation import EvalOptions, evaluate  # noqa: E402
 from spat.train.loop import Trainer  # noqa: E402
 from spat.utils.rng import seed_everything  # noqa: E402
 
@@ -70,9 +70,9 @@ def train_and_evaluate(args: argparse.Namespace, method: str, seed: int, setting
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     # evaluation: fp32 (no autocast anywhere in spat.evaluation), the same test images for all
-    report = evaluate(model, data.test, eps=float(cfg.eps or 0.0),
-                      attacks=["pgd20", "aa-fast"], n_examples=args.test_images, seed=0,
-                      batch_size=args.test_images, sanity_examples=0)
+    report = evaluate(model, data.test, EvalOptions(
+        eps=float(cfg.eps or 0.0), attacks=["pgd20", "aa-fast"], n_examples=args.test_images,
+        seed=0, batch_size=args.test_images, sanity_examples=0))
     preds = report.predictions
     acc = {"clean": preds.accuracy(None)}
     acc.update({name: preds.accuracy(name) for name in preds.adversarial})

@@ -45,7 +45,7 @@ def one_evaluation(run: str, which: str, nhwc: bool, opts: Any) -> dict[str, Any
     data = load_data(cfg)
     t0 = time.perf_counter()
     report = evaluate(model, data.test, opts.with_threat(float(cfg.eps), cfg.norm),
-                      device="cpu", progress=False, log=lambda _s: None)
+                      device="cpu")
     total = time.perf_counter() - t0
     seconds = {a["name"]: a["seconds"] for a in report.data["attacks"]}
     preds = {k: v.clone() for k, v in report.predictions.adversarial.items()}

@@ -106,7 +106,7 @@ def test_analysis_attack_choice_accepts_the_command_line_key() -> None:
 def test_one_subset_rule_for_train_eval_and_analyze() -> None:
     from spat.data import Split
     from spat.data.subset import subset_indices, subset_split
-    from spat.evaluation.protocol import select_subset
+    from spat.evaluation.inputs import select_subset
 
     # the rule, by hand: the first n of torch.randperm(N) with a CPU generator seeded 0
     expected = torch.randperm(10, generator=torch.Generator().manual_seed(0))[:4]
@@ -165,7 +165,7 @@ def test_a_runs_test_subset_is_evals_n_examples_subset(tmp_path: Path, monkeypat
     from spat.build import load_data, load_run
     from spat.config import config_from_dict
     from spat.data.subset import subset_indices
-    from spat.evaluation.protocol import evaluate
+    from spat.evaluation import EvalOptions, evaluate
 
     seen = []
     real = train_run.evaluate_split
@@ -185,8 +185,8 @@ def test_a_runs_test_subset_is_evals_n_examples_subset(tmp_path: Path, monkeypat
     idx = subset_indices(len(test), 40, 0)
     assert len(seen) == 1 and torch.equal(seen[0].images, test.images[idx])
     assert torch.equal(seen[0].labels, test.labels[idx])
-    report = evaluate(run.model, test, eps=0.1, attacks=[], n_examples=40, seed=0,
-                      sanity_examples=0)
+    report = evaluate(run.model, test, EvalOptions(eps=0.1, attacks=[], n_examples=40, seed=0,
+                                                   sanity_examples=0))
     assert report.data["subset"]["indices"] == idx.tolist()
     assert report.data["clean_acc"] == summary["test_clean_acc"]
     assert summary["test_examples"] == 40
@@ -194,7 +194,7 @@ def test_a_runs_test_subset_is_evals_n_examples_subset(tmp_path: Path, monkeypat
 
 # ----------------------------------------------------------------------------- typed outcomes
 def test_attack_outcome_reads_a_saved_record() -> None:
-    from spat.evaluation.protocol import AttackOutcome
+    from spat.evaluation.attack_runs import AttackOutcome
 
     rec = {"predictions": [1, 0, 2], "key": "pgd20", "name": "PGD-20", "kind": "pgd",
            "settings": {"steps": 20}, "seconds": 2}

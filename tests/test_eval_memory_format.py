@@ -51,8 +51,7 @@ def test_nhwc_eval_gives_the_nchw_predictions(digits_run: Path, tmp_path: Path) 
     run = load_run(digits_run)
     assert not _nhwc(run.model)
     reference = evaluate(run.model, load_data(run.config).test, OPTS.with_threat(
-        float(run.config.eps), run.config.norm), device="cpu", progress=False,
-        log=lambda _s: None)
+        float(run.config.eps), run.config.norm), device="cpu")
     with np.load(out / "predictions.npz") as z:
         got = {k: z[k] for k in z.files}
     ref = reference.predictions

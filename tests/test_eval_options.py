@@ -6,6 +6,7 @@ evaluation override."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import sys
@@ -19,8 +20,13 @@ from torch import nn
 from spat.analysis.protocol_check import protocol_text, protocol_warnings
 from spat.errors import SpatError
 from spat.evaluation import EvalOptions, evaluate, print_report
-from spat.evaluation.options import UnitCosineLogits, attacked_model
-from spat.evaluation.report import attack_logits_of
+from spat.evaluation.options import (
+    CHECK_FIELDS,
+    RESULT_FIELDS,
+    UnitCosineLogits,
+    attacked_model,
+)
+from spat.evaluation.report import attack_logits_of, report_options
 from spat.models.heads import CosineLinear
 from spat.study.cell import eval_matches
 from spat.study.spec import parse_study, plan_cells
@@ -97,18 +103,26 @@ def test_unknown_setting_and_missing_eps() -> None:
         EvalOptions().with_threat(None, None)
     x, y = _data(8)
     with pytest.raises(SpatError, match="give eps"):
-        evaluate(_cosine_net(4.0), (x, y), attacks="fgsm")
+        evaluate(_cosine_net(4.0), (x, y), EvalOptions(attacks="fgsm"))
 
 
-def test_options_and_keywords_give_the_same_report() -> None:
-    """``evaluate(model, data, EvalOptions(...))`` and the keyword form (every caller before
-    EvalOptions) are the same evaluation: same predictions, same recorded settings."""
+def test_options_and_the_facade_give_the_same_report() -> None:
+    """``evaluate(model, data, EvalOptions(...))``, the same options built by ``EvalOptions.of``
+    and the facade ``spat.evaluate`` (keywords over ``options``) are the same evaluation: same
+    predictions, same recorded settings; ``evaluate`` takes settings in EvalOptions only."""
+    import spat
+
     net, (x, y) = _cosine_net(8.0), _data()
     kw = dict(eps=0.1, attacks=["fgsm", "pgd20", "cw20"], n_examples=30, seed=2, restarts=2,
               batch_size=16, sanity_examples=10, square_queries=20)
     a = evaluate(net, (x, y), EvalOptions(**kw))
-    b = evaluate(net, (x, y), **kw)
-    c = evaluate(net, (x, y), EvalOptions(eps=0.3, seed=9), **{**kw, "eps": 0.1, "seed": 2})
+    b = evaluate(net, (x, y), EvalOptions.of(EvalOptions(eps=0.3, seed=9),
+                                             **{**kw, "eps": 0.1, "seed": 2}))
+    c = spat.evaluate(net, x, y, eps=0.1, seed=2, attacks=kw["attacks"], n_examples=30,
+                      batch_size=16, options=EvalOptions(restarts=2, sanity_examples=10,
+                                                         square_queries=20))
+    with pytest.raises(TypeError):
+        evaluate(net, (x, y), EvalOptions(**kw), eps=0.2)  # type: ignore[call-arg]
     for r in (b, c):
         assert r.accuracies == a.accuracies
         for name, p in a.predictions.adversarial.items():
@@ -140,8 +154,8 @@ def test_a_model_without_a_cosine_head_is_a_one_line_error() -> None:
     linear = nn.Sequential(nn.Flatten(), nn.Linear(64, 5)).eval()
     x, y = _data(8)
     with pytest.raises(SpatError, match="need a model with a cosine head") as e:
-        evaluate(linear, (x, y), eps=0.1, attacks="fgsm", attack_logits="unit_cosine",
-                 sanity_examples=0)
+        evaluate(linear, (x, y), EvalOptions(eps=0.1, attacks="fgsm",
+                                             attack_logits="unit_cosine", sanity_examples=0))
     assert "\n" not in str(e.value)
 
 
@@ -153,7 +167,7 @@ def test_unit_cosine_keeps_clean_accuracy_and_attacks_z() -> None:
     s4, s1 = _cosine_net(4.0), _cosine_net(1.0)
     opts = EvalOptions(eps=0.15, attacks=["fgsm", "pgd20", "cw20"], batch_size=16,
                        sanity_examples=8, square_queries=10)
-    on_z = evaluate(s4, (x, y), opts, attack_logits="unit_cosine")
+    on_z = evaluate(s4, (x, y), EvalOptions.of(opts, attack_logits="unit_cosine"))
     ref = evaluate(s1, (x, y), opts)
     on_sz = evaluate(s4, (x, y), opts)
     assert on_z.clean_accuracy == on_sz.clean_accuracy == ref.clean_accuracy
@@ -256,15 +270,66 @@ def test_study_variant_eval_override_reaches_its_cells() -> None:
     assert same == {k: v for k, v in cells["spat_t1"].config.items() if k != "out_dir"}
     # the cell's identity: a report on the model's logits is not this cell's evaluation
     report = {"settings": {"attacks": ["pgd20", "cw20"], "restarts": 1,
-                           "attack_logits": "unit_cosine"},
+                           "attack_logits": "unit_cosine"}, "norm": "linf",
               "eps": 0.1, "seed": 0, "n_examples": 50, "subset": {"of": 500, "indices": [0]}}
-    assert eval_matches(report, cells["spat_t1"].eval, 0.1)
+    trained = {"eps": 0.1, "norm": "linf"}
+    assert eval_matches(report, cells["spat_t1"].eval, trained)
     report["settings"]["attack_logits"] = "model"
-    assert not eval_matches(report, cells["spat_t1"].eval, 0.1)
+    assert not eval_matches(report, cells["spat_t1"].eval, trained)
     del report["settings"]["attack_logits"]  # written before the option: the model's logits
-    assert not eval_matches(report, cells["spat_t1"].eval, 0.1)
+    assert not eval_matches(report, cells["spat_t1"].eval, trained)
     report["settings"]["attacks"] = ["pgd20"]
-    assert eval_matches(report, cells["spat_sz"].eval, 0.1)
+    assert eval_matches(report, cells["spat_sz"].eval, trained)
+
+
+def test_every_eval_option_is_declared_number_changing_or_not() -> None:
+    names = [f.name for f in dataclasses.fields(EvalOptions)]
+    assert sorted(RESULT_FIELDS + CHECK_FIELDS) == sorted(names)
+    assert not set(RESULT_FIELDS) & set(CHECK_FIELDS)
+
+
+def test_a_number_changing_eval_setting_makes_a_cell_stale_a_cosmetic_one_does_not() -> None:
+    """A real report (``evaluate``'s own document) against a study cell's [eval]: equal
+    settings match; a changed field of RESULT_FIELDS (restarts, seed, batch size, attacks, ε,
+    n_examples, the checkpoint) makes the cell stale; the sanity settings and the plumbing
+    (progress bars, saving, messages) do not; a report without the settings added later
+    (restarts, attack logits) is read with their defaults; a broken one is stale."""
+    from spat.evaluation import Plumbing
+
+    x, y = _data(30)
+    opts = EvalOptions(eps=0.1, attacks=["fgsm"], n_examples=20, seed=1, sanity_examples=4,
+                       square_queries=5, batch_size=8)
+    shown = Plumbing(progress=True, log=lambda s: None)
+    report = evaluate(_cosine_net(4.0), (x, y), opts, metadata={"which": "best"},
+                      plumbing=shown).data
+    ev = {"attacks": ["fgsm"], "n_examples": 20, "which": "best", "seed": 1, "batch_size": 8,
+          "restarts": 1, "sanity_examples": 4, "eps": None, "analyze": True,
+          "attack_logits": "model"}
+    trained = {"eps": 0.1, "norm": "linf"}
+    assert eval_matches(report, ev, trained)
+    for cosmetic in ({"sanity_examples": 0}, {"sanity_examples": 30}, {"analyze": False}):
+        assert eval_matches(report, {**ev, **cosmetic}, trained), cosmetic
+    for changed in ({"restarts": 2}, {"seed": 2}, {"batch_size": 500}, {"attacks": ["pgd20"]},
+                    {"eps": 0.2}, {"n_examples": 10}, {"n_examples": None}, {"which": "last"},
+                    {"attack_logits": "unit_cosine"}):
+        assert not eval_matches(report, {**ev, **changed}, trained), changed
+    assert not eval_matches(report, ev, {"eps": 0.2, "norm": "linf"})  # the run's ε changed
+    assert not eval_matches(report, ev, {"eps": 0.1, "norm": "l2"})
+    # n_examples at or above the split size selects the whole split, as None does
+    whole = evaluate(_cosine_net(4.0), (x, y), EvalOptions.of(opts, n_examples=None)).data
+    assert eval_matches(whole, {**ev, "n_examples": None}, trained)
+    assert eval_matches(whole, {**ev, "n_examples": 30}, trained)
+    assert eval_matches(whole, {**ev, "n_examples": 1000}, trained)
+    assert not eval_matches(whole, ev, trained)
+    # an older report: no restarts, no attack logits recorded -> their defaults (1, "model")
+    old = json.loads(json.dumps(report))
+    del old["settings"]["restarts"], old["settings"]["attack_logits"], old["which"]
+    assert eval_matches(old, ev, trained)
+    assert not eval_matches(old, {**ev, "restarts": 2}, trained)
+    broken = json.loads(json.dumps(report))
+    del broken["eps"]
+    assert not eval_matches(broken, ev, trained) and not eval_matches(None, ev, trained)
+    assert report_options(report) == EvalOptions.of(opts, norm="linf", square_queries=1000)
 
 
 def test_study_variant_eval_override_from_toml_table(tmp_path: Path) -> None:

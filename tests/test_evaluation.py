@@ -21,7 +21,7 @@ from spat.build import load_data, load_run
 from spat.cli import main
 from spat.config import TrainConfig
 from spat.errors import SpatError
-from spat.evaluation import Predictions, evaluate, parse_attacks, sanity, select_subset
+from spat.evaluation import EvalOptions, Predictions, evaluate, parse_attacks, sanity, select_subset
 from spat.evaluation.attacks import ATTACK_KEYS
 from spat.train.run import train
 from tests.conftest import linear_problem
@@ -84,13 +84,17 @@ def test_help_lists_every_attack_with_defaults(capsys: pytest.CaptureFixture[str
         main(["eval", "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
+    flat = " ".join(out.split())  # help texts wrap at the terminal's width
     for key in ("clean", *ATTACK_KEYS):
         assert f"  {key} " in out or key in out
     for text in ("ε/4", "uniform random", "no random start", "--restarts", "5000 queries",
                  "100 iterations", "9 target", "FAB-T", "Square", "APGD-CE", "APGD-T",
-                 "report.json", "predictions.npz", "--no-resume", "default: 500",
-                 "fgsm,pgd20,pgd100,cw20,aa"):
-        assert text in out, text
+                 "report.json", "predictions.npz", "--no-resume", "(default 500)",
+                 "fgsm,pgd20,pgd100,cw20,aa", "(default: best)"):
+        assert text in flat, text
+    # each default once: the derived flags state theirs in the text, argparse adds none
+    assert flat.count("(default 500)") == 1 and "(default: 500)" not in flat
+    assert flat.count("default 1000") == 1 and "default: 1000" not in flat
 
 
 def test_unknown_attack_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
@@ -324,8 +328,9 @@ def test_sanity_checks_fire_on_masked_models(run_dir: Path, wrapper, expected: s
     model, cfg = loaded.model, loaded.config
     test = load_data(cfg).test
     masked = wrapper(model).eval()
-    report = evaluate(masked, test, eps=cfg.eps, attacks=["pgd20"], n_examples=48,
-                      sanity_examples=48, square_queries=500, batch_size=64)
+    report = evaluate(masked, test, EvalOptions(eps=cfg.eps, attacks=["pgd20"], n_examples=48,
+                                                sanity_examples=48, square_queries=500,
+                                                batch_size=64))
     assert expected <= _failed(report), [c.detail for c in report.checks]
     assert not report.data["sanity"]["passed"]
     assert all(any(name in w for w in report.warnings) for name in expected)
@@ -337,11 +342,13 @@ def test_sanity_checks_quiet_on_the_trained_model_and_flag_train_mode(run_dir: P
     loaded = load_run(run_dir)
     model, cfg = loaded.model, loaded.config
     test = load_data(cfg).test
-    report = evaluate(model, test, eps=cfg.eps, attacks=[], n_examples=48, sanity_examples=48)
+    report = evaluate(model, test, EvalOptions(eps=cfg.eps, attacks=[], n_examples=48,
+                                               sanity_examples=48))
     assert _failed(report) == set() and report.warnings == []
     assert {c.name: c.passed for c in report.checks}["black_box"] is None  # nothing to compare
     model.train()
-    report = evaluate(model, test, eps=cfg.eps, attacks=[], n_examples=16, sanity_examples=0)
+    report = evaluate(model, test, EvalOptions(eps=cfg.eps, attacks=[], n_examples=16,
+                                               sanity_examples=0))
     assert _failed(report) == {"eval_mode"}
     assert model.training  # the caller's mode is left as it was
 
@@ -369,4 +376,4 @@ def test_evaluate_rejects_bad_settings(run_dir: Path):
                       (dict(eps=0.1, n_examples=0), "n-examples"),
                       (dict(eps=0.1, attacks="pgd3"), "unknown attack")]:
         with pytest.raises(SpatError, match=match):
-            evaluate(model, test, **kw)
+            evaluate(model, test, EvalOptions(**kw))

@@ -20,7 +20,7 @@ import spat
 from spat.cli import main
 from spat.data import load_dataset
 from spat.errors import SpatError
-from spat.evaluation import evaluate, select_subset
+from spat.evaluation import EvalOptions, evaluate, select_subset
 from spat.models.external import convert_official, official_layout, read_weights
 
 
@@ -373,15 +373,15 @@ def test_evaluate_takes_any_module_and_plain_tensors():
     model = _Linear().eval()
     x = torch.rand(30, 3, 2, 2)
     y = torch.randint(0, 3, (30,))
-    report = evaluate(model, (x, y), eps=0.05, attacks="fgsm", sanity_examples=0)
+    report = evaluate(model, (x, y), EvalOptions(eps=0.05, attacks="fgsm", sanity_examples=0))
     with torch.no_grad():
         want = int((model(x).argmax(1) == y).sum())
     assert report.data["clean"]["correct"] == want
     assert report.data["n_examples"] == 30
     with pytest.raises(SpatError, match=r"in \[0, 1\]"):
-        evaluate(model, (x * 255, y), eps=0.05, attacks="fgsm", sanity_examples=0)
+        evaluate(model, (x * 255, y), EvalOptions(eps=0.05, attacks="fgsm", sanity_examples=0))
     with pytest.raises(SpatError, match="shape"):
-        evaluate(model, (x[0], y), eps=0.05, attacks="fgsm", sanity_examples=0)
+        evaluate(model, (x[0], y), EvalOptions(eps=0.05, attacks="fgsm", sanity_examples=0))
 
 
 def test_eval_official_spat_checkpoint_from_the_command_line(tmp_path: Path):

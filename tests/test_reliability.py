@@ -178,7 +178,7 @@ def test_load_weights_refuses_inf_naming_the_tensor(tmp_path: Path) -> None:
 
 
 def test_eval_stops_when_clean_outputs_are_not_finite() -> None:
-    from spat.evaluation.protocol import evaluate
+    from spat.evaluation import EvalOptions, evaluate
 
     class NaNNet(torch.nn.Module):
         def __init__(self) -> None:
@@ -190,7 +190,7 @@ def test_eval_stops_when_clean_outputs_are_not_finite() -> None:
 
     x, y = torch.rand(8, 1, 2, 2), torch.arange(8) % 3
     with pytest.raises(SpatError, match="not finite .*for 8 of 8 examples"):
-        evaluate(NaNNet(), (x, y), eps=0.1, attacks="fgsm", sanity_examples=0)
+        evaluate(NaNNet(), (x, y), EvalOptions(eps=0.1, attacks="fgsm", sanity_examples=0))
 
 
 # ----------------------------------------------------------------------------- state.pt

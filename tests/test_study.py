@@ -868,6 +868,23 @@ def test_unknown_class_pair_name_is_refused_before_any_cell(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("bad, field", [("eps = 0.0", "eval.eps: eps must be > 0"),
+                                        ('attacks = ["pgd7"]', "unknown attack 'pgd7'"),
+                                        ("batch_size = 0", "eval.batch_size")])
+def test_a_bad_eval_table_is_refused_before_any_training(
+        tmp_path: Path, capsys: pytest.CaptureFixture, bad: str, field: str) -> None:
+    """[eval] goes through EvalOptions when the file is read: a run of `spat study` (not only
+    --dry-run) stops with one line, exit 2, before any cell trains; nothing is written."""
+    from spat.cli import main
+
+    path = _tiny(tmp_path, "badeval")
+    path.write_text(path.read_text().replace('attacks = ["fgsm"]', bad))
+    assert main(["study", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"spat: error: {path}: ") and field in err and "\n" not in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_class_names_known_without_loading_the_data(tmp_path: Path) -> None:
     """dataset_class_names: the names load_dataset gives, from fixed lists or small files only;
     None where the files are absent (then class_pairs are checked when results are read)."""

@@ -22,6 +22,7 @@ from spat.config import TrainConfig
 from spat.data import Split
 from spat.errors import SpatError
 from spat.evaluation.options import EvalOptions
+from spat.evaluation.protocol import Plumbing
 from spat.evaluation.protocol import evaluate as _evaluate
 from spat.evaluation.report import EvalReport
 from spat.train.run import train as _train
@@ -89,7 +90,7 @@ def evaluate(
                           seed=seed, batch_size=batch_size, attack_logits=attack_logits)
     return _evaluate(model, split, opts,
                      device=model_device(model) if device is None else device,
-                     class_names=class_names, progress=progress)
+                     class_names=class_names, plumbing=Plumbing(progress=progress))
 
 
 def load_model(source: str | os.PathLike[str], weights: str | os.PathLike[str] | None = None,

@@ -20,7 +20,7 @@ from spat.errors import SpatError
 from spat.evaluation.attacks import resolve_attack_name
 from spat.evaluation.core import Predictions
 from spat.utils.io import atomic_write_text
-from spat.utils.progress import counting_bar
+from spat.utils.progress import Progress
 from spat.validation import loads_json
 
 Log = Callable[[str], None]
@@ -98,7 +98,8 @@ def obtain_predictions(
         f"{cfg.norm}) predictions on {n} test examples; cached as {cache}")
     split = subset_split(test_split, limit)
     gen = torch.Generator(device=device).manual_seed(final_test_seed(int(cfg.seed)))
-    with counting_bar(f"  PGD-{steps}", len(split), stderr=True, transient=True) as on_batch:
+    with Progress(stderr=True, transient=True) as bars:
+        on_batch = bars.counter(f"  PGD-{steps}", len(split))
         preds = predict_under_attacks(model, split, [pgd(float(cfg.eps), steps=steps,
                                                          norm=cfg.norm)],
                                       batch_size=batch_size, device=device, generator=gen,

@@ -9,8 +9,9 @@ from spat.evaluation.attacks import ATTACK_KEYS, DEFAULT_ATTACKS, parse_attacks
 from spat.evaluation.core import Predictions, predict_under_attacks
 from spat.evaluation.evaluate_model import evaluate_model
 from spat.evaluation.evaluate_run import evaluate_run
+from spat.evaluation.inputs import select_subset
 from spat.evaluation.options import ATTACK_LOGITS, EvalOptions
-from spat.evaluation.protocol import evaluate, select_subset
+from spat.evaluation.protocol import Plumbing, evaluate
 from spat.evaluation.report import EvalReport, print_report
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "DEFAULT_ATTACKS",
     "EvalOptions",
     "EvalReport",
+    "Plumbing",
     "Predictions",
     "evaluate",
     "evaluate_model",

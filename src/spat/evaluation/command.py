@@ -1,8 +1,16 @@
-"""``spat eval``: the robustness evaluation protocol on the command line."""
+"""``spat eval``: the robustness evaluation protocol on the command line.
+
+The evaluation settings' flags are derived from :class:`~spat.evaluation.options.EvalOptions`'s
+fields and their :func:`~spat.utils.options.option` metadata
+(:func:`spat.utils.options.add_dataclass_options`), as ``spat train``'s from ``TrainConfig``;
+the options that are not settings of the evaluation (the model, output, device, ...) are written
+out below.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import textwrap
 import time
@@ -11,9 +19,13 @@ from typing import Any
 from spat.checkpoint import WHICH_HELP, check_which
 from spat.errors import SpatError
 from spat.evaluation.attacks import ATTACK_KEYS, CHOICES, DEFAULT_ATTACKS
-from spat.evaluation.options import ATTACK_LOGITS, EvalOptions
-from spat.utils.argtypes import fraction
-from spat.utils.options import DefaultsHelpFormatter
+from spat.evaluation.options import EvalOptions
+from spat.utils.options import DefaultsHelpFormatter, add_dataclass_options, flag_name
+
+#: Option groups of ``spat eval --help`` holding EvalOptions' fields (keys: the ``group`` of a
+#: field's metadata). Every field is a flag, derived from its metadata: a field added to
+#: EvalOptions is a flag with no edit here.
+GROUPS = {"settings": "evaluation settings"}
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, DefaultsHelpFormatter):
@@ -66,6 +78,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT", nargs="?", default=None,
                    help="a run directory (from spat train) or a checkpoint folder (or --model)")
+    add_dataclass_options(p, EvalOptions, groups=GROUPS, context={
+        "attack_keys": ", ".join(ATTACK_KEYS), "default_attacks": ",".join(DEFAULT_ATTACKS)})
     g = p.add_argument_group("a model that is not a spat run (instead of RUN)")
     g.add_argument("--model", default=None,
                    help="package.module:attr (an nn.Module, a class or a no-argument factory "
@@ -80,40 +94,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--cosine-scale", dest="cosine_scale", type=float, default=None,
                    help="scale s of official-spat's cosine head: the attacked logits are s·z "
                    "(default 8, the official training's; only with --model official-spat)")
-    p.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS),
-                   help=f"comma-separated, from: {', '.join(ATTACK_KEYS)} (see below)")
-    p.add_argument("--eps", type=fraction, default=None,
-                   help="ε in [0,1] pixel units, accepts 8/255 (default: the run's training ε; "
-                   "with --model the dataset's default training ε)")
-    p.add_argument("--norm", choices=("linf", "l2"), type=str.lower, default=None,
-                   help="threat model (default: the run's; linf with --model)")
-    p.add_argument("--n-examples", dest="n_examples", type=int, default=None,
-                   help="evaluate the first N of a permutation of the test set seeded by --seed "
-                   "(default: the whole test set, in order)")
-    p.add_argument("--attack-logits", dest="attack_logits", choices=ATTACK_LOGITS,
-                   default="model",
-                   help="logits every attack sees: model (the model's outputs; s·z for a cosine "
-                   "head) or unit_cosine (s·z / s = z, temperature 1, as the official SPAT "
-                   "evaluation; needs a cosine head). Clean accuracy is the same")
-    p.add_argument("--restarts", type=int, default=1,
-                   help="random starts of PGD and CW (worst case kept per example)")
-    p.add_argument("--step-size", dest="step_size", type=fraction, default=None,
-                   help="PGD/CW step size η (default ε/4)")
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=500,
-                   help="examples per attack batch (also AutoAttack's)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, "
                    "cuda:N, mps")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of the subset, of the random starts and of AutoAttack")
     p.add_argument("--which", default="best", help=WHICH_HELP)
     p.add_argument("--out", default=None, help="output folder (default: RUN/eval; with "
                    "--model ./eval-<model>-<dataset>)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="reuse attacks saved by an earlier run with the same settings and "
                    "continue an interrupted AutoAttack")
-    p.add_argument("--sanity-examples", dest="sanity_examples", type=int, default=100,
-                   help="examples for the ε-sweep and black-box (Square, 1000 queries) sanity "
-                   "checks; 0 skips them")
     p.add_argument("--data-dir", dest="data_dir", default=None,
                    help="where the dataset is (default: the run's data_dir)")
     p.add_argument("--no-progress", dest="no_progress", action="store_true",
@@ -137,11 +125,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     apply_threads(args.threads)
     check_which(args.which)
-    for name, value, low in (("n-examples", args.n_examples, 1), ("restarts", args.restarts, 1),
-                             ("batch-size", args.batch_size, 1),
-                             ("sanity-examples", args.sanity_examples, 0)):
-        if value is not None and value < low:  # the flag's own name in the message
-            raise SpatError(f"--{name} must be >= {low}, got {value}")
     opts = options_from_args(args)
     out = Console(highlight=False)
     t0 = time.perf_counter()
@@ -164,7 +147,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 args.run, opts, which=args.which, out=args.out, device=args.device,
                 data_dir=args.data_dir, resume=args.resume,
                 progress=not (args.no_progress or quiet()) and dist.is_main,
-                console=Console(stderr=True), log=info if dist.is_main else lambda s: None,
+                log=info if dist.is_main else lambda s: None,
                 dist=dist, tensorboard=args.tensorboard,
             )
         finally:
@@ -179,17 +162,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def options_from_args(args: argparse.Namespace) -> EvalOptions:
-    """The :class:`EvalOptions` of ``spat eval``'s flags (validated there)."""
-    return EvalOptions(eps=args.eps, attacks=args.attacks, norm=args.norm,
-                       n_examples=args.n_examples, seed=args.seed, restarts=args.restarts,
-                       step_size=args.step_size, batch_size=args.batch_size,
-                       sanity_examples=args.sanity_examples, attack_logits=args.attack_logits)
+    """The :class:`EvalOptions` of ``spat eval``'s flags: the fields given on the command line
+    over the defaults, validated by EvalOptions; a bad value is a one-line error naming its
+    flag."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(EvalOptions)
+             if hasattr(args, f.name)}
+    for name, value in given.items():  # one at a time first, so that the message names it
+        try:
+            EvalOptions(**{name: value})
+        except SpatError as e:
+            raise SpatError(f"{flag_name(name)}: {e}") from None
+    return EvalOptions(**given)
 
 
 def _eval_model(args: argparse.Namespace, opts: EvalOptions, out: Any) -> tuple[Any, Any]:
     """``spat eval --model ...``: one call of :func:`spat.evaluation.evaluate_model`."""
-    from rich.console import Console
-
     from spat.evaluation.evaluate_model import evaluate_model
     from spat.utils.log import info, quiet
 
@@ -203,6 +190,5 @@ def _eval_model(args: argparse.Namespace, opts: EvalOptions, out: Any) -> tuple[
     return evaluate_model(
         args.model, opts, dataset=args.dataset, weights=args.weights, data_dir=args.data_dir,
         out=args.out, device=args.device, cosine_scale=args.cosine_scale, resume=args.resume,
-        progress=not (args.no_progress or quiet()),
-        console=Console(stderr=True), log=info,
+        progress=not (args.no_progress or quiet()), log=info,
     )

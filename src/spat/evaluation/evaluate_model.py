@@ -17,8 +17,9 @@ from spat.data import Split
 from spat.errors import SpatError
 from spat.evaluation.attacks import require_attacks
 from spat.evaluation.evaluate_run import STATE_SUBDIR
+from spat.evaluation.job import Log
 from spat.evaluation.options import EvalOptions
-from spat.evaluation.protocol import Log, evaluate
+from spat.evaluation.protocol import Plumbing, evaluate
 from spat.evaluation.report import EvalReport
 from spat.validation import one_line
 
@@ -48,7 +49,6 @@ def evaluate_model(
     cosine_scale: float | None = None,
     resume: bool = True,
     progress: bool = True,
-    console: Any = None,
     log: Log | None = None,
     **settings: Any,
 ) -> tuple[EvalReport, Path]:
@@ -113,9 +113,9 @@ def evaluate_model(
         "environment": environment(dev),
     }
     report = evaluate(
-        net, data.test, opts, device=dev, class_names=list(info.class_names),
-        state_dir=out_dir / STATE_SUBDIR, resume=resume, progress=progress, console=console,
-        log=log, metadata=metadata,
+        net, data.test, opts, device=dev, class_names=list(info.class_names), metadata=metadata,
+        plumbing=Plumbing(state_dir=out_dir / STATE_SUBDIR, resume=resume, progress=progress,
+                          log=log),
     )
     report.save(out_dir)
     return report, out_dir

@@ -9,8 +9,9 @@ from typing import Any
 
 from spat.errors import SpatError
 from spat.evaluation.attacks import require_attacks
+from spat.evaluation.job import Log
 from spat.evaluation.options import EvalOptions
-from spat.evaluation.protocol import Log, evaluate
+from spat.evaluation.protocol import Plumbing, evaluate
 from spat.evaluation.report import EvalReport
 from spat.utils.distributed import SINGLE, DistContext
 from spat.utils.lock import FolderClaim
@@ -56,7 +57,6 @@ def evaluate_run(
     data_dir: str | None = None,
     resume: bool = True,
     progress: bool = True,
-    console: Any = None,
     log: Log | None = None,
     dist: DistContext = SINGLE,
     tensorboard: bool = False,
@@ -126,8 +126,9 @@ def evaluate_run(
     try:
         report = evaluate(
             model, data.test, opts, device=dev, class_names=list(info.class_names),
-            state_dir=out_dir / STATE_SUBDIR, resume=resume, progress=progress,
-            console=console, log=log, metadata=metadata, dist=dist,
+            metadata=metadata,
+            plumbing=Plumbing(state_dir=out_dir / STATE_SUBDIR, resume=resume,
+                              progress=progress, log=log, dist=dist),
         )
         if dist.is_main:
             report.save(out_dir)

@@ -30,10 +30,20 @@ from torch import nn
 from spat.attacks.geometry import check_norm
 from spat.errors import SpatError
 from spat.evaluation.attacks import DEFAULT_ATTACKS, parse_attacks
+from spat.utils.argtypes import fraction
+from spat.utils.options import option
 from spat.utils.rng import MAX_SEED
 
 #: The logits every attack sees: the model's own (s·z for a cosine head) or z = s·z / s.
 ATTACK_LOGITS: tuple[str, ...] = ("model", "unit_cosine")
+#: The :class:`EvalOptions` fields that change an evaluation's numbers (the predictions under
+#: attack, so every accuracy): a finished evaluation answers for wanted options only when these
+#: agree (:meth:`EvalOptions.result_differences`; a study cell's evaluation is stale otherwise).
+RESULT_FIELDS: tuple[str, ...] = ("eps", "norm", "attacks", "n_examples", "seed", "restarts",
+                                  "step_size", "batch_size", "attack_logits")
+#: The fields that change only the sanity checks, not a number of the accuracy table. Every
+#: field is in exactly one of the two lists (a test checks it), so a new field needs a decision.
+CHECK_FIELDS: tuple[str, ...] = ("sanity_examples", "square_queries")
 
 
 def _integer(name: str, value: Any, low: int | None) -> int:
@@ -76,17 +86,28 @@ class EvalOptions:
             needs a cosine head). See the module docstring.
     """
 
-    eps: float | None = None
-    attacks: tuple[str, ...] = DEFAULT_ATTACKS
-    norm: str | None = None
-    n_examples: int | None = None
-    seed: int = 0
-    restarts: int = 1
-    step_size: float | None = None
-    batch_size: int = 500
-    sanity_examples: int = 100
-    square_queries: int = 1000
-    attack_logits: str = "model"
+    eps: float | None = option(
+        None, "ε in [0,1] pixel units, accepts 8/255 (default: the run's training ε; with "
+        "--model the dataset's default training ε)", group="settings", parse=fraction)
+    attacks: tuple[str, ...] = option(
+        DEFAULT_ATTACKS, "comma-separated, from: {attack_keys} (see below; default "
+        "{default_attacks})")
+    norm: str | None = option(None, "threat model (default: the run's; linf with --model)",
+                              parse=str.lower, choices=("linf", "l2"))
+    n_examples: int | None = option(
+        None, "evaluate the first N of a permutation of the test set seeded by --seed "
+        "(default: the whole test set, in order)")
+    seed: int = option(0, "seed of the subset, of the random starts and of AutoAttack")
+    restarts: int = option(1, "random starts of PGD and CW (worst case kept per example)")
+    step_size: float | None = option(None, "PGD/CW step size η (default ε/4)", parse=fraction)
+    batch_size: int = option(500, "examples per attack batch (also AutoAttack's)")
+    sanity_examples: int = option(
+        100, "examples for the ε-sweep and black-box (Square) sanity checks; 0 skips them")
+    square_queries: int = option(1000, "queries of the black-box sanity check's Square attack")
+    attack_logits: str = option(
+        "model", "logits every attack sees: model (the model's outputs; s·z for a cosine head) "
+        "or unit_cosine (s·z / s = z, temperature 1, as the official SPAT evaluation; needs a "
+        "cosine head). Clean accuracy is the same", choices=ATTACK_LOGITS)
 
     def __post_init__(self) -> None:
         put = object.__setattr__  # frozen: normalise the values once, here
@@ -145,6 +166,23 @@ class EvalOptions:
         if out.eps is None:
             raise SpatError("give eps, the radius of the threat ball in [0, 1] pixel units")
         return out
+
+    def for_split(self, n_total: int) -> EvalOptions:
+        """These options on a split of ``n_total`` examples: ``n_examples`` None when it takes
+        the whole split (then the subset is every example, in order, as with None)."""
+        if self.n_examples is not None and self.n_examples >= n_total:
+            return dataclasses.replace(self, n_examples=None)
+        return self
+
+    def result_differences(self, other: EvalOptions) -> list[str]:
+        """The :data:`RESULT_FIELDS` whose values differ between these options and ``other``
+        (numbers equal to 1e-12), in that order; empty: the same numbers."""
+        def same(a: Any, b: Any) -> bool:
+            if isinstance(a, float) and isinstance(b, float):
+                return abs(a - b) <= 1e-12
+            return bool(a == b)
+
+        return [k for k in RESULT_FIELDS if not same(getattr(self, k), getattr(other, k))]
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as plain JSON values (attacks as a list)."""

@@ -6,13 +6,20 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from spat._version import __version__
+from spat.attacks import autoattack as aa_mod
+from spat.errors import SpatError
 from spat.evaluation.core import Predictions
+from spat.evaluation.options import EvalOptions
 from spat.evaluation.sanity import Check
 from spat.utils.io import atomic_write_text
+
+if TYPE_CHECKING:
+    from spat.evaluation.attack_runs import AttackOutcome
 
 REPORT_FILE = "report.json"
 PREDICTIONS_FILE = "predictions.npz"
@@ -49,6 +56,78 @@ def summarize(correct: torch.Tensor, labels: torch.Tensor, class_names: list[str
         "per_class_accuracy": per_class,
         "per_class_correct": hits.tolist(),
         "worst_class": worst,
+    }
+
+
+def report_data(preds: Predictions, outcomes: list[AttackOutcome], opts: EvalOptions, *,
+                class_names: list[str], checks: list[Check], warnings: list[str],
+                index: torch.Tensor, n_total: int, device: torch.device, scale: float | None,
+                processes: int, metadata: dict[str, Any] | None, total_seconds: float
+                ) -> dict[str, Any]:
+    """The JSON document of an evaluation (``report.json``; see docs/evaluation.md):
+    ``metadata`` first, then the threat model, the accuracies, the subset (``index`` of the
+    ``n_total`` examples of the split), the settings (ε and norm filled in; ``scale``: the s
+    the unit-cosine logits divide by; ``processes``: ranks), per-class and per-attack
+    summaries, the worst case, the sanity ``checks``, ``warnings``, versions and timing."""
+    eps, norm, seed = opts.eps, opts.norm, opts.seed
+    assert eps is not None and norm is not None
+    names = class_names
+    labels = preds.labels
+    clean = summarize(preds.correct(None), labels, names)
+    cum = preds.correct(None)
+    entries = []
+    for o in outcomes:
+        ok = preds.correct(o.name)
+        cum = cum & ok
+        s = summarize(ok, labels, names)
+        entries.append({
+            "key": o.key, "name": o.name, "kind": o.kind, "settings": o.settings,
+            **s,
+            "cumulative_accuracy": float(cum.sum()) / len(preds),
+            "cumulative_correct": int(cum.sum()),
+            "seconds": o.seconds, "reused": o.reused, "details": o.details,
+        })
+    ensemble = {**summarize(preds.robust_all(), labels, names),
+                "attacks": [o.name for o in outcomes]}
+    aa = next((e for e in entries if e["key"] == "aa"), None)
+    subset = n_total != len(preds)
+    return {
+        "schema": SCHEMA,
+        **(metadata or {}),
+        "threat_model": aa_mod.AA_NORMS[norm],
+        "norm": norm,
+        "eps": float(eps),
+        "n_examples": len(preds),
+        "clean_acc": clean["accuracy"],
+        "autoattack_acc": aa["accuracy"] if aa is not None else None,
+        "robust_acc": ensemble["accuracy"],
+        "subset": {
+            "n_examples": len(preds), "of": n_total, "seed": int(seed),
+            "rule": ("first n_examples of torch.randperm(of) with a CPU generator seeded by "
+                     "seed" if subset else "the whole split, in order"),
+            "indices": index.tolist() if subset else None,
+        },
+        "seed": int(seed),
+        "settings": {
+            "attacks": [o.key for o in outcomes], "restarts": opts.restarts,
+            "step_size": opts.step_size, "default_step_size": "eps/4 (PGD/CW); eps (FGSM)",
+            "batch_size": opts.batch_size, "device": str(device),
+            "sanity_examples": opts.sanity_examples,
+            "attack_logits": opts.attack_logits, "logit_scale": scale,
+            "processes": processes,
+        },
+        "classes": names,
+        "class_counts": torch.bincount(labels, minlength=len(names))[:len(names)].tolist(),
+        "clean": clean,
+        "attacks": entries,
+        "ensemble": ensemble,
+        "sanity": {"passed": all(c.passed is not False for c in checks),
+                   "checks": [c.to_dict() for c in checks]},
+        "warnings": warnings,
+        "versions": {"spat": __version__, "torch": torch.__version__,
+                     "pyautoattack": aa_mod.pyautoattack_version()},
+        "timing": {"total_seconds": total_seconds,
+                   "attack_seconds": {o.name: o.seconds for o in outcomes}},
     }
 
 
@@ -120,6 +199,30 @@ def attack_logits_of(report: dict[str, Any]) -> str:
     """The logits a report's attacks saw (``settings.attack_logits``); ``"model"`` for a report
     written before the option existed, whose attacks all saw the model's own outputs."""
     return str((report.get("settings") or {}).get("attack_logits") or "model")
+
+
+def report_options(report: dict[str, Any]) -> EvalOptions | None:
+    """The settings a report was made with, as :class:`EvalOptions` (ε and norm filled in;
+    ``n_examples`` None when the report covers the whole split in order); None when the report
+    lacks ε, norm, attacks or seed, or holds values EvalOptions refuses (a broken report).
+
+    Rule for the settings an older report does not record (written before the setting existed):
+    they take their EvalOptions default, the value every evaluation used then (``restarts`` 1,
+    ``step_size`` None, ``attack_logits`` "model", see :func:`attack_logits_of`);
+    ``square_queries`` is never recorded (it changes only a sanity check).
+    """
+    settings = report.get("settings") or {}
+    subset = report.get("subset") or {}
+    recorded = {k: settings[k] for k in ("restarts", "step_size", "batch_size", "sanity_examples")
+                if k in settings}
+    try:
+        return EvalOptions(eps=report["eps"], norm=report["norm"], attacks=settings["attacks"],
+                           seed=report["seed"],
+                           n_examples=(None if subset.get("indices") is None
+                                       else report["n_examples"]),
+                           attack_logits=attack_logits_of(report), **recorded)
+    except (KeyError, TypeError, SpatError):
+        return None
 
 
 def _pct(v: float | None) -> str:

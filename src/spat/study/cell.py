@@ -14,15 +14,17 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spat.errors import FolderBusy, SpatError
 from spat.utils.io import read_json_object_or_none
 from spat.utils.lock import describe_holder
+
+if TYPE_CHECKING:
+    from spat.evaluation.options import EvalOptions
 
 #: The lock file by which a study holds a cell (beside the run's own ``.lock``, which
 #: ``spat train`` takes inside it; ``spat eval`` locks ``RUN/eval/.lock``).
@@ -42,26 +44,33 @@ def config_mismatch(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
                   and saved.get(k, ADDED_FIELDS.get(k)) != wanted[k])
 
 
-def eval_matches(report: dict[str, Any] | None, ev: dict[str, Any], eps: float) -> bool:
-    """Whether ``eval/report.json`` was made with the study's evaluation settings (a report
-    without ``settings.attack_logits`` attacked the model's own logits)."""
-    from spat.evaluation.report import attack_logits_of
+def eval_options(ev: Mapping[str, Any]) -> EvalOptions:
+    """The :class:`~spat.evaluation.options.EvalOptions` of a cell's evaluation settings (its
+    ``[eval]`` table with the variant's overrides; ``which`` and ``analyze`` are the study's
+    own)."""
+    from spat.evaluation.options import EvalOptions
+    from spat.study.spec import EVAL_OPTION_KEYS
 
-    if not report:
+    return EvalOptions(**{k: ev[k] for k in EVAL_OPTION_KEYS if k in ev})
+
+
+def eval_matches(report: dict[str, Any] | None, ev: Mapping[str, Any],
+                 trained: Mapping[str, Any]) -> bool:
+    """Whether ``eval/report.json`` answers for the cell's evaluation settings ``ev``: the same
+    checkpoint (``which``; a report without it: the study's) and no difference in the fields
+    that change the numbers (:data:`~spat.evaluation.options.RESULT_FIELDS`), ε and norm taken
+    from the run's resolved config ``trained`` where ``ev`` leaves them out, ``n_examples``
+    compared as the examples it selects. A setting an older report lacks has its EvalOptions
+    default (:func:`~spat.evaluation.report.report_options`); settings that change no number
+    (sanity checks, progress, device) never make a cell stale."""
+    from spat.evaluation.report import report_options
+
+    saved = report_options(report) if report else None
+    if saved is None or report is None or report.get("which", ev["which"]) != ev["which"]:
         return False
-    settings = report.get("settings") or {}
-    want_eps = float(ev["eps"]) if ev.get("eps") is not None else float(eps)
-    subset = report.get("subset") or {}
-    n = report.get("n_examples")
-    return (list(settings.get("attacks") or []) == list(ev["attacks"])
-            and report.get("which", ev["which"]) == ev["which"]
-            and abs(float(report.get("eps", -1)) - want_eps) < 1e-12
-            and int(report.get("seed", -1)) == int(ev["seed"])
-            and int(settings.get("restarts", 1)) == int(ev["restarts"])
-            and attack_logits_of(report) == ev.get("attack_logits", "model")
-            and (ev["n_examples"] is None and subset.get("indices") is None
-                 or ev["n_examples"] is not None and n == min(int(ev["n_examples"]),
-                                                              int(subset.get("of") or n))))
+    of = int((report.get("subset") or {}).get("of") or report.get("n_examples") or 0)
+    wanted = eval_options(ev).with_threat(float(trained["eps"]), trained["norm"]).for_split(of)
+    return not wanted.result_differences(saved)
 
 
 def cell_state(cell: dict[str, Any]) -> str:
@@ -89,7 +98,7 @@ def cell_state(cell: dict[str, Any]) -> str:
     if read_json_object_or_none(run / "summary.json") is None:
         return "resume"
     if not eval_matches(read_json_object_or_none(run / "eval" / "report.json"), cell["eval"],
-                        float(wanted["eps"])):
+                        wanted):
         return "eval"
     if cell["eval"].get("analyze", True) and not _analysis_fresh(run):
         return "analyze"
@@ -222,18 +231,11 @@ def _run_stages(cell: dict[str, Any], record: dict[str, Any], device: str | None
         record["train_images"] = int(data.get("train", 0)) * int(summary.get("epochs") or 0)
         state = "eval"
     if state == "eval":
-        from rich.console import Console
-
         from spat.evaluation.evaluate_run import evaluate_run
 
         t = time.perf_counter()
-        report, _ = evaluate_run(
-            run, which=ev["which"], attacks=list(ev["attacks"]), eps=ev.get("eps"),
-            n_examples=ev.get("n_examples"), seed=ev["seed"], restarts=ev["restarts"],
-            batch_size=ev["batch_size"], attack_logits=ev.get("attack_logits", "model"),
-            device=cfg.device, resume=True,
-            sanity_examples=ev["sanity_examples"], progress=False,
-            console=Console(file=sys.stdout, force_terminal=False), log=print)
+        report, _ = evaluate_run(run, eval_options(ev), which=ev["which"], device=cfg.device,
+                                 resume=True, progress=False, log=print)
         record["stages"].append("eval")
         record["eval_seconds"] = time.perf_counter() - t
         record["eval_images"] = int(report.data["n_examples"]) * (1 + len(ev["attacks"]))

@@ -13,7 +13,6 @@ import contextlib
 import multiprocessing
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -101,14 +100,12 @@ class StudyProgress:
         self.total, self.done, self.log = total, done, log
         self.start_done = done
         self.t0 = time.perf_counter()
-        self.terminal = sys.stdout.isatty() if terminal is None else terminal
-        self._bar: Any = None
-        if self.terminal and total > done:
-            from spat.utils.progress import progress_bar
+        from spat.utils.progress import Progress
 
-            self._bar = progress_bar("study", "{task.fields[last]}")
-            self._bar.start()
-            self._task = self._bar.add_task("study", total=total, completed=done, last="")
+        self._bars = Progress(total > done, description="study", extra=("{task.fields[last]}",),
+                              terminal=terminal)
+        self._bars.start()
+        self._update = self._bars.task("study", total, completed=done, last="")
 
     def eta(self) -> float | None:
         ran = self.done - self.start_done
@@ -123,11 +120,10 @@ class StudyProgress:
             self.total -= 1
         else:
             self.done += 1
-        if self._bar is not None:
+        if self._bars.shown:
             from rich.markup import escape
 
-            self._bar.update(self._task, total=self.total, advance=0 if skipped else 1,
-                             last=escape(what))
+            self._update(total=self.total, advance=0 if skipped else 1, last=escape(what))
             return
         eta = self.eta()
         left = self.total - self.done
@@ -141,12 +137,10 @@ class StudyProgress:
         if n <= 0:
             return
         self.total += n
-        if self._bar is not None:
-            self._bar.update(self._task, total=self.total)
+        self._update(total=self.total)
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
+        self._bars.stop()
 
 
 def _hms(s: float) -> str:

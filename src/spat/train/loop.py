@@ -49,6 +49,7 @@ from spat.utils.hardware import FastPath
 from spat.utils.io import append_jsonl, atomic_write_text, read_jsonl_lines
 from spat.utils.log import info as log_info
 from spat.utils.log import logger
+from spat.utils.progress import Progress
 from spat.utils.rng import (
     STREAM_DATA,
     STREAM_VAL,
@@ -428,12 +429,15 @@ class Trainer:
         (on resume, those of the earlier epochs first)."""
         cfg = self.cfg
         assert cfg.epochs is not None
-        bar = _Progress(self.progress and self.dist.is_main, self.steps_per_epoch)
+        # a bar with live loss/accuracy on a terminal; one plain line per epoch otherwise
+        bars = Progress(self.progress and self.dist.is_main, extra=("{task.fields[live]}",))
         tb = self._tensorboard()
-        with bar, contextlib.closing(tb) if tb is not None else contextlib.nullcontext():
+        with bars, contextlib.closing(tb) if tb is not None else contextlib.nullcontext():
             for epoch in range(self.start_epoch, cfg.epochs):
-                bar.start(epoch, cfg.epochs)
-                stats = self.train_epoch(epoch, bar.update)
+                title = f"epoch {epoch + 1}/{cfg.epochs}"
+                update = bars.task(title, self.steps_per_epoch, live="")
+                stats = self.train_epoch(epoch, lambda step, live, u=update:
+                                         u(completed=step, live=_live_text(live)))
                 t_val = time.perf_counter()
                 val = self.validate(epoch)
                 val_seconds = time.perf_counter() - t_val
@@ -476,63 +480,27 @@ class Trainer:
                     if self.dist.is_main:
                         logger.warning(f"warning: {line}")
                 self._save(epoch, is_best, val_acc)
-                bar.end_epoch(record)
+                if bars.shown:
+                    update(live=_epoch_text(record))
+                elif bars.enabled:  # a file or a pipe (cluster logs)
+                    log_info(f"{title}  {_epoch_text(record)}  ({record['train_seconds']:.1f} s, "
+                             f"{record['train_images_per_s']:.0f} img/s)")
                 self.dist.barrier()
         return self.history
 
 
-class _Progress:
-    """A rich progress bar with live loss/accuracy on a terminal; one plain line per epoch when
-    the output is a file or a pipe (cluster logs); silent when disabled."""
+def _live_text(live: dict[str, float]) -> str:
+    """``loss 0.812  adv_acc 61.2%  clean_acc 80.1%``: the progress bar's live column."""
+    return "  ".join(f"{k} {v:.3f}" if k == "loss" else f"{k} {100 * v:.1f}%"
+                     for k, v in live.items())
 
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.enabled, self.total = enabled, total
-        self._p: Any = None
-        self._task: Any = None
-        self._plain = False
-        self._title = ""
 
-    def __enter__(self) -> _Progress:
-        if self.enabled:
-            from rich.console import Console
-
-            if Console().is_terminal:
-                from spat.utils.progress import progress_bar
-
-                self._p = progress_bar("{task.description}", "{task.fields[live]}")
-                self._p.__enter__()
-            else:
-                self._plain = True
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._p is not None:
-            self._p.__exit__(None, None, None)
-
-    def start(self, epoch: int, epochs: int) -> None:
-        self._title = f"epoch {epoch + 1}/{epochs}"
-        if self._p is not None:
-            self._task = self._p.add_task(self._title, total=self.total, live="")
-
-    @staticmethod
-    def _live_text(live: dict[str, float]) -> str:
-        return "  ".join(f"{k} {v:.3f}" if k == "loss" else f"{k} {100 * v:.1f}%"
-                         for k, v in live.items())
-
-    def update(self, step: int, live: dict[str, float]) -> None:
-        if self._p is not None and self._task is not None:
-            self._p.update(self._task, completed=step, live=self._live_text(live))
-
-    def end_epoch(self, record: dict[str, Any]) -> None:
-        extra = ""
-        if record.get("val_robust_acc") is not None:
-            extra = (f"  val clean {100 * record['val_clean_acc']:.1f}%  "
-                     f"val {record['val_attack']} {100 * record['val_robust_acc']:.1f}%")
-        if self._p is not None and self._task is not None:
-            self._p.update(self._task, live=self._p.tasks[-1].fields["live"] + extra)
-        elif self._plain:
-            train = {k: record[f"train_{k}"] for k in ("loss", "adv_acc", "clean_acc")
-                     if record.get(f"train_{k}") is not None}
-            log_info(f"{self._title}  {self._live_text(train)}{extra}  "
-                     f"({record['train_seconds']:.1f} s, "
-                     f"{record['train_images_per_s']:.0f} img/s)")
+def _epoch_text(record: dict[str, Any]) -> str:
+    """An epoch's training loss and accuracies, then its validation accuracies."""
+    train = {k: record[f"train_{k}"] for k in ("loss", "adv_acc", "clean_acc")
+             if record.get(f"train_{k}") is not None}
+    extra = ""
+    if record.get("val_robust_acc") is not None:
+        extra = (f"  val clean {100 * record['val_clean_acc']:.1f}%  "
+                 f"val {record['val_attack']} {100 * record['val_robust_acc']:.1f}%")
+    return _live_text(train) + extra

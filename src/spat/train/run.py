@@ -32,7 +32,7 @@ from spat.utils.env import environment, resolve_device
 from spat.utils.io import atomic_write_text, read_json_object_or_none
 from spat.utils.log import info as log_info
 from spat.utils.log import logger
-from spat.utils.progress import counting_bar
+from spat.utils.progress import Progress
 from spat.utils.rng import final_test_seed, seed_everything
 
 Log = Callable[[str], None]
@@ -366,8 +366,8 @@ def _train(
     test = subset_split(data.test, cfg.test_subset, seed=0)
     log(f"test: clean and PGD-{cfg.test_steps} on {len(test)} examples, best checkpoint "
         f"{best.name}")
-    with counting_bar(f"test PGD-{cfg.test_steps}", -(-len(test) // dist.world_size),
-                      progress and dist.is_main) as advance:
+    with Progress(progress and dist.is_main) as bars:
+        advance = bars.counter(f"test PGD-{cfg.test_steps}", -(-len(test) // dist.world_size))
         preds = evaluate_split(model, test, cfg, device, cfg.test_steps,
                                seed=final_test_seed(cfg.seed), dist=dist, on_batch=advance)
     # Every rank leaves train() together, after rank 0 has written the summary: a rank that

@@ -37,15 +37,26 @@ FINAL_TEST_OFFSET = 12345
 MAX_SEED = 2**63 - 1
 
 
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (stable across processes and Python versions).
+def derive_seed(*parts: int | str) -> int:
+    """A 63-bit seed from integers and names (stable across processes and Python versions): the
+    one way spat derives a seed from another.
 
-    FNV-1a over the 64-bit two's-complement words of ``parts``: ``derive_seed(seed, epoch,
-    stream)`` names one random stream of one epoch of one run.
+    FNV-1a over the 64-bit two's-complement words of ``parts``; a string part is its length in
+    UTF-8 bytes, then each byte, as words (so ``("ab",)`` and ``("a", "b")`` differ).
+    ``derive_seed(seed, epoch, stream)`` names one random stream of one epoch of one run;
+    ``derive_seed(seed, "pgd20")`` an evaluation attack's random starts
+    (:mod:`spat.evaluation.seeding`).
     """
     h = 1469598103934665603
+    words: list[int] = []
     for p in parts:
-        h = ((h ^ (p & 0xFFFFFFFFFFFFFFFF)) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+        if isinstance(p, str):
+            data = p.encode()
+            words += [len(data), *data]
+        else:
+            words.append(p)
+    for w in words:
+        h = ((h ^ (w & 0xFFFFFFFFFFFFFFFF)) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
     return h & 0x7FFFFFFFFFFFFFFF
 
 
