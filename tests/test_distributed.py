@@ -13,7 +13,8 @@ test are sharded batch by batch and gathered, each batch's random start seeded b
 (``tests/test_validate_distributed.py`` checks exact equality for equal weights): here, with
 weights equal only to 1e-4, clean accuracies are checked to one example (only a tie-breaking
 flip from rounding could differ) and the PGD accuracies for their example counts. The second
-part resumes the two-process run (epoch 1 -> 2) in the same torchrun job, so DDP resume (rank 0 reads, broadcasts) is exercised as well.
+part resumes the two-process run (epoch 1 -> 2) in the same torchrun job, so DDP resume (rank 0
+reads, broadcasts) is exercised as well.
 
 This file is also the torchrun worker: ``python tests/test_distributed.py ARGS`` runs
 ``spat.cli.main`` with dropout off.
