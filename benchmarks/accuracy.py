@@ -1,7 +1,7 @@
-"""Speed must not cost accuracy: train SPAT with our fast path (``spat.train.run.train``, the real
-loop) and with the official-style fp32 reference loop (``benchmarks/reference.py``) from the same
-seeds, data subset and initial weights, then evaluate both with the same evaluator (clean and
-PGD-20 test accuracy, ``spat.train.validate.evaluate_split``).
+"""Speed must not cost accuracy: train SPAT with our fast path (``spat.train.training.train``,
+the real loop) and with the official-style fp32 reference loop (``benchmarks/reference.py``) from
+the same seeds, data subset and initial weights, then evaluate both with the same evaluator
+(clean and PGD-20 test accuracy, ``spat.train.validate.evaluate_split``).
 
     PYTHONPATH=src:. python benchmarks/accuracy.py --data-dir ../shared/data
 
@@ -29,7 +29,7 @@ from benchmarks import reference as R  # noqa: E402
 from spat.build import load_data, model_for  # noqa: E402
 from spat.config import TrainConfig  # noqa: E402
 from spat.data import Split  # noqa: E402
-from spat.train.run import train  # noqa: E402
+from spat.train.training import train  # noqa: E402
 from spat.train.validate import evaluate_split  # noqa: E402
 from spat.utils.rng import final_test_seed, seed_everything  # noqa: E402
 
@@ -46,7 +46,7 @@ def config(args: argparse.Namespace, seed: int, out_dir: str) -> TrainConfig:
 
 
 def test_split(cfg: TrainConfig, data: Any) -> Split:
-    """The test subset ``spat.train.run.train`` evaluates (fixed permutation, seed 0)."""
+    """The test subset ``spat.train.training.train`` evaluates (fixed permutation, seed 0)."""
     test = data.test
     if cfg.test_subset is not None and cfg.test_subset < len(test):
         idx = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))
@@ -57,16 +57,16 @@ def test_split(cfg: TrainConfig, data: Any) -> Split:
 
 def run_ours(cfg: TrainConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
-    summary = train(cfg, progress=False, log=lambda _: None)
+    result = train(cfg, progress=False, log=lambda _: None)
     seconds = time.perf_counter() - t0
-    last = summary["last_epoch"] or {}
-    return {"clean": summary["test_clean_acc"], "robust": summary["test_robust_acc"],
-            "train_seconds": summary["train_seconds_this_session"], "total_seconds": seconds,
+    last = result.last_epoch or {}
+    return {"clean": result.test_clean_acc, "robust": result.test_robust_acc,
+            "train_seconds": result.train_seconds_this_session, "total_seconds": seconds,
             "final_train_loss": last.get("train_loss")}
 
 
 def run_reference(cfg: TrainConfig) -> dict[str, Any]:
-    """Same seeding, data subset and initial weights as ``spat.train.run.train``; then the
+    """Same seeding, data subset and initial weights as ``spat.train.training.train``; then the
     official ``train()`` loop (DataLoader, per-batch ``.to``, ``spat_loss``, plain SGD)."""
     assert cfg.epochs is not None and cfg.batch_size is not None and cfg.lr is not None
     assert cfg.eps is not None and cfg.step_size is not None and cfg.steps is not None
@@ -120,7 +120,7 @@ def report(args: argparse.Namespace, env: dict[str, Any], runs: list[dict[str, A
               f"{args.epochs} epochs; same seed → same data subset, same initial weights. Both "
               f"trained models are evaluated by the same evaluator (ours: `evaluate_split`, clean "
               f"and PGD-20 at ε {args.eps}, η ε/4, on the same {args.test_subset} test images). "
-              "Ours = `spat.train.run.train` (the real loop, CPU: fp32 eager). Reference = "
+              "Ours = `spat.train.training.train` (the real loop, CPU: fp32 eager). Reference = "
               "`benchmarks/reference.py` (official SPAT loss, in-place-normalising cosine head, "
               "DataLoader). The two differ by design in the cosine head's weight gradient "
               "(docs/spat-differences.md §1) and in their random streams (data order, noise), so "

@@ -32,6 +32,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import cpu_model, git_commit, load_average, write_section  # noqa: E402
+from spat.build import read_summary  # noqa: E402
 
 METHODS = ("pgd_at", "trades", "mart", "spat")
 SECTION = "defaults-no-collapse"
@@ -57,12 +58,12 @@ def run_one(method: str, seed: int, work: Path) -> dict[str, Any]:
     if proc.returncode != 0:
         rec["error"] = (proc.stderr.strip().splitlines() or ["?"])[-1]
         return rec
-    summary = json.loads((run / "summary.json").read_text())
+    summary = read_summary(run)
     cfg = json.loads((run / "config.json").read_text())
     rec.update(lr=cfg["lr"], beta=cfg["beta"], beta_ramp_epochs=cfg["beta_ramp_epochs"],
-               epochs=cfg["epochs"], clean=summary["test_clean_acc"],
-               pgd20=summary["test_robust_acc"], best_epoch=summary["best_epoch"],
-               guard=summary.get("guard", []))
+               epochs=cfg["epochs"], clean=summary.test_clean_acc,
+               pgd20=summary.test_robust_acc, best_epoch=summary.best_epoch,
+               guard=list(summary.guard))
     return rec
 
 

@@ -22,18 +22,18 @@ torch.manual_seed(0)
 out_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="spat-tour-"))
 
 # %% 1. Train: a dict of TrainConfig fields (a TrainConfig works too); the rest are defaults
-summary = spat.train({
+result = spat.train({
     "dataset": "digits", "method": "pgd_at", "epochs": 3, "train_subset": 600,
     "schedule": "constant",
     "test_subset": 200, "val_steps": 2, "test_steps": 5, "device": "cpu",
     "out_dir": str(out_dir), "name": "tour",
 })
 print("== trained")
-print(f"run {summary['run_dir']}: clean {summary['test_clean_acc']:.3f}, "
-      f"{summary['test_attack']} {summary['test_robust_acc']:.3f}")
+print(f"run {result.run_dir}: clean {result.test_clean_acc:.3f}, "
+      f"{result.test_attack} {result.test_robust_acc:.3f}")
 
 # %% 2. Load the run back: a frozen dataclass, the model in eval mode
-run = spat.load_run(summary["run_dir"])
+run = spat.load_run(result.run_dir)
 print("== loaded")
 print(f"{run.config.method} on {run.config.dataset}, {run.config.model} with a "
       f"{run.config.head} head, checkpoint {run.checkpoint.name} (epoch {run.epoch}), "

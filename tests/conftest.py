@@ -87,7 +87,7 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small digits PGD-AT model that is right on most clean examples and wrong on some
     attacked ones, so the predictions under attack are worth comparing."""
     from spat.config import TrainConfig
-    from spat.train.run import train
+    from spat.train.training import train
 
     out = tmp_path_factory.mktemp("runs")
     n = torch.get_num_threads()
@@ -98,7 +98,7 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
                               device="cpu"), progress=False, log=lambda _s: None)
     finally:
         torch.set_num_threads(n)
-    return Path(s["run_dir"])
+    return s.run_dir
 
 
 @pytest.fixture

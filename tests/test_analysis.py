@@ -280,7 +280,7 @@ def test_helpers() -> None:
 def tiny_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two tiny digits runs (PGD-AT and SPAT), a few seconds each."""
     from spat.config import TrainConfig
-    from spat.train.run import train
+    from spat.train.training import train
 
     root = tmp_path_factory.mktemp("runs")
     out = {}
@@ -289,7 +289,7 @@ def tiny_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                               train_subset=200, val_size=100, steps=2, val_steps=2,
                               test_steps=1, device="cpu"),
                   progress=False, log=lambda _s: None)
-        out[method] = Path(s["run_dir"])
+        out[method] = s.run_dir
     return out
 
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import spat
+from spat.build import read_summary
 from spat.errors import SpatError
 from spat.evaluation.core import Predictions
 
@@ -23,16 +24,23 @@ TINY = {"dataset": "digits", "model": "small_cnn", "method": "pgd_at", "epochs":
 def test_train_from_a_dict_then_load_run(tmp_path: Path) -> None:
     import spat.config  # binds the subpackage spat.train: it must stay callable
 
-    summary = spat.train({**TINY, "out_dir": str(tmp_path)})
-    run = spat.load_run(summary["run_dir"])
+    result = spat.train({**TINY, "out_dir": str(tmp_path)})
+    assert isinstance(result, spat.TrainResult)
+    assert result.run_dir == tmp_path / "api" and result.epochs == result.best_epoch == 1
+    assert result.checkpoint == result.run_dir / "checkpoints" / "epoch_0001"
+    assert result.test_attack == "PGD-1" and result.world_size == 1 and result.guard == ()
+    # summary.json is the result, read back by the one typed reader
+    assert read_summary(result.run_dir) == result
+    run = spat.load_run(result.run_dir)
     assert isinstance(run, spat.Run)
     assert run.run_dir == tmp_path / "api" and run.checkpoint == run.run_dir / "checkpoints" / \
         "epoch_0001" and run.epoch == 1
     assert run.config.method == "pgd_at" and run.config.train_subset == 64
     assert run.info.num_classes == 10 and not run.model.training
     assert run.summary is not None
-    assert run.summary["test_clean_acc"] == summary["test_clean_acc"]
-    assert run.summary["test_examples"] == 32
+    assert run.summary == result and run.summary.test_examples == 32
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.best_epoch = 2  # type: ignore[misc]
     with pytest.raises(dataclasses.FrozenInstanceError):
         run.epoch = 2  # type: ignore[misc]
 
@@ -139,8 +147,8 @@ def test_hard_pairs_refusals() -> None:
 
 def test_the_facade_is_small_and_lazy() -> None:
     assert set(spat.__all__) == {"EvalOptions", "EvalReport", "HardPairs", "Run", "TrainConfig",
-                                 "__version__", "evaluate", "hard_pairs", "load_model",
-                                 "load_run", "train"}
+                                 "TrainResult", "__version__", "evaluate", "hard_pairs",
+                                 "load_model", "load_run", "train"}
     for name in spat.__all__:
         assert getattr(spat, name) is not None
     with pytest.raises(AttributeError):

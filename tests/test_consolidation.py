@@ -161,26 +161,27 @@ def test_a_runs_test_subset_is_evals_n_examples_subset(tmp_path: Path, monkeypat
     """Training's final test on ``test_subset = 40`` and ``evaluate(n_examples=40, seed=0)`` on
     the best checkpoint score the same examples, in the same order, with the same clean
     accuracy (a tiny 1-epoch digits run, CPU, a few seconds)."""
-    import spat.train.run as train_run
+    import spat.train.final_test as final_test
     from spat.build import load_data, load_run
     from spat.config import config_from_dict
     from spat.data.subset import subset_indices
     from spat.evaluation import EvalOptions, evaluate
+    from spat.train.training import train
 
     seen = []
-    real = train_run.evaluate_split
+    real = final_test.evaluate_split
 
     def spy(model, split, *args, **kwargs):
         seen.append(split)
         return real(model, split, *args, **kwargs)
 
-    monkeypatch.setattr(train_run, "evaluate_split", spy)
+    monkeypatch.setattr(final_test, "evaluate_split", spy)
     cfg = config_from_dict({"dataset": "digits", "model": "small_cnn", "method": "standard",
                             "epochs": 1, "train_subset": 64, "batch_size": 32,
                             "test_subset": 40, "val_steps": 1, "test_steps": 1,
                             "device": "cpu", "name": "sub", "out_dir": str(tmp_path)})
-    summary = train_run.train(cfg)
-    run = load_run(summary["run_dir"])
+    result = train(cfg)
+    run = load_run(result.run_dir)
     test = load_data(run.config).test
     idx = subset_indices(len(test), 40, 0)
     assert len(seen) == 1 and torch.equal(seen[0].images, test.images[idx])
@@ -188,8 +189,8 @@ def test_a_runs_test_subset_is_evals_n_examples_subset(tmp_path: Path, monkeypat
     report = evaluate(run.model, test, EvalOptions(eps=0.1, attacks=[], n_examples=40, seed=0,
                                                    sanity_examples=0))
     assert report.data["subset"]["indices"] == idx.tolist()
-    assert report.data["clean_acc"] == summary["test_clean_acc"]
-    assert summary["test_examples"] == 40
+    assert report.data["clean_acc"] == result.test_clean_acc
+    assert result.test_examples == 40
 
 
 # ----------------------------------------------------------------------------- typed outcomes

@@ -9,10 +9,12 @@ is reduced as a sum over ranks. What differs by design is per-rank randomness: a
 starts and dropout masks. So the comparison runs with ``--init none`` and dropout disabled
 (SmallCNN's only random layer; it has no BatchNorm); then every training metric agrees up to
 float rounding (tolerance 1e-4 relative) and the weights agree to 1e-4. Validation and the final
-test are sharded and gathered: clean accuracies agree to one example (only a tie-breaking
-flip from rounding could differ); the PGD accuracies use per-rank random starts and are checked
-only for their example counts. The second part resumes the two-process run (epoch 1 -> 2) in the
-same torchrun job, so DDP resume (rank 0 reads, broadcasts) is exercised as well.
+test are sharded batch by batch and gathered, each batch's random start seeded by its number
+(``tests/test_validate_distributed.py`` checks exact equality for equal weights): here, with
+weights equal only to 1e-4, clean accuracies are checked to one example (only a tie-breaking
+flip from rounding could differ) and the PGD accuracies for their example counts. The second
+part resumes the two-process run (epoch 1 -> 2) in the same torchrun job, so DDP resume (rank 0
+reads, broadcasts) is exercised as well.
 
 This file is also the torchrun worker: ``python tests/test_distributed.py ARGS`` runs
 ``spat.cli.main`` with dropout off.
@@ -143,7 +145,7 @@ def test_two_processes_match_one_process(tmp_path: Path, monkeypatch, capsys) ->
     for r1, r2 in zip(a, b, strict=True):
         assert r2["train_loss"] == pytest.approx(r1["train_loss"], rel=1e-4)
         assert r2["train_adv_acc"] == pytest.approx(r1["train_adv_acc"], abs=1 / 256 + 1e-9)
-        # validation: sharded (2 x 32 with one wrap-around duplicate) and gathered back to 63
+        # validation: sharded (batch 0 of 40 on rank 0, batch 1 of 23 on rank 1), gathered
         assert sum(map(sum, r2["val_adv_confusion"])) == 63
         assert abs(r2["val_clean_acc"] - r1["val_clean_acc"]) <= 1 / 63 + 1e-9
 

@@ -23,7 +23,7 @@ from spat.config import TrainConfig
 from spat.errors import SpatError
 from spat.evaluation import EvalOptions, Predictions, evaluate, parse_attacks, sanity, select_subset
 from spat.evaluation.attacks import ATTACK_KEYS
-from spat.train.run import train
+from spat.train.training import train
 from tests.conftest import linear_problem
 
 N = 64

@@ -23,7 +23,7 @@ from spat.config import TrainConfig
 from spat.errors import SpatError
 from spat.export import format_eps, robustbench_architecture, robustbench_model_info
 from spat.models.external import read_portable_metadata
-from spat.train.run import train
+from spat.train.training import train
 from spat.utils.io import atomic_write_text
 
 FIXTURE = Path(__file__).parent / "fixtures" / "robustbench_model_info.json"

@@ -73,13 +73,13 @@ def test_plugin_method_defaults_training_and_hooks(tmp_path: Path) -> None:
         # the class's defaults, not those of the built-in methods
         assert (r.head, r.init, r.beta, r.m, r.self_paced_ce, r.hcp_ecp) == (
             "cosine", "normal", 0.5, 0.3, True, False)
-        summary = spat.train(cfg, progress=False)
+        result = spat.train(cfg, progress=False)
     finally:
         METHODS.pop("mixed_at", None)
     recorded = json.loads((tmp_path / "plugin" / "config.json").read_text())
     assert (recorded["method"], recorded["head"], recorded["beta"], recorded["m"]) == (
         "mixed_at", "cosine", 0.5, 0.3)
-    assert summary is not None
+    assert result.epochs == 1 and result.test_examples == 16
     kinds = [k for k, _ in EVENTS]
     steps = kinds.count("call")
     assert steps >= 2 and kinds == ["call", "before", "after"] * steps

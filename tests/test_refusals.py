@@ -26,7 +26,8 @@ from spat.config import TrainConfig
 from spat.errors import SpatError
 from spat.train.loop import Trainer
 from spat.train.optim import make_optimizer
-from spat.train.run import RESUME_OVERRIDES, train
+from spat.train.resume import RESUME_OVERRIDES
+from spat.train.training import train
 from tests.conftest import train_finished_run
 from tests.test_reliability import FAST_EVAL, TINY, refused, snapshot
 

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import spat.build
-import spat.train.run
+import spat.train.folder
 from spat import checkpoint as ckpt
 from spat.cli import main
 from spat.errors import SpatError
@@ -466,7 +466,7 @@ def test_run_creation_race_keeps_the_two_runs_apart(tmp_path: Path, monkeypatch,
     one creates the run and trains. The late one must refuse, not move the other run aside or
     write into it."""
     out = tmp_path / "runs"
-    real_env = spat.train.run.environment
+    real_env = spat.train.folder.environment
     calls: dict[str, Any] = {"n": 0}
 
     def slow_git(device):
@@ -477,7 +477,7 @@ def test_run_creation_race_keeps_the_two_runs_apart(tmp_path: Path, monkeypatch,
             calls["other"] = snapshot(out / "x")
         return real_env(device)
 
-    monkeypatch.setattr(spat.train.run, "environment", slow_git)
+    monkeypatch.setattr(spat.train.folder, "environment", slow_git)
     capsys.readouterr()
     refused(capsys, ["train", *TINY, "--out-dir", str(out), "--name", "x"], "already exists")
     assert calls["other"] and snapshot(out / "x") == calls["other"]  # the other run untouched

@@ -33,11 +33,13 @@ def test_a_name_is_its_length_then_its_utf8_bytes() -> None:
 
 def test_evaluation_seeds_come_from_derive_seed() -> None:
     """One seed scheme: an evaluation's attack, batch and ε-sweep seeds are derive_seed's."""
-    from spat.evaluation.seeding import attack_seed, batch_seed, sweep_seed
+    from spat.evaluation.seeding import attack_seed, sweep_seed
+    from spat.utils.rng import batch_seed
 
     assert attack_seed(7, "cw20") == derive_seed(7, "cw20")
-    assert batch_seed(attack_seed(7, "cw20"), 3) == derive_seed(derive_seed(7, "cw20"),
-                                                                "batch", 3)
+    # the per-batch rule is training's validation's: the stream seed for batch 0, then derived
+    assert batch_seed(attack_seed(7, "cw20"), 0) == attack_seed(7, "cw20")
+    assert batch_seed(attack_seed(7, "cw20"), 3) == derive_seed(derive_seed(7, "cw20"), 3)
     assert sweep_seed(7, 2) == derive_seed(7, "sanity-eps", 2)
     assert len({batch_seed(attack_seed(0, k), b) for k in ("pgd20", "cw20") for b in range(50)
                 }) == 100

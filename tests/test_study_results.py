@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from spat.build import TrainResult
 from spat.config import config_from_dict
 from spat.study.aggregate import VAL_CLEAN, VAL_ROBUST, aggregate, read_cell
 from spat.study.cell import cell_state
@@ -43,6 +44,15 @@ def _spec(tmp_path: Path):
     return load_study(f)
 
 
+def _write_summary(run: Path, *, best: int, epochs: int) -> None:
+    """A valid summary.json (the readers read it through the typed reader)."""
+    result = TrainResult(run_dir=run, checkpoint=run / "checkpoints" / f"epoch_{best:04d}",
+                         epochs=epochs, best_epoch=best, test_examples=100, test_clean_acc=0.9,
+                         test_attack="PGD-20", test_eps=0.1, test_robust_acc=0.4, world_size=1,
+                         train_seconds_this_session=1.0, last_epoch=None)
+    (run / "summary.json").write_text(json.dumps(result.to_dict()), encoding="utf-8")
+
+
 def _finished_cell(cell, *, best: int, val: list[tuple[float, float]], robust: float,
                    checkpoints: bool, analysis_older: bool) -> None:
     """The small files a finished, evaluated and analysed cell leaves (by hand)."""
@@ -54,8 +64,7 @@ def _finished_cell(cell, *, best: int, val: list[tuple[float, float]], robust: f
     lines = [json.dumps({"epoch": e + 1, VAL_CLEAN: c, VAL_ROBUST: r})
              for e, (c, r) in enumerate(val)]
     (run / "metrics.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    (run / "summary.json").write_text(json.dumps({"best_epoch": best, "epochs": len(val)}),
-                                      encoding="utf-8")
+    _write_summary(run, best=best, epochs=len(val))
     report = {"clean_acc": 0.9, "attacks": [{"name": "FGSM", "accuracy": robust}],
               "ensemble": {"accuracy": robust}, "settings": {"attacks": ["fgsm"], "restarts": 1},
               "which": "best", "eps": cfg["eps"], "seed": 0, "n_examples": 100,
@@ -111,5 +120,5 @@ def test_aggregate_reports_best_epoch_validation_accuracy(tmp_path: Path) -> Non
     assert b.diff_t[VAL_ROBUST].mean == pytest.approx(-0.2)
     # a run whose metrics.jsonl lacks its best epoch reports no validation accuracy
     run = Path(cells[0].run_dir)
-    (run / "summary.json").write_text(json.dumps({"best_epoch": 7}), encoding="utf-8")
+    _write_summary(run, best=7, epochs=3)
     assert VAL_ROBUST not in read_cell(cells[0]).metrics

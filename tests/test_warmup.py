@@ -192,7 +192,7 @@ def one_thread():
 
 def test_loop_hands_each_epoch_its_warmup(tmp_path: Path, monkeypatch, one_thread) -> None:
     import spat.train.loop as loop
-    from spat.train.run import train
+    from spat.train.training import train
 
     seen: list[tuple[int, float, bool]] = []
     real = loop.method_for_epoch
@@ -225,7 +225,7 @@ def test_interrupted_warmup_run_resumes_exactly(tmp_path: Path, monkeypatch,
 
     from spat import checkpoint as ckpt
     from spat.train.loop import TIMING_FIELDS, Trainer
-    from spat.train.run import train
+    from spat.train.training import train
 
     cfg = dict(_SMALL, epochs=4, beta_ramp_epochs=3, self_paced_after=2,
                out_dir=str(tmp_path))

@@ -21,14 +21,15 @@ if TYPE_CHECKING:
         HardPairs,
         Run,
         TrainConfig,
+        TrainResult,
         evaluate,
         hard_pairs,
         load_model,
         load_run,
     )
 
-_API = ("EvalOptions", "EvalReport", "HardPairs", "Run", "TrainConfig", "evaluate",
-        "hard_pairs", "load_model", "load_run")
+_API = ("EvalOptions", "EvalReport", "HardPairs", "Run", "TrainConfig", "TrainResult",
+        "evaluate", "hard_pairs", "load_model", "load_run")
 
 
 def __getattr__(name: str) -> Any:
@@ -45,5 +46,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'spat' has no attribute {name!r}")
 
 
-__all__ = ["EvalOptions", "EvalReport", "HardPairs", "Run", "TrainConfig", "__version__",
-           "evaluate", "hard_pairs", "load_model", "load_run", "train"]
+__all__ = ["EvalOptions", "EvalReport", "HardPairs", "Run", "TrainConfig", "TrainResult",
+           "__version__", "evaluate", "hard_pairs", "load_model", "load_run", "train"]

@@ -1,8 +1,9 @@
 """The Python API: a handful of calls for a notebook or a script (see README, "Python API").
 
-``spat.train(config)`` trains a run; ``spat.load_run(path)`` loads one back as a :class:`Run`;
-``spat.evaluate(model, x, y, eps=...)`` attacks any ``nn.Module`` on plain tensors and returns
-an :class:`~spat.evaluation.report.EvalReport`; ``spat.hard_pairs(predictions, class_names)``
+``spat.train(config)`` trains a run and returns its :class:`TrainResult`;
+``spat.load_run(path)`` loads one back as a :class:`Run`; ``spat.evaluate(model, x, y,
+eps=...)`` attacks any ``nn.Module`` on plain tensors and returns an
+:class:`~spat.evaluation.report.EvalReport`; ``spat.hard_pairs(predictions, class_names)``
 finds the hard class pairs (SPAT, arXiv 2210.15068, Sec. 3); ``spat.load_model`` rebuilds an
 exported or external classifier. Everything else stays reachable in its module.
 """
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from spat.analysis.pairs import HardPairs, hard_pairs
-from spat.build import Run, load_run
+from spat.build import Run, TrainResult, load_run
 from spat.config import TrainConfig
 from spat.data import Split
 from spat.errors import SpatError
@@ -25,15 +26,16 @@ from spat.evaluation.options import EvalOptions
 from spat.evaluation.protocol import Plumbing
 from spat.evaluation.protocol import evaluate as _evaluate
 from spat.evaluation.report import EvalReport
-from spat.train.run import train as _train
+from spat.train.training import train as _train
 
 
 def train(config: TrainConfig | Mapping[str, Any], *, progress: bool = False,
-          **kwargs: Any) -> dict[str, Any]:
+          **kwargs: Any) -> TrainResult:
     """Train a run as ``config`` says (a :class:`TrainConfig` or a mapping of its fields, as
-    in a TOML file); returns its summary (``run_dir``, ``checkpoint``, test accuracies). Keywords
-    as :func:`spat.train.run.train` (``resume``, ``overwrite``, ``log``); no progress bar unless
-    ``progress=True``. Load the result with ``spat.load_run(summary["run_dir"])``."""
+    in a TOML file); returns its :class:`TrainResult` (``run_dir``, ``checkpoint``, test
+    accuracies, what ``summary.json`` holds). Keywords as :func:`spat.train.training.train`
+    (``resume``, ``overwrite``, ``log``); no progress bar unless ``progress=True``. Load the
+    model with ``spat.load_run(result.run_dir)``."""
     return _train(config, progress=progress, **kwargs)
 
 

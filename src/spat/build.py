@@ -2,15 +2,16 @@
 
 :func:`load_data`, :func:`model_for` and :func:`method_for` build the data, the network and the
 training method of a configuration through the registries; :func:`load_run` rebuilds a trained
-run's model from its checkpoint as a :class:`Run`. Training itself (writing run directories) is
-:func:`spat.train.run.train`.
+run's model from its checkpoint as a :class:`Run`; :class:`TrainResult` is what a finished
+training reports (``RUN/summary.json``), read back by :func:`read_summary`. Training itself
+(writing run directories) is :func:`spat.train.training.train`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,8 @@ from torch import nn
 
 from spat import checkpoint as ckpt
 from spat.config import METHOD_KNOBS, TrainConfig, config_from_dict
-from spat.data import DataBundle, DatasetInfo, Split, load_dataset
+from spat.data import DataBundle, DatasetInfo, load_dataset
+from spat.data.subset import subset_split
 from spat.errors import SpatError
 from spat.methods import ThreatModel, build_method, method_class
 from spat.models import build_model
@@ -31,11 +33,9 @@ def load_data(cfg: TrainConfig) -> DataBundle:
     data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size,
                         seed=cfg.seed, download=cfg.download)
     if cfg.train_subset is not None and cfg.train_subset < len(data.train):
-        g = torch.Generator().manual_seed(cfg.seed)
-        idx = torch.randperm(len(data.train), generator=g)[: cfg.train_subset]
-        data = dataclasses.replace(
-            data, train=Split(images=data.train.images[idx], labels=data.train.labels[idx])
-        )
+        # the one subset rule (spat.data.subset), seeded by the run's seed
+        data = dataclasses.replace(data, train=subset_split(data.train, cfg.train_subset,
+                                                            seed=cfg.seed))
     return data
 
 
@@ -56,22 +56,109 @@ def method_for(cfg: TrainConfig) -> Callable[..., Any]:
                         **{k: getattr(cfg, k) for k in METHOD_KNOBS})
 
 
+#: The file of a run that holds its :class:`TrainResult`.
+SUMMARY = "summary.json"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished training reports: ``spat.train(...)`` returns it and ``RUN/summary.json``
+    holds it (:meth:`to_dict`, keys in field order), read back by :func:`read_summary`.
+
+    ``run_dir``: the run directory; ``checkpoint``: the best-by-validation checkpoint the final
+    test used; ``epochs``: epochs trained; ``best_epoch``: the (1-based) epoch of that
+    checkpoint; ``test_examples``, ``test_clean_acc``, ``test_attack`` (``PGD-<test_steps>``),
+    ``test_eps``, ``test_robust_acc``: the final test; ``world_size``: processes of the session
+    that ran the final test; ``train_seconds_this_session``: the training time of that session
+    (a resumed run counts only its own); ``last_epoch``: the last epoch's metrics record (None
+    without epochs); ``guard``: what the collapse guard reported, epoch by epoch
+    (:mod:`spat.train.guard`; empty: nothing, and in summaries written before it existed).
+    """
+
+    run_dir: Path
+    checkpoint: Path
+    epochs: int
+    best_epoch: int
+    test_examples: int
+    test_clean_acc: float
+    test_attack: str
+    test_eps: float
+    test_robust_acc: float
+    world_size: int
+    train_seconds_this_session: float
+    last_epoch: dict[str, Any] | None
+    guard: tuple[dict[str, Any], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of ``summary.json`` (paths as strings, ``guard`` as a list)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out.update(run_dir=str(self.run_dir), checkpoint=str(self.checkpoint),
+                   guard=list(self.guard))
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str) -> TrainResult:
+        """A summary object (as :meth:`to_dict` gives), every field checked; a one-line
+        :class:`SpatError` naming ``where`` otherwise. Unknown keys are ignored."""
+        from spat.validation import check_summary, require
+
+        d = check_summary(data, where)
+        require(d, "checkpoint", str, where=where)
+        require(d, "world_size", int, where=where, check=lambda v: v >= 1, expected=">= 1")
+        require(d, "train_seconds_this_session", float, where=where, check=lambda v: v >= 0,
+                expected=">= 0")
+        if "last_epoch" not in d:
+            raise SpatError(f"{where}: missing field 'last_epoch'")
+        if d["last_epoch"] is not None and not isinstance(d["last_epoch"], dict):
+            raise SpatError(f"{where}: field 'last_epoch' must be an object or null")
+        guard = d.get("guard", [])
+        if not isinstance(guard, list) or not all(isinstance(g, dict) for g in guard):
+            raise SpatError(f"{where}: field 'guard' must be a list of objects")
+        return cls(run_dir=Path(d["run_dir"]), checkpoint=Path(d["checkpoint"]),
+                   epochs=d["epochs"], best_epoch=d["best_epoch"],
+                   test_examples=d["test_examples"], test_clean_acc=float(d["test_clean_acc"]),
+                   test_attack=d["test_attack"], test_eps=float(d["test_eps"]),
+                   test_robust_acc=float(d["test_robust_acc"]), world_size=d["world_size"],
+                   train_seconds_this_session=float(d["train_seconds_this_session"]),
+                   last_epoch=d["last_epoch"], guard=tuple(guard))
+
+
+def read_summary(run_dir: str | os.PathLike[str]) -> TrainResult:
+    """The :class:`TrainResult` in ``run_dir/summary.json``; a one-line :class:`SpatError` when
+    it is missing, unreadable or not a valid summary. The one reader of that file."""
+    from spat.validation import read_json_object
+
+    path = Path(run_dir) / SUMMARY
+    if not path.is_file():
+        raise SpatError(f"{path} not found (the run has not finished its final test)")
+    return TrainResult.from_dict(read_json_object(path, what="run summary"), str(path))
+
+
+def read_summary_or_none(run_dir: str | os.PathLike[str]) -> TrainResult | None:
+    """:func:`read_summary`, or None when the run has no valid summary (not finished, or a
+    damaged file: the final test of a resume writes it again)."""
+    try:
+        return read_summary(run_dir)
+    except SpatError:
+        return None
+
+
 @dataclass(frozen=True)
 class Run:
     """A trained run loaded back by :func:`load_run`.
 
     ``model``: the network with the checkpoint's weights, in eval mode; ``config``: the run's
     resolved training configuration; ``info``: its data description (classes, image shape,
-    normalisation); ``summary``: ``summary.json`` (final test accuracies) or None when the run
-    has not finished; ``run_dir``: the run directory; ``checkpoint``: the checkpoint folder
-    loaded; ``epoch``: the number of epochs trained when that checkpoint was written (None if
-    the checkpoint does not say).
+    normalisation); ``summary``: the run's :class:`TrainResult` (``summary.json``: final test
+    accuracies) or None when the run has not finished (or the file is damaged); ``run_dir``:
+    the run directory; ``checkpoint``: the checkpoint folder loaded; ``epoch``: the number of
+    epochs trained when that checkpoint was written (None if the checkpoint does not say).
     """
 
     model: nn.Module
     config: TrainConfig
     info: DatasetInfo
-    summary: dict[str, Any] | None
+    summary: TrainResult | None
     run_dir: Path
     checkpoint: Path
     epoch: int | None
@@ -86,7 +173,7 @@ def load_run(path: str | os.PathLike[str], which: str = "best",
     uses safetensors for weights and ``weights_only=True`` for the rest, so a checkpoint can
     never execute code; every field read is validated (one-line :class:`SpatError`).
     """
-    from spat.validation import check_dataset_info, check_state, check_summary, read_json_object
+    from spat.validation import check_dataset_info, check_state, read_json_object
 
     folder = ckpt.resolve(path, which)
     state = ckpt.load_state(folder)
@@ -111,14 +198,7 @@ def load_run(path: str | os.PathLike[str], which: str = "best",
     ckpt.check_compatible(model, weights, state, folder, cfg=cfg, num_classes=info.num_classes)
     model.load_state_dict(weights)
     model.to(device).eval()
-    summary_path = run_dir / "summary.json"
-    summary: dict[str, Any] | None = None
-    if summary_path.is_file():
-        try:
-            summary = check_summary(read_json_object(summary_path, what="run summary"),
-                                    str(summary_path))
-        except SpatError:  # an unfinished or damaged run: the weights are still good
-            summary = None
+    summary = read_summary_or_none(run_dir)  # unfinished or damaged: the weights are good
     epoch = int(state["epoch"]) + 1 if "epoch" in state else None
     return Run(model=model, config=cfg, info=info, summary=summary, run_dir=run_dir,
                checkpoint=folder, epoch=epoch)

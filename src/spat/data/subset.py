@@ -1,5 +1,6 @@
-"""The one rule for "the first n test examples", shared by training's final test
-(``test_subset``), ``spat eval --n-examples`` and ``spat analyze/compare --max-examples``.
+"""The one rule for "the first n examples", shared by training's final test (``test_subset``),
+``spat eval --n-examples``, ``spat analyze/compare --max-examples`` and the training subset
+(``train_subset``, seeded by the run's seed, :func:`spat.build.load_data`).
 
 The rule: all examples, in file order, when ``n`` is ``None`` or at least the split size; else
 the first ``n`` entries of ``torch.randperm(N)`` drawn from a CPU generator seeded with

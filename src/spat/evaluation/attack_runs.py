@@ -12,9 +12,10 @@ from typing import Any
 from spat.evaluation.attacks import BY_KEY, attack_name, white_box_spec
 from spat.evaluation.autoattack_run import run_autoattack
 from spat.evaluation.job import EvalJob
-from spat.evaluation.seeding import PER_BATCH_SEEDING, attack_seed, batch_seed
+from spat.evaluation.seeding import PER_BATCH_SEEDING, attack_seed
 from spat.evaluation.sharding import predict_sharded_batches, shard_index
 from spat.utils.log import logger
+from spat.utils.rng import batch_seed
 
 
 @dataclasses.dataclass(frozen=True)

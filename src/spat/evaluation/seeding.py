@@ -3,8 +3,9 @@ rule of :func:`spat.utils.rng.derive_seed`.
 
 A white-box attack's seed is ``derive_seed(seed, attack key)``, so its random starts do not
 depend on which other attacks ran before it (needed to reuse and resume attacks one by one);
-each batch of ``batch_size`` examples then draws from its own generator seeded by ``(attack
-seed, "batch", batch number)``, so the result does not depend on how the batches are sharded.
+each batch of ``batch_size`` examples then draws from its own generator seeded by
+:func:`spat.utils.rng.batch_seed` ``(attack seed, batch number)`` (the rule training's validation
+uses too), so the result does not depend on how the batches are sharded.
 The ε-sweep sanity check's i-th radius uses ``derive_seed(seed, "sanity-eps", i)``. AutoAttack
 gets ``seed`` itself (as the official code).
 """
@@ -17,17 +18,12 @@ from spat.utils.rng import derive_seed
 
 #: The per-batch rule, recorded in each white-box attack's settings (so results saved under
 #: another rule are not reused).
-PER_BATCH_SEEDING = "per batch: derive_seed(attack seed, 'batch', b)"
+PER_BATCH_SEEDING = "per batch: batch_seed(attack seed, b)"
 
 
 def attack_seed(seed: int, key: str) -> int:
     """The seed of attack ``key``'s random starts in an evaluation seeded by ``seed``."""
     return derive_seed(seed, key)
-
-
-def batch_seed(attack: int, batch: int) -> int:
-    """The seed of batch number ``batch``'s generator of an attack seeded by ``attack``."""
-    return derive_seed(attack, "batch", batch)
 
 
 def sweep_seed(seed: int, i: int) -> int:

@@ -1,14 +1,16 @@
-"""``spat eval`` under ``torchrun``: which examples each rank attacks, and putting them together.
+"""Evaluation under ``torchrun``: which examples each rank attacks, and putting them together
+(``spat eval``, and training's validation and final test, :mod:`spat.train.validate`).
 
 The evaluated examples are cut into batches of ``batch_size`` in order (batch ``b`` holds
 examples ``b·B .. (b+1)·B − 1``), and rank ``r`` of ``W`` attacks batches ``r, r+W, r+2W, ...``.
 A white-box attack's random start for batch ``b`` is drawn from a generator seeded by
-``(attack seed, b)`` — not from one stream running through the batches — so the start of every
-example, and with it every prediction, is the same whichever rank attacks it and however many
-ranks there are: a sharded evaluation gives the report of one process (same batches, same seeds,
-same arithmetic; tested with gloo on CPU). The predictions of all ranks are combined by one
-integer all-reduce (each position is filled by exactly one rank), so ranks need not hold the same
-number of batches.
+``seed_of(b)`` (the caller's rule: ``spat eval``'s from the attack seed and ``b``, training's
+:func:`spat.utils.rng.batch_seed`), not from one stream running through the batches, so the
+start of every example, and with it every prediction, is the same whichever rank attacks it and
+however many ranks there are: a sharded evaluation gives the result of one process (same
+batches, same seeds, same arithmetic; tested with gloo on CPU). The predictions of all ranks
+are combined by one integer all-reduce (each position is filled by exactly one rank), so ranks
+need not hold the same number of batches.
 
 AutoAttack is sharded the same way: each rank runs the official algorithm (all its
 sub-attacks, its reseeding, its batching of the still-robust points) on the examples of its
@@ -20,7 +22,7 @@ examples, as a change of ``--batch-size`` does; the report records the number of
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -28,6 +30,7 @@ from torch import nn
 from spat.attacks.context import attack_mode
 from spat.attacks.presets import AttackSpec
 from spat.data import Split, batches
+from spat.evaluation.core import Predictions
 from spat.utils.distributed import SINGLE, DistContext
 
 SeedOf = Callable[[int], int]
@@ -61,6 +64,61 @@ def combine(values: torch.Tensor, index: torch.Tensor, n: int, dist: DistContext
     return dist.all_reduce_sum(full) - offset
 
 
+def predict_sharded(
+    model: nn.Module,
+    split: Split,
+    attacks: Sequence[AttackSpec],
+    *,
+    batch_size: int,
+    device: torch.device,
+    seed_of: SeedOf,
+    dist: DistContext = SINGLE,
+    clean: bool = True,
+    on_batch: Callable[[int], None] | None = None,
+) -> Predictions:
+    """Clean (with ``clean``) and adversarial predictions of every example of ``split``, on
+    every rank, in split order.
+
+    Rank ``r`` evaluates its batches (:func:`my_batches`); in batch ``b`` every attack draws its
+    random start from one generator seeded with ``seed_of(b)`` on ``device`` (CPU for devices
+    without generators), the attacks in the order given, so the result does not depend on the
+    number of ranks. Without ``clean`` the ``clean`` field is empty. ``on_batch(k)`` after each
+    of this rank's batches (``k`` examples). Eval mode, as every attack.
+    """
+    n = len(split)
+    gen_device = device if device.type in ("cpu", "cuda") else torch.device("cpu")
+    index: list[torch.Tensor] = []
+    clean_preds: list[torch.Tensor] = []
+    adv: dict[str, list[torch.Tensor]] = {a.name: [] for a in attacks}
+    with attack_mode(model):
+        for b, (x, y) in enumerate(batches(split, batch_size, device=device)):
+            if b % dist.world_size != dist.rank:
+                continue
+            s, e = b * batch_size, b * batch_size + int(y.shape[0])
+            if clean:
+                with torch.no_grad():
+                    clean_preds.append(model(x).argmax(1))
+            gen = torch.Generator(device=gen_device).manual_seed(seed_of(b))
+            for a in attacks:
+                x_adv = a.run(model, x, y, generator=gen)
+                with torch.no_grad():
+                    adv[a.name].append(model(x_adv).argmax(1))
+            index.append(torch.arange(s, e))
+            if on_batch is not None:
+                on_batch(e - s)
+    idx = torch.cat(index) if index else torch.zeros(0, dtype=torch.int64)
+
+    def gathered(parts: list[torch.Tensor]) -> torch.Tensor:
+        # on the device until here: no host sync per batch
+        local = (torch.cat(parts).to("cpu", torch.int64) if parts
+                 else torch.zeros(0, dtype=torch.int64))
+        return combine(local, idx, n, dist) if dist.enabled else local
+
+    return Predictions(labels=split.labels.to("cpu", torch.int64).clone(),
+                       clean=gathered(clean_preds) if clean else torch.zeros(0, dtype=torch.int64),
+                       adversarial={k: gathered(v) for k, v in adv.items()})
+
+
 def predict_sharded_batches(
     model: nn.Module,
     sub: Split,
@@ -72,29 +130,8 @@ def predict_sharded_batches(
     dist: DistContext = SINGLE,
     on_batch: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
-    """Predicted classes (n,) under ``spec`` of every example of ``sub``, on every rank.
-
-    Rank ``r`` attacks its batches (:func:`my_batches`); batch ``b``'s random start comes from
-    a generator seeded with ``seed_of(b)`` on ``device`` (CPU for devices without generators),
-    so the result does not depend on the number of ranks. Eval mode, as every attack.
-    """
-    n = len(sub)
-    gen_device = device if device.type in ("cpu", "cuda") else torch.device("cpu")
-    index, preds = [], []
-    with attack_mode(model):
-        for b, (x, y) in enumerate(batches(sub, batch_size, device=device)):
-            if b % dist.world_size != dist.rank:
-                continue
-            s, e = b * batch_size, b * batch_size + int(y.shape[0])
-            gen = torch.Generator(device=gen_device).manual_seed(seed_of(b))
-            x_adv = spec.run(model, x, y, generator=gen)
-            with torch.no_grad():
-                preds.append(model(x_adv).argmax(1).cpu())
-            index.append(torch.arange(s, e))
-            if on_batch is not None:
-                on_batch(e - s)
-    if not dist.enabled:
-        return torch.cat(preds).to(torch.int64) if preds else torch.zeros(0, dtype=torch.int64)
-    idx = torch.cat(index) if index else torch.zeros(0, dtype=torch.int64)
-    local = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.int64)
-    return combine(local, idx, n, dist)
+    """Predicted classes (n,) under ``spec`` of every example of ``sub``, on every rank
+    (:func:`predict_sharded` with one attack and no clean pass)."""
+    preds = predict_sharded(model, sub, [spec], batch_size=batch_size, device=device,
+                            seed_of=seed_of, dist=dist, clean=False, on_batch=on_batch)
+    return preds.adversarial[spec.name]

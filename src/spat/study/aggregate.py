@@ -35,6 +35,7 @@ from spat.analysis.stats import (
     paired_t_interval,
     t_interval,
 )
+from spat.build import read_summary_or_none
 from spat.errors import SpatError
 from spat.study.metrics import (  # noqa: F401  (re-exported: the metric names)
     ARROW,
@@ -136,7 +137,7 @@ def read_cell(cell: Cell, class_pairs: Sequence[tuple[str, str]] = (), src: str 
     run = Path(cell.run_dir)
     res = CellResult(cell)
     rep = read_json_object_or_none(run / "eval" / "report.json")
-    if rep is None or read_json_object_or_none(run / "summary.json") is None:
+    if rep is None or read_summary_or_none(run) is None:
         return res
     m: dict[str, float] = {CLEAN: float(rep["clean_acc"])}
     names = []
@@ -184,10 +185,10 @@ def best_epoch_validation(run: Path) -> dict[str, float]:
     """``{val_clean_acc, val_robust_acc}`` of the epoch ``summary.json`` calls best (the one
     the ``best`` checkpoint was saved at), from ``metrics.jsonl``; ``{}`` when either file or
     that epoch's record is missing."""
-    summary = read_json_object_or_none(run / "summary.json")
-    best = (summary or {}).get("best_epoch")
-    if not isinstance(best, int) or isinstance(best, bool):
+    summary = read_summary_or_none(run)
+    if summary is None:
         return {}
+    best = summary.best_epoch
     try:
         records = read_jsonl(run / "metrics.jsonl")
     except SpatError:

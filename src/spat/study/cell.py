@@ -83,7 +83,7 @@ def cell_state(cell: dict[str, Any]) -> str:
     saved = read_json_object_or_none(run / "config.json")
     if saved is None:
         # nothing, or a creation killed before its config.json: start again
-        from spat.train.run import run_content
+        from spat.train.folder import run_content
 
         if run.is_dir() and run_content(run):
             raise SpatError(f"{run} exists but holds no readable config.json (remove it to "
@@ -95,7 +95,9 @@ def cell_state(cell: dict[str, Any]) -> str:
         raise SpatError(f"{run} was trained with other settings than the study file says "
                         f"({', '.join(diff[:4])}); use another study name or out_dir, or remove "
                         f"the run")
-    if read_json_object_or_none(run / "summary.json") is None:
+    from spat.build import read_summary_or_none
+
+    if read_summary_or_none(run) is None:
         return "resume"
     if not eval_matches(read_json_object_or_none(run / "eval" / "report.json"), cell["eval"],
                         wanted):
@@ -213,7 +215,7 @@ def run_cell(cell: dict[str, Any], *, threads: int | None = None, device: str | 
 
 def _run_stages(cell: dict[str, Any], record: dict[str, Any], device: str | None) -> None:
     from spat.config import config_from_dict
-    from spat.train.run import train
+    from spat.train.training import train
 
     run = Path(cell["run_dir"])
     cfg = config_from_dict(cell["config"], source=record["key"])
@@ -223,12 +225,12 @@ def _run_stages(cell: dict[str, Any], record: dict[str, Any], device: str | None
     ev = cell["eval"]
     if state in ("new", "resume"):
         t = time.perf_counter()
-        summary = train(cfg, resume=run if state == "resume" else None, progress=False,
-                        log=print)
+        result = train(cfg, resume=run if state == "resume" else None, progress=False,
+                       log=print)
         record["stages"].append(state)
         record["train_seconds"] = time.perf_counter() - t
         data = read_json_object_or_none(run / "data.json") or {}
-        record["train_images"] = int(data.get("train", 0)) * int(summary.get("epochs") or 0)
+        record["train_images"] = int(data.get("train", 0)) * result.epochs
         state = "eval"
     if state == "eval":
         from spat.evaluation.evaluate_run import evaluate_run

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spat.config import METHOD_KNOBS, TrainConfig
 from spat.utils.options import add_dataclass_options
+
+if TYPE_CHECKING:
+    from spat.build import TrainResult
 
 #: Option groups of ``spat train --help``, in order (keys: the ``group`` of a field's metadata).
 GROUPS = {"data": "data", "model": "model", "method": "method and training attack",
@@ -102,7 +105,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     apply_threads(getattr(args, "threads", None))
     from spat.config import config_from_dict
-    from spat.train.run import train
+    from spat.train.training import train
     from spat.utils.distributed import init_distributed, shutdown_distributed
     from spat.utils.log import info as log_info
     from spat.utils.log import quiet as log_quiet
@@ -112,26 +115,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     dist = init_distributed(cfg.device)
     try:
         log = log_info if dist.is_main else (lambda s: None)
-        summary = train(cfg, resume=getattr(args, "resume", None),
+        result = train(cfg, resume=getattr(args, "resume", None),
                         overwrite=getattr(args, "overwrite", False),
                         progress=not (getattr(args, "no_progress", False) or log_quiet()),
                         dist=dist, log=log, explicit=set(values))
     finally:
         shutdown_distributed(dist)
     if dist.is_main:
-        print_train_summary(summary)
+        print_train_summary(result)
     return 0
 
 
-def print_train_summary(s: dict[str, Any]) -> None:
+def print_train_summary(s: TrainResult) -> None:
     """The end-of-run summary: test accuracy and where everything was written."""
-    run = s["run_dir"]
+    run = s.run_dir
     print()
-    print(f"test  clean accuracy           {100 * s['test_clean_acc']:6.2f}%   "
-          f"({s['test_examples']} examples, best-by-validation epoch {s['best_epoch']})")
-    print(f"test  {s['test_attack']:<8} accuracy ε={s['test_eps']:.4f} "
-          f"{100 * s['test_robust_acc']:6.2f}%")
-    for g in s.get("guard") or []:
+    print(f"test  clean accuracy           {100 * s.test_clean_acc:6.2f}%   "
+          f"({s.test_examples} examples, best-by-validation epoch {s.best_epoch})")
+    print(f"test  {s.test_attack:<8} accuracy ε={s.test_eps:.4f} "
+          f"{100 * s.test_robust_acc:6.2f}%")
+    for g in s.guard:
         print(f"guard: epoch {g['epoch']}: {g['kind']}: {g['detail']}")
     print(f"run directory: {run}")
     print("  config.json, env.json, data.json   resolved settings, versions, data description")

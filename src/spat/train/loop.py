@@ -15,10 +15,11 @@ uninterrupted run would have; the global RNG states are checkpointed as well.
 Several processes (torchrun): every rank draws the same permutation of the training set and
 takes its shard of every global batch (``batch_size`` is global); the attack's random starts
 and dropout are drawn per rank; gradients are averaged by DDP; epoch metrics are summed over
-ranks. Validation and the final test are sharded too and the predictions gathered (the
-wrap-around padding that evens out the shards is dropped). BatchNorm uses per-rank batch
-statistics (no SyncBatchNorm) and rank 0's running statistics are broadcast before each forward,
-as in most adversarial-training code bases.
+ranks. Validation and the final test are sharded too, batch by batch as ``spat eval`` shards
+(:mod:`spat.evaluation.sharding`: batch ``b`` on rank ``b mod W``, its random start seeded by
+``batch_seed(stream seed, b)``), so their predictions do not depend on the number of ranks.
+BatchNorm uses per-rank batch statistics (no SyncBatchNorm) and rank 0's running statistics are
+broadcast before each forward, as in most adversarial-training code bases.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ from spat.utils.log import info as log_info
 from spat.utils.log import logger
 from spat.utils.progress import Progress
 from spat.utils.rng import (
+    RANK_STREAM_ATTACK,
+    RANK_STREAM_AUGMENT,
     STREAM_DATA,
     STREAM_VAL,
     derive_seed,
@@ -144,13 +147,13 @@ class Trainer:
         self.steps_per_epoch = num_batches(n_train, self.local_batch, self.drop_last,
                                            dist.world_size)
         # the fast path (bf16 autocast, channels_last, compile): "auto" measured for this
-        # device and model, with reasons (recorded in env.json by spat.train.run.train)
+        # device and model, with reasons (recorded in env.json by spat.train.training.train)
         if fast_path is None:
             from spat.train.calibrate import measure_fast_path
 
-            fast_path = dist.on_main(lambda: measure_fast_path(
-                cfg, data, model, method, device, local_batch=self.local_batch,
-                run_steps=self.steps_per_epoch * cfg.epochs, log=log))
+            fast_path = dist.on_main(measure_fast_path, cfg, data, model, method, device,
+                                     local_batch=self.local_batch,
+                                     run_steps=self.steps_per_epoch * cfg.epochs, log=log)
         self.fast_path = fast_path
         if self.fast_path.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -207,19 +210,10 @@ class Trainer:
         A checkpoint of another architecture or number of classes is a one-line ``SpatError``
         on every rank.
         """
-        from spat.validation import check_optimizer_fits, check_state
+        from spat.validation import check_optimizer_fits
 
         where = str(folder / ckpt.STATE)
-
-        def read() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-            state = ckpt.load_state(folder)
-            check_state(state, where, for_resume=True)  # types, RNG shapes, finite buffers
-            weights = ckpt.load_weights(folder)
-            ckpt.check_compatible(self.model, weights, state, folder, cfg=self.cfg,
-                             num_classes=self.data.info.num_classes)
-            return state, weights
-
-        state, weights = self.dist.on_main(read)
+        state, weights = self.dist.on_main(self._read_checkpoint, folder)
         self.model.load_state_dict(weights)
         # the hyperparameters come from the configuration (resolved, with the resume's
         # overrides), not from the checkpoint: it contributes the per-parameter buffers only
@@ -253,16 +247,29 @@ class Trainer:
         """
         if self.run_dir is None:
             return
+        self.history = self.dist.on_main(self._tidy_for_resume)
 
-        def tidy() -> list[dict[str, Any]]:
-            assert self.run_dir is not None and self.ckpt_root is not None
-            ckpt.clean_stale(self.ckpt_root)
-            for p in self.run_dir.glob(".*.tmp"):  # torn atomic writes of the run's files
-                if p.is_file():
-                    p.unlink(missing_ok=True)
-            return truncate_metrics(self.run_dir / METRICS, self.start_epoch)
+    def _read_checkpoint(self, folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """The state and weights of the checkpoint ``folder``, checked (rank 0)."""
+        from spat.validation import check_state
 
-        self.history = self.dist.on_main(tidy)
+        where = str(folder / ckpt.STATE)
+        state = ckpt.load_state(folder)
+        check_state(state, where, for_resume=True)  # types, RNG shapes, finite buffers
+        weights = ckpt.load_weights(folder)
+        ckpt.check_compatible(self.model, weights, state, folder, cfg=self.cfg,
+                              num_classes=self.data.info.num_classes)
+        return state, weights
+
+    def _tidy_for_resume(self) -> list[dict[str, Any]]:
+        """Remove torn writes and cut metrics.jsonl back to ``start_epoch`` (rank 0); returns
+        the records kept."""
+        assert self.run_dir is not None and self.ckpt_root is not None
+        ckpt.clean_stale(self.ckpt_root)
+        for p in self.run_dir.glob(".*.tmp"):  # torn atomic writes of the run's files
+            if p.is_file():
+                p.unlink(missing_ok=True)
+        return truncate_metrics(self.run_dir / METRICS, self.start_epoch)
 
     def _save(self, epoch: int, is_best: bool, val_acc: float | None) -> None:
         if not self.dist.is_main or self.ckpt_root is None:
@@ -297,8 +304,9 @@ class Trainer:
         torch.manual_seed(seed)  # dropout and anything else drawing from the global generator
         # data order: the same on all ranks (each takes its shard of one permutation)
         data_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, epoch, STREAM_DATA))
-        aug_gen = torch.Generator().manual_seed(derive_seed(seed, 2))
-        attack_gen = torch.Generator(device=dev).manual_seed(derive_seed(seed, 3))
+        aug_gen = torch.Generator().manual_seed(derive_seed(seed, RANK_STREAM_AUGMENT))
+        attack_gen = torch.Generator(device=dev).manual_seed(
+            derive_seed(seed, RANK_STREAM_ATTACK))
         self.train_model.train()
         zero = torch.zeros((), device=dev)
         loss_sum, n_seen = zero.clone(), zero.clone()

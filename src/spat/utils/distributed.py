@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -25,6 +25,7 @@ from spat.errors import SpatError
 from spat.validation import one_line
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 @dataclass(frozen=True)
@@ -100,21 +101,21 @@ class DistContext:
         dist.broadcast_object_list(box, src=src)
         return box[0]  # type: ignore[return-value]
 
-    def on_main(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` on rank 0 only and return its result on every rank.
+    def on_main(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``fn(*args, **kwargs)`` on rank 0 only and return its result on every rank.
 
         If ``fn`` raises :class:`SpatError` on rank 0, every rank raises the same message; any
         other exception on rank 0 becomes a ``RuntimeError`` naming it on the other ranks (and
         the original on rank 0). In a single process this is just ``fn()``.
         """
         if not self.enabled:
-            return fn()
+            return fn(*args, **kwargs)
         result: Any = None
         error: tuple[str, str] | None = None
         original: BaseException | None = None
         if self.is_main:
             try:
-                result = fn()
+                result = fn(*args, **kwargs)
             except Exception as e:  # handed to the other ranks, re-raised below
                 original = e
                 error = (type(e).__name__, one_line(e, None))

@@ -28,6 +28,10 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 #: Random streams of a training epoch: ``derive_seed(seed, epoch, stream, ...)``.
 STREAM_RANK, STREAM_DATA, STREAM_VAL = 0, 1, 4
+#: A rank's own streams within an epoch: ``derive_seed(rank_seed(seed, epoch, rank), stream)``
+#: for augmentation and the training attack's random starts (dropout draws from the global
+#: generator, seeded with the rank seed itself).
+RANK_STREAM_AUGMENT, RANK_STREAM_ATTACK = 2, 3
 #: The final test's PGD random starts are seeded by ``seed + FINAL_TEST_OFFSET`` (the value every
 #: recorded run used; changing it changes ``test_robust_acc`` of every new run).
 FINAL_TEST_OFFSET = 12345
@@ -67,6 +71,17 @@ def rank_seed(seed: int, epoch: int, rank: int) -> int:
     epoch."""
     base = (seed, epoch, STREAM_RANK)
     return derive_seed(*base) if rank == 0 else derive_seed(*base, rank)
+
+
+def batch_seed(seed: int, batch: int) -> int:
+    """The seed of the attack's random starts in batch ``batch`` (0-based, batches in order) of
+    an evaluation whose stream seed is ``seed`` (training's validation and final test; each
+    white-box attack of ``spat eval``, :mod:`spat.evaluation.seeding`):
+    ``seed`` itself for the first batch (a split that fits in one batch is attacked as it always
+    was), ``derive_seed(seed, batch)`` for the others. One generator per batch, so each
+    example's start does not depend on which rank attacks it (:mod:`spat.evaluation.sharding`).
+    """
+    return seed if batch == 0 else derive_seed(seed, batch)
 
 
 def final_test_seed(seed: int) -> int:
