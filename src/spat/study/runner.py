@@ -122,6 +122,8 @@ def log_claims(spec: StudySpec, cells: list[Cell], log: Log = print) -> None:
     observed spread needs for a ±δ interval (the plan for more seeds)."""
     from spat.study.aggregate import aggregate, read_study_cells
     from spat.study.claims import evaluate_claims
+    from spat.study.metrics import metric_unit
+    from spat.utils.reporting import number
 
     results = read_study_cells(spec, cells)
     aggs, _ = aggregate(spec, results)
@@ -130,9 +132,11 @@ def log_claims(spec: StudySpec, cells: list[Cell], log: Log = print) -> None:
     for r in evaluate_claims(spec.claims, {(a.dataset, a.variant): a.values for a in aggs}):
         c = r.claim
         need = "?" if r.seeds_needed is None else str(r.seeds_needed)
-        interval = "" if math.isnan(r.low) else f" [{r.low:+.1f}, {r.high:+.1f}]"
-        mean = "–" if math.isnan(r.mean) else f"{r.mean:+.1f}"
-        log(f"  {c.name}: {r.verdict}; {c.contrast} {c.metric} {mean}{interval} points at "
+        u = metric_unit(c.metric)
+        interval = ("" if math.isnan(r.low) else f" [{number(r.low, u.digits, sign=True)}, "
+                    f"{number(r.high, u.digits, sign=True)}]")
+        mean = number(r.mean, u.digits, sign=True)
+        log(f"  {c.name}: {r.verdict}; {c.contrast} {c.metric} {mean}{interval} {u.difference} at "
             f"{100 * r.level:.4g} %, {r.n} seeds; {need} seeds for ±{c.margin:g}")
 
 
