@@ -281,8 +281,9 @@ def parse_claims(src: str, raw: Any, variants: Sequence[str], datasets: Sequence
                             f"{t['family']!r}")
         margin = float(t["margin"])
         if not math.isfinite(margin) or margin <= 0:
-            raise SpatError(f"{where}: margin is δ in points and must be a finite number > 0, "
-                            f"got {t['margin']!r}")
+            raise SpatError(f"{where}: margin is δ in points (in the metric's own unit for a "
+                            f"statistic that is not a percentage) and must be a finite number "
+                            f"> 0, got {t['margin']!r}")
         out.append(Claim(name=name, dataset=ds, variant=t["variant"], baseline=t["baseline"],
                          metric=t["metric"], direction=t["direction"], family=t["family"],
                          margin=margin, minus=(minus[0], minus[1]) if minus else None))
