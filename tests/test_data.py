@@ -20,6 +20,7 @@ from spat.data import (
     augment_batch,
     batches,
     dataset_names,
+    dataset_record,
     load_cifar,
     load_dataset,
     load_npz,
@@ -42,11 +43,27 @@ FASHION_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal"
 
 
 def test_registry_names() -> None:
-    assert dataset_names() == ["digits", "mnist", "fashion_mnist", "cifar10", "cifar100",
-                               "svhn", "npz"]
-    assert set(DATASETS) == set(dataset_names())
+    assert dataset_names() == list(DATASETS) and dataset_names()[0] == "digits"
     with pytest.raises(SpatError, match="unknown dataset 'imagenet'.*digits"):
         load_dataset("imagenet")
+    with pytest.raises(SpatError, match="unknown dataset 'imagenet'.*digits"):
+        dataset_record("imagenet")
+    assert dataset_record("Fashion-MNIST") is DATASETS["fashion_mnist"]
+
+
+@pytest.mark.parametrize("name", list(DATASETS))
+def test_every_dataset_is_one_whole_record(name: str) -> None:
+    """Each registered dataset has its loader, its sizes (or None where the user's file
+    decides) and its defaults with their source, all in one record."""
+    rec = DATASETS[name]
+    assert callable(rec.loader) and rec.defaults.source
+    assert rec.sizes is None or (len(rec.sizes) == 2 and min(rec.sizes) > 0)
+    d = rec.defaults
+    assert 0 < d.step_size <= d.eps <= 1 and d.steps >= 1 and d.epochs >= 1 and d.lr > 0
+
+
+def test_digits_record_sizes_are_the_loaded_sizes(digits: DataBundle) -> None:
+    assert DATASETS["digits"].sizes == (len(digits.train), len(digits.test))
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,12 @@ import pytest
 
 from spat.cli import main
 from spat.config import (
-    DATASET_DEFAULTS,
     METHOD_DATASET_DEFAULTS,
     TrainConfig,
     dataset_defaults,
     lr_remedy,
 )
-from spat.data import dataset_names
+from spat.data import DATASETS, dataset_names
 from spat.errors import SpatError
 from spat.methods import METHODS, SPAT, ConsistencyAT, build_method, supporting
 
@@ -172,7 +171,9 @@ def test_every_registered_dataset_has_its_own_defaults(dataset: str) -> None:
     """One record per dataset: each registered dataset has an entry (with its source), and a
     name without one is an error, never another dataset's values."""
     d = dataset_defaults(dataset)
-    assert d is DATASET_DEFAULTS[dataset] and d.source
+    assert d is DATASETS[dataset].defaults and d.source
+    others = [DATASETS[o].defaults for o in dataset_names() if o != dataset]
+    assert all(o is not d for o in others)
 
 
 def test_a_dataset_without_defaults_is_an_error() -> None:

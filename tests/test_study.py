@@ -250,6 +250,17 @@ def test_pool_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
      '\neval = { attack_logits = "z" }', "variants.a.eval.attack_logits"),
     ('[study]\nname = "x"\ndatasets = ["digits"]\nseeds = [0]\n[variants.a]\nmethod = "spat"\n'
      'head = "linear"', "variants.a"),
+    # the types of spat.validation.check_value, as `spat train --config` checks them
+    ('[study]\nname = "x"\ndatasets = ["digits"]\nseeds = [0]\n[train]\nepochs = 2.5\n'
+     '[variants.a]\nmethod = "pgd_at"', "'train.epochs' must be an integer"),
+    ('[study]\nname = "x"\ndatasets = ["digits"]\nseeds = [0]\n[train]\nsteps = 99999999999'
+     '999999999999\n[variants.a]\nmethod = "pgd_at"', "'train.steps' must be an integer that"),
+    ('[study]\nname = "x"\ndatasets = ["digits"]\nseeds = [0]\n[variants.a]\nmethod = "pgd_at"'
+     '\neps = "8/256x"', "'variants.a.eps' must be a number or a fraction"),
+    ('[study]\nname = "x"\ndatasets = ["digits"]\nseeds = [0]\n[variants.a]\nmethod = "pgd_at"'
+     '\nlr = inf', "'variants.a.lr' must be a finite number"),
+    ('[study]\nname = "x"\ndatasets = ["digits"]\nseeds = [0]\n[variants.a]\nmethod = "pgd_at"'
+     '\n[engine]\nworkers = true', "'engine.workers' must be an integer"),
 ])
 def test_study_file_errors_name_file_and_field(tmp_path: Path, edit: str, field: str) -> None:
     p = tmp_path / "bad.toml"
@@ -258,6 +269,16 @@ def test_study_file_errors_name_file_and_field(tmp_path: Path, edit: str, field:
         load_study(p)
     msg = str(e.value)
     assert str(p) in msg and field in msg and "\n" not in msg
+
+
+def test_study_settings_take_fractions_as_spat_train_does(tmp_path: Path) -> None:
+    p = tmp_path / "f.toml"
+    p.write_text('[study]\nname = "x"\ndatasets = ["digits"]\nseeds = [0]\n[train]\n'
+                 'eps = "8/255"\n[variants.a]\nmethod = "pgd_at"\nstep_size = "2/255"\n'
+                 '[eval]\neps = "8/255"\n')
+    spec = load_study(p)
+    assert spec.train["eps"] == spec.eval.eps == 8 / 255
+    assert spec.variants["a"]["step_size"] == 2 / 255
 
 
 PAIRS_STUDY = """

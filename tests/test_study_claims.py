@@ -114,7 +114,7 @@ def test_a_study_file_declares_claims() -> None:
     ({"direction": "up"}, "direction must be one of"),
     ({"family": "secondary"}, "family must be one of"),
     ({"margin": 0}, "margin is δ in points"),
-    ({"margin": "2"}, "margin must be"),
+    ({"margin": "2"}, "'claims\\[0\\].margin' must be a number"),
     ({"name": "Bad Name"}, "name must be"),
     ({"baseline": "spat"}, "variant and baseline are both"),
     ({"minus": ["spat"]}, "minus must be two variant names"),

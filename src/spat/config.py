@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from spat.data.registry import DATASETS, DatasetDefaults
 from spat.errors import SpatError
 from spat.utils.argtypes import count_or_fraction, fraction, switch
 from spat.utils.options import option
@@ -25,65 +26,15 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 ON_COLLAPSE = ("warn", "stop")
 
 
-@dataclass(frozen=True, kw_only=True)
-class DatasetDefaults:
-    """Threat model and optimisation defaults for a dataset, with where they come from."""
-
-    eps: float
-    step_size: float
-    steps: int
-    epochs: int
-    lr: float
-    weight_decay: float
-    batch_size: int
-    model: str
-    source: str
-
-
-#: Per-dataset defaults (the README explains each choice).
-DATASET_DEFAULTS: dict[str, DatasetDefaults] = {
-    # 32x32 colour data: the 8/255 family of the official TRADES/SPAT CIFAR-10 code
-    # (ε 0.031, η 0.007, K 10; SGD 0.1, wd 2e-4, batch 128, 100 epochs). PGD-AT uses 8/255 and
-    # 2/255 (Madry et al.): configs/ sets those for pgd_at explicitly.
-    "cifar10": DatasetDefaults(eps=0.031, step_size=0.007, steps=10, epochs=100, lr=0.1,
-                               weight_decay=2e-4, batch_size=128, model="resnet18",
-                               source="official SPAT/TRADES CIFAR-10 code"),
-    "cifar100": DatasetDefaults(eps=0.031, step_size=0.007, steps=10, epochs=100, lr=0.1,
-                                weight_decay=2e-4, batch_size=128, model="resnet18",
-                                source="as CIFAR-10 (the usual 8/255 protocol)"),
-    # SVHN: ε 8/255 with a smaller step (1/255) and lr 0.01 — the usual SVHN AT recipe,
-    # since lr 0.1 diverges early on SVHN with PGD-AT.
-    "svhn": DatasetDefaults(eps=8 / 255, step_size=1 / 255, steps=10, epochs=50, lr=0.01,
-                            weight_decay=5e-4, batch_size=128, model="resnet18",
-                            source="common SVHN adversarial-training recipe"),
-    # MNIST: ε 0.3, η 0.01, K 40 (Madry et al. 1706.06083; TRADES' MNIST script), SmallCNN, lr 0.01.
-    "mnist": DatasetDefaults(eps=0.3, step_size=0.01, steps=40, epochs=50, lr=0.01,
-                             weight_decay=0.0, batch_size=128, model="small_cnn",
-                             source="Madry et al. / TRADES MNIST"),
-    # Fashion-MNIST: ε 0.1 (ε 0.3 destroys most garment images' class evidence), η 0.01, K 20.
-    "fashion_mnist": DatasetDefaults(eps=0.1, step_size=0.01, steps=20, epochs=30, lr=0.01,
-                                     weight_decay=0.0, batch_size=128, model="small_cnn",
-                                     source="common Fashion-MNIST AT setting"),
-    # scikit-learn digits (8x8, 17 grey levels of 1/16): ε 0.1 is 1.6 grey levels; η 0.025, K 10.
-    "digits": DatasetDefaults(eps=0.1, step_size=0.025, steps=10, epochs=30, lr=0.05,
-                              weight_decay=5e-4, batch_size=64, model="small_cnn",
-                              source="chosen here so the offline default trains in < 3 min"),
-}
-# a user's own .npz: CIFAR-10's values, the common case of 32x32 colour data; set ε, the model
-# and the budget for other data
-DATASET_DEFAULTS["npz"] = dataclasses.replace(
-    DATASET_DEFAULTS["cifar10"],
-    source="as CIFAR-10 (a user's .npz: set eps, model and epochs for other data)")
-
-
 def dataset_defaults(dataset: str) -> DatasetDefaults:
-    """The defaults of a registered dataset (:data:`DATASET_DEFAULTS`); a dataset without an
-    entry is an error, never another dataset's values."""
-    try:
-        return DATASET_DEFAULTS[dataset]
-    except KeyError:
+    """The defaults of a registered dataset (the ``defaults`` of its record in
+    :data:`spat.data.DATASETS`); a name without a record is an error, never another
+    dataset's values."""
+    record = DATASETS.get(dataset)
+    if record is None:
         raise SpatError(f"unknown dataset {dataset!r} (valid: "
-                        f"{', '.join(DATASET_DEFAULTS)}): it has no defaults record") from None
+                        f"{', '.join(DATASETS)}): it has no defaults record")
+    return record.defaults
 
 
 @dataclass(frozen=True, kw_only=True)

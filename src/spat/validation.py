@@ -144,7 +144,8 @@ def check_value(value: Any, annotation: Any, *, where: str, field: str) -> Any:
             raise fail("an integer that fits in 64 bits (|value| < 2**63)")
         return value
     if annotation is float:
-        if isinstance(value, str) and field in FRACTION_FIELDS:
+        # ``eps``, or a dotted path ending in it (``train.eps`` in a study file)
+        if isinstance(value, str) and field.rsplit(".", 1)[-1] in FRACTION_FIELDS:
             parsed = parse_fraction_or_none(value)
             if parsed is None:
                 raise fail("a number or a fraction such as 8/255")

@@ -22,7 +22,6 @@ import numpy as np
 
 from spat.analysis import plots
 from spat.analysis.analyze import collect
-from spat.analysis.markdown import md_table, pct
 from spat.analysis.predictions import choose_attack
 from spat.analysis.preflight import preflight_runs
 from spat.analysis.protocol_check import protocol_of, protocol_text, protocol_warnings
@@ -31,6 +30,7 @@ from spat.analysis.stats import class_totals, per_class_accuracy
 from spat.analysis.writers import slug, write_csv, write_json
 from spat.errors import SpatError
 from spat.utils.io import atomic_write_text, nan_to_none
+from spat.utils.reporting import MISSING, md_table, number, percent
 
 Log = Callable[[str], None]
 
@@ -273,7 +273,7 @@ def _row(a: RunAnalysis, attacks: Sequence[str], cls: int) -> dict[str, Any]:
 def _focus_top(a: RunAnalysis, cls: int) -> str | None:
     c = a.concentration_of()
     t = int(c.top_target[cls])
-    return None if t < 0 else f"{a.names[t]} ({pct(c.top_share[cls])} of errors)"
+    return None if t < 0 else f"{a.names[t]} ({percent(c.top_share[cls])} of errors)"
 
 
 def _table(rows: Sequence[dict[str, Any]], attacks: Sequence[str], prim: str, cls_name: str
@@ -282,34 +282,32 @@ def _table(rows: Sequence[dict[str, Any]], attacks: Sequence[str], prim: str, cl
     measures: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
         ("method", lambda r: str(r["method"])),
         ("test examples", lambda r: str(r["examples"])),
-        ("clean accuracy", lambda r: pct(r["clean_acc"])),
-        *[(f"{k} accuracy", (lambda r, k=k: pct(r.get(f"{k}_acc")))) for k in attacks],
+        ("clean accuracy", lambda r: percent(r["clean_acc"])),
+        *[(f"{k} accuracy", (lambda r, k=k: percent(r.get(f"{k}_acc")))) for k in attacks],
     ]
     if any(r["autoattack_acc"] is not None for r in rows):
-        measures.append(("AutoAttack accuracy", lambda r: pct(r["autoattack_acc"])))
+        measures.append(("AutoAttack accuracy", lambda r: percent(r["autoattack_acc"])))
     if any(r["worst_case_acc"] is not None for r in rows):
-        measures.append(("worst case over attacks", lambda r: pct(r["worst_case_acc"])))
+        measures.append(("worst case over attacks", lambda r: percent(r["worst_case_acc"])))
     measures += [
         (f"worst class ({prim})",
-         lambda r: f"{r['worst_class']} {pct(r['worst_class_robust_acc'])}"),
-        ("worst class accuracy (clean)", lambda r: pct(r["worst_class_clean_acc"])),
-        ("top hard pair", lambda r: str(r["top_pair"] or "–")),
-        ("↳ its share of the class's errors", lambda r: pct(r["top_pair_share_of_errors"])),
-        ("↳ its share of the class", lambda r: pct(r["top_pair_share_of_class"])),
-        ("top symmetric pair", lambda r: str(r["top_symmetric_pair"] or "–")),
-        ("↳ its share of all errors", lambda r: pct(r["top_symmetric_share_of_all_errors"])),
-        ("mean top-target share", lambda r: pct(r["mean_top_share"])),
+         lambda r: f"{r['worst_class']} {percent(r['worst_class_robust_acc'])}"),
+        ("worst class accuracy (clean)", lambda r: percent(r["worst_class_clean_acc"])),
+        ("top hard pair", lambda r: str(r["top_pair"] or MISSING)),
+        ("↳ its share of the class's errors", lambda r: percent(r["top_pair_share_of_errors"])),
+        ("↳ its share of the class", lambda r: percent(r["top_pair_share_of_class"])),
+        ("top symmetric pair", lambda r: str(r["top_symmetric_pair"] or MISSING)),
+        ("↳ its share of all errors", lambda r: percent(r["top_symmetric_share_of_all_errors"])),
+        ("mean top-target share", lambda r: percent(r["mean_top_share"])),
         ("mean norm. entropy (uniform 1)",
-         lambda r: "–" if r["mean_normalized_entropy"] is None
-         else f"{r['mean_normalized_entropy']:.3f}"),
+         lambda r: number(r["mean_normalized_entropy"], 3)),
         ("↳ null for these error counts: top share",
-         lambda r: pct(r["null_top_share"])),
-        ("↳ null: norm. entropy", lambda r: "–" if r["null_normalized_entropy"] is None
-         else f"{r['null_normalized_entropy']:.3f}"),
-        ("↳ excess top share (classes ≥ 5 errors)", lambda r: pct(r["excess_top_share"])),
+         lambda r: percent(r["null_top_share"])),
+        ("↳ null: norm. entropy", lambda r: number(r["null_normalized_entropy"], 3)),
+        ("↳ excess top share (classes ≥ 5 errors)", lambda r: percent(r["excess_top_share"])),
         ("↳ non-uniform classes (G-test p<0.05)", lambda r: str(r["nonuniform_classes"])),
-        (f"{cls_name}: {prim} accuracy", lambda r: pct(r["focus_class_robust_acc"])),
-        (f"{cls_name}: top target", lambda r: str(r["focus_class_top_target"] or "–")),
+        (f"{cls_name}: {prim} accuracy", lambda r: percent(r["focus_class_robust_acc"])),
+        (f"{cls_name}: top target", lambda r: str(r["focus_class_top_target"] or MISSING)),
     ]
     header = ["measure", *[str(r["label"]) for r in rows]]
     return header, [[m, *[f(r) for r in rows]] for m, f in measures]

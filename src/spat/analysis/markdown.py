@@ -16,20 +16,7 @@ from typing import Any
 from spat.analysis.record import RunAnalysis
 from spat.analysis.stats import MantelResult, directed_flows, symmetric_flows
 from spat.analysis.writers import slug
-
-
-def pct(v: float | None, digits: int = 1) -> str:
-    """``0.4123`` → ``"41.2%"``; None/NaN → ``"–"``."""
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    return f"{100 * v:.{digits}f}%"
-
-
-def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A Markdown table (``|`` in cells escaped)."""
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
-    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
-    return "\n".join(lines)
+from spat.utils.reporting import MISSING, md_table, number, percent
 
 
 def render_report(ra: RunAnalysis, files: dict[str, Path], per_class: Sequence[dict[str, Any]]
@@ -51,25 +38,25 @@ def render_report(ra: RunAnalysis, files: dict[str, Path], per_class: Sequence[d
         "## Headline numbers",
         "",
     ]
-    rows = [[("clean" if key == "clean" else key), pct(v)] for key, v in s["accuracy"].items()]
+    rows = [[("clean" if key == "clean" else key), percent(v)] for key, v in s["accuracy"].items()]
     if s.get("worst_case_acc") is not None:
-        rows.append(["worst case over the attacks", pct(s["worst_case_acc"])])
+        rows.append(["worst case over the attacks", percent(s["worst_case_acc"])])
     if s.get("autoattack_acc") is not None:
-        rows.append(["AutoAttack (eval report)", pct(s["autoattack_acc"])])
+        rows.append(["AutoAttack (eval report)", percent(s["autoattack_acc"])])
     rows.append([f"worst class under {prim}", f"{s['worst_class']}: "
-                 f"{pct(s['worst_class_robust_acc'])}"])
+                 f"{percent(s['worst_class_robust_acc'])}"])
     tp, ts = s.get("top_pair"), s.get("top_symmetric_pair")
     if tp:
         rows.append(["hardest pair (true→predicted)",
-                     f"{tp['pair']}: {pct(tp['share_of_class'])} of all {tp['source_name']} "
-                     f"examples, {pct(tp['share_of_errors'])} of its misclassified ones"])
+                     f"{tp['pair']}: {percent(tp['share_of_class'])} of all {tp['source_name']} "
+                     f"examples, {percent(tp['share_of_errors'])} of its misclassified ones"])
     if ts:
         rows.append(["hardest symmetric pair", f"{ts['pair']}: "
-                     f"{pct(ts['share_of_all_errors'])} of all misclassified examples"])
+                     f"{percent(ts['share_of_all_errors'])} of all misclassified examples"])
     rows.append(["mean top-target share (over classes)",
-                 f"{pct(s['mean_top_share'])} (null for these error counts: "
-                 f"{pct(s['null_top_share'])}; excess over it, classes with ≥ 5 errors: "
-                 f"{pct(s['excess_top_share'])})"])
+                 f"{percent(s['mean_top_share'])} (null for these error counts: "
+                 f"{percent(s['null_top_share'])}; excess over it, classes with ≥ 5 errors: "
+                 f"{percent(s['excess_top_share'])})"])
     rows.append(["mean normalised entropy of wrong classes",
                  f"{_f3(s['mean_normalized_entropy'])} (null for these error counts: "
                  f"{_f3(s['null_normalized_entropy'])}; uniform 1, one target 0)"])
@@ -93,12 +80,13 @@ def render_report(ra: RunAnalysis, files: dict[str, Path], per_class: Sequence[d
         lines += img(f"confusion_{slug(key)}.png", f"confusion under {key}")
     lines += ["## Hard class pairs", ""]
     lines += img("hard_pairs.png", "hard class pairs")
-    top_rows = [[i, f.label(ra.names), f.count, pct(f.share_of_class), pct(f.share_of_errors)]
+    top_rows = [[i, f.label(ra.names), f.count, percent(f.share_of_class),
+                 percent(f.share_of_errors)]
                 for i, f in enumerate(directed_flows(ra.confusions[prim])[:10], 1)]
     lines += [md_table(["rank", "true→predicted", "count", "share of the class",
                          "share of its errors"], top_rows), ""]
     sym_rows = [[i, p.label(ra.names), p.count, f"{p.a_to_b} / {p.b_to_a}",
-                 pct(p.share_of_class), pct(p.share_of_all_errors)]
+                 percent(p.share_of_class), percent(p.share_of_all_errors)]
                 for i, p in enumerate(symmetric_flows(ra.confusions[prim])[:10], 1)]
     lines += ["Symmetric pairs (both directions combined):", "",
               md_table(["rank", "pair", "count", "a→b / b→a", "share of both classes",
@@ -106,7 +94,7 @@ def render_report(ra: RunAnalysis, files: dict[str, Path], per_class: Sequence[d
     lines += ["## Per class", "",
               f"Target concentration under {prim}: the top wrong class's share of the class's "
               f"misclassified examples (uniform over the {k - 1} wrong classes would be "
-              f"{pct(conc.uniform_top_share)}) and the normalised entropy of the wrong-class "
+              f"{percent(conc.uniform_top_share)}) and the normalised entropy of the wrong-class "
               "distribution (1 = uniform, 0 = a single target; – = no errors), each beside "
               "its null: the expectation if the same number of errors went to uniformly random "
               "wrong classes (one error always gives a 100 % top share). p: G-test of "
@@ -114,11 +102,11 @@ def render_report(ra: RunAnalysis, files: dict[str, Path], per_class: Sequence[d
               "is mostly chance.", ""]
     lines += img("per_class_accuracy.png", "per-class accuracy")
     acc_keys = list(ra.confusions)
-    pc_rows = [[r["name"], r["examples"], *[pct(r[f"{a}_acc"]) for a in acc_keys],
-                r["top_target"] or "–", pct(r["top_target_share_of_errors"])
-                + ("*" if r["few_errors"] else ""), pct(r["null_top_share"]),
+    pc_rows = [[r["name"], r["examples"], *[percent(r[f"{a}_acc"]) for a in acc_keys],
+                r["top_target"] or MISSING, percent(r["top_target_share_of_errors"])
+                + ("*" if r["few_errors"] else ""), percent(r["null_top_share"]),
                 _f3(r["normalized_entropy"]), _f3(r["null_normalized_entropy"]),
-                "–" if r["uniformity_p"] is None else f"{r['uniformity_p']:.2g}"]
+                MISSING if r["uniformity_p"] is None else f"{r['uniformity_p']:.2g}"]
                for r in per_class]
     lines += [md_table(["class", "n", *[f"{a} acc" for a in acc_keys], f"top target ({prim})",
                          "its share of errors", "null", "norm. entropy", "null", "p"],
@@ -128,7 +116,7 @@ def render_report(ra: RunAnalysis, files: dict[str, Path], per_class: Sequence[d
               f"the share of class i predicted as j under {prim} (directed: all K(K−1) ordered "
               "pairs; symmetric: K(K−1)/2 pairs, both directions combined).", ""]
     lines += img("similarity_flow.png", "similarity vs flow")
-    corr_rows = [[name, _f3(c.rho), f"{c.p_value:.2g}" if not math.isnan(c.p_value) else "–",
+    corr_rows = [[name, _f3(c.rho), f"{c.p_value:.2g}" if not math.isnan(c.p_value) else MISSING,
                   _p(ra.mantel.get(name)), c.n_pairs] for name, c in ra.correlations.items()]
     lines += ["The Spearman p-value treats the pairs as independent (they are not: pairs share "
               "classes, and many flows are tied zeros); the Mantel p-value compares ρ with "
@@ -141,9 +129,9 @@ def render_report(ra: RunAnalysis, files: dict[str, Path], per_class: Sequence[d
                   "From `metrics.jsonl`: the validation split under the per-epoch validation "
                   "attack (no extra computation).", ""]
         lines += img("training.png", "training curves")
-        tr_rows = [[r["epoch"], _f3(r.get("train_loss")), pct(r.get("val_clean_acc")),
-                    pct(r.get("val_robust_acc")), r.get("top_pair") or "–",
-                    pct(r.get("top_pair_share_of_errors")), pct(r.get("mean_top_share")),
+        tr_rows = [[r["epoch"], _f3(r.get("train_loss")), percent(r.get("val_clean_acc")),
+                    percent(r.get("val_robust_acc")), r.get("top_pair") or MISSING,
+                    percent(r.get("top_pair_share_of_errors")), percent(r.get("mean_top_share")),
                     _f3(r.get("mean_normalized_entropy"))] for r in ra.training]
         lines += [md_table(["epoch", "train loss", "val clean", "val robust", "top pair",
                              "its share of errors", "mean top share", "mean norm. entropy"],
@@ -153,10 +141,8 @@ def render_report(ra: RunAnalysis, files: dict[str, Path], per_class: Sequence[d
 
 
 def _p(m: MantelResult | None) -> str:
-    return "–" if m is None or math.isnan(m.p_value) else f"{m.p_value:.2g}"
+    return MISSING if m is None or math.isnan(m.p_value) else f"{m.p_value:.2g}"
 
 
 def _f3(v: float | None) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    return f"{v:.3f}"
+    return number(v, 3)

@@ -45,6 +45,7 @@ from spat.analysis.stats import (
     per_class_accuracy,
     row_normalized,
 )
+from spat.utils.reporting import percent
 
 PathLike = str | os.PathLike[str]
 #: Resolution of the PNGs (dots per inch); the PDFs are vector.
@@ -164,10 +165,9 @@ def _tick_fontsize(k: int) -> float:
 
 
 def _pct(v: float) -> str:
-    """A share as a percentage number: integers from 1%, one decimal below."""
-    if math.isnan(v):
-        return "–"
-    return f"{100 * v:.0f}" if v >= 0.0095 or v == 0 else f"{100 * v:.1f}"
+    """A share as a percentage number (no % sign, the axis says it): integers from 1%, one
+    decimal below."""
+    return percent(v, 0 if math.isnan(v) or v >= 0.0095 or v == 0 else 1, symbol=False)
 
 
 def _percent_axis(axis: Any) -> None:

@@ -8,10 +8,7 @@ and ``analysis.json``.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +26,7 @@ from spat.analysis.stats import (
 )
 from spat.analysis.training import TRAINING_COLUMNS
 from spat.utils.io import atomic_write_text, json_safe
+from spat.utils.reporting import csv_text
 
 
 def slug(text: str) -> str:
@@ -37,24 +35,9 @@ def slug(text: str) -> str:
 
 
 
-def _csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    for r in rows:
-        w.writerow(["" if v is None else _fmt_csv(v) for v in r])
-    return buf.getvalue()
-
-
-def _fmt_csv(v: Any) -> Any:
-    if isinstance(v, float):
-        return "" if math.isnan(v) else f"{v:.6g}"
-    return v
-
-
 def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Path:
-    """Write a CSV atomically."""
-    atomic_write_text(path, _csv_text(header, rows))
+    """Write a CSV atomically (:func:`spat.utils.reporting.csv_text`)."""
+    atomic_write_text(path, csv_text(header, rows))
     return path
 
 

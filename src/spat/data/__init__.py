@@ -4,7 +4,8 @@
 (N, C, H, W)); ``batches`` turns a :class:`Split` into float32 [0,1] mini-batches on a device;
 ``augment_batch`` applies the dataset's augmentation to a batch. Datasets: ``digits`` (offline
 default, scikit-learn), ``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100``, ``svhn`` (the
-official files in torchvision's layout, md5-verified) and ``npz`` (your own arrays).
+official files in torchvision's layout, md5-verified) and ``npz`` (your own arrays), each one
+:class:`DatasetRecord` of :data:`DATASETS` (loader, sizes, defaults).
 """
 
 from spat.data.batching import augment_batch, batches, num_batches, shard_order
@@ -15,9 +16,12 @@ from spat.data.mnist import load_mnist, read_idx
 from spat.data.npz import load_npz
 from spat.data.registry import (
     DATASETS,
+    DatasetDefaults,
+    DatasetRecord,
     channel_stats,
     dataset_class_names,
     dataset_names,
+    dataset_record,
     load_dataset,
     split_validation,
     val_count,
@@ -28,7 +32,9 @@ from spat.data.types import DataBundle, DatasetInfo, RawDataset, Split
 __all__ = [
     "DATASETS",
     "DataBundle",
+    "DatasetDefaults",
     "DatasetInfo",
+    "DatasetRecord",
     "RawDataset",
     "RestrictedUnpickler",
     "Split",
@@ -37,6 +43,7 @@ __all__ = [
     "channel_stats",
     "dataset_class_names",
     "dataset_names",
+    "dataset_record",
     "load_cifar",
     "load_dataset",
     "load_digits_data",

@@ -23,7 +23,7 @@ class DatasetInfo:
     ``family`` (``"cifar" | "svhn" | "mnist" | "digits" | "custom"``) names the loader that
     produced the data; it is recorded in a run's ``data.json`` as provenance and nothing
     branches on it (threat-model defaults come from the dataset name, see
-    :data:`spat.config.DATASET_DEFAULTS`).
+    :data:`spat.data.registry.DATASETS`).
     """
 
     name: str

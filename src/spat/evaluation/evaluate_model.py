@@ -58,13 +58,12 @@ def evaluate_model(
     ``official-spat`` (with ``weights``; ``cosine_scale``: its s, default 8), or a portable
     spat model file (see :func:`spat.models.external.load_model`). The settings are
     ``options`` with any :class:`EvalOptions` field given in ``settings`` replaced. ``eps``
-    defaults to the dataset's training ε (:data:`spat.config.DATASET_DEFAULTS`; 0.031 for
+    defaults to the dataset's training ε (its record in :data:`spat.data.DATASETS`; 0.031 for
     CIFAR, as the official SPAT/TRADES code; give ``8/255`` for RobustBench's threat model).
     Output in ``out`` (default ``./eval-<model>-<dataset>``). Returns the report and the output
     folder.
     """
-    from spat.config import DATASET_DEFAULTS
-    from spat.data import load_dataset
+    from spat.data import dataset_record, load_dataset
     from spat.models.external import (
         architecture_name,
         head_name,
@@ -96,10 +95,7 @@ def evaluate_model(
         raise SpatError(f"{spec} takes inputs of shape {meta['input_shape']} but {info.name} "
                         f"images are {shape}")
     _probe(net, data.test, dev, spec, info.name)
-    defaults = DATASET_DEFAULTS.get(info.name)
-    if opts.eps is None and defaults is None:
-        raise SpatError(f"give --eps: dataset {dataset!r} has no default ε")
-    opts = opts.with_threat(defaults.eps if defaults is not None else None, "linf")
+    opts = opts.with_threat(dataset_record(info.name).defaults.eps, "linf")
     metadata = {
         "model": spec,
         "weights": None if weights is None else str(weights),

@@ -17,6 +17,7 @@ from spat.evaluation.core import Predictions
 from spat.evaluation.options import EvalOptions
 from spat.evaluation.sanity import Check
 from spat.utils.io import atomic_write_text
+from spat.utils.reporting import MISSING, percent
 
 if TYPE_CHECKING:
     from spat.evaluation.attack_runs import AttackOutcome
@@ -225,10 +226,6 @@ def report_options(report: dict[str, Any]) -> EvalOptions | None:
         return None
 
 
-def _pct(v: float | None) -> str:
-    return "—" if v is None else f"{100 * v:6.2f}%"
-
-
 def print_report(report: EvalReport, console: Any = None) -> None:
     """A readable table of the report on the terminal (rich)."""
     from rich.console import Console
@@ -255,17 +252,18 @@ def print_report(report: EvalReport, console: Any = None) -> None:
 
     def worst(s: dict[str, Any]) -> str:
         w = s.get("worst_class")
-        return "—" if w is None else f"{w['name']}: {100 * w['accuracy']:.1f}%"
+        return MISSING if w is None else f"{w['name']}: {percent(w['accuracy'])}"
 
     c = d["clean"]
-    table.add_row("clean", _pct(c["accuracy"]), _pct(c["accuracy"]), worst(c), "", *extra)
+    table.add_row("clean", percent(c["accuracy"], 2), percent(c["accuracy"], 2), worst(c), "",
+                  *extra)
     for a in d["attacks"]:
-        table.add_row(a["name"], _pct(a["accuracy"]), _pct(a["cumulative_accuracy"]), worst(a),
-                      f"{a['seconds']:.1f}s", *(["reused" if a["reused"] else ""] if reused
-                                                 else []))
+        table.add_row(a["name"], percent(a["accuracy"], 2), percent(a["cumulative_accuracy"], 2),
+                      worst(a), f"{a['seconds']:.1f}s",
+                      *(["reused" if a["reused"] else ""] if reused else []))
     e = d["ensemble"]
     if d["attacks"]:
-        table.add_row("[bold]ensemble[/bold]", f"[bold]{_pct(e['accuracy'])}[/bold]", "",
+        table.add_row("[bold]ensemble[/bold]", f"[bold]{percent(e['accuracy'], 2)}[/bold]", "",
                       worst(e), "", *extra)
     console.print(table)
     if d["attacks"]:
@@ -277,7 +275,7 @@ def print_report(report: EvalReport, console: Any = None) -> None:
     for a in d["attacks"]:
         subs = a.get("details", {}).get("robust_accuracy_after")
         if subs:
-            steps = ", ".join(f"{k} {100 * v:.2f}%" for k, v in subs.items())
+            steps = ", ".join(f"{k} {percent(v, 2)}" for k, v in subs.items())
             console.print(f"  {a['name']}: accuracy after {steps}")
     checks = d["sanity"]["checks"]
     failed = [c for c in checks if c["passed"] is False]

@@ -24,6 +24,7 @@ from typing import Any
 
 from spat.errors import SpatError
 from spat.utils.io import atomic_write_text
+from spat.utils.reporting import percent
 from spat.validation import loads_json
 
 #: Output file names in the export folder.
@@ -50,10 +51,6 @@ def format_eps(eps: float) -> str:
     if abs(k - round(k)) < 1e-6 and round(k) >= 1:
         return f"{round(k)}/255"
     return f"{eps:g}"
-
-
-def _percent(fraction: float) -> str:
-    return f"{100 * float(fraction):.2f}"
 
 
 def check_full_standard_aa(report: Mapping[str, Any], source: str) -> dict[str, Any]:
@@ -120,9 +117,9 @@ def robustbench_model_info(
         "venue": venue,
         "architecture": architecture or robustbench_architecture(str(report.get("architecture"))),
         "eps": format_eps(float(report["eps"])),
-        "clean_acc": _percent(report["clean_acc"]),
-        "reported": _percent(aa if reported is None else reported),
-        "autoattack_acc": _percent(aa),
+        "clean_acc": percent(float(report["clean_acc"]), 2, symbol=False),
+        "reported": percent(float(aa if reported is None else reported), 2, symbol=False),
+        "autoattack_acc": percent(float(aa), 2, symbol=False),
     }
     if footnote:
         info["footnote"] = footnote

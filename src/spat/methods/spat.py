@@ -83,7 +83,8 @@ BETA_RANGE = Range(0.0, reason=(
 def self_paced_logits(
     logits: torch.Tensor, y: torch.Tensor, scale: float, m: float
 ) -> torch.Tensor:
-    """SPAT's self-paced modulated logits z̃ (arXiv 2210.15068; official ``spat.py``).
+    """SPAT's self-paced modulated logits z̃ (arXiv 2210.15068), as the official code computes
+    them.
 
     With cosine logits z = logits / s (the head outputs s·z):
     z̃_y = s·(1 + m − z_y)·z_y for the true class and z̃_j = s·(z_j + m)·z_j for j ≠ y.

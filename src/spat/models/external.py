@@ -7,11 +7,11 @@ is in eval mode.
 
 Official layouts (read from the reference code, not copied):
 
-* WideResNet (TRADES, arXiv 1901.08573, ``models/wideresnet.py``; SPAT, arXiv 2210.15068,
-  ``wrn.py``): ``conv1.weight``, ``block{1,2,3}.layer.{j}.{bn1,conv1,bn2,conv2,convShortcut}``,
+* WideResNet (TRADES, arXiv 1901.08573; SPAT, arXiv 2210.15068): ``conv1.weight``,
+  ``block{1,2,3}.layer.{j}.{bn1,conv1,bn2,conv2,convShortcut}``,
   an unused ``sub_block1.*``, ``bn1.*``, ``fc.{weight,bias}``. Depth 6n+4 and width k are read
   from the shapes: n blocks per group, ``block1.layer.0.conv1`` has 16k output channels.
-* ResNet-18 (TRADES' and SPAT's ``resnet.py``): ``conv1``, ``bn1``,
+* ResNet-18 (TRADES' and SPAT's): ``conv1``, ``bn1``,
   ``layer{1..4}.{0,1}.{conv1,bn1,conv2,bn2,shortcut.0,shortcut.1}``, ``linear.{weight,bias}``.
 
 Both take inputs in [0, 1] with no normalisation (the official training scripts use

@@ -33,8 +33,8 @@ def linear_head(in_features: int, out_features: int) -> nn.Linear:
 
 
 class CosineLinear(nn.Module):
-    """SPAT's cosine classifier (arXiv 2210.15068; official code
-    puerrrr/Self-Paced-Adversarial-Training, ``resnet.py`` / ``wrn.py`` with ``normalize=True``).
+    """SPAT's cosine classifier (arXiv 2210.15068; the official code's last layer with
+    ``normalize=True``, https://github.com/puerrrr/Self-Paced-Adversarial-Training).
 
     ``forward(g)`` returns the logits ``s · (ŵ_jᵀ ĝ + b_j)`` with ĝ = g/‖g‖₂ and
     ŵ_j = w_j/‖w_j‖₂ (:func:`torch.nn.functional.normalize` with ``eps``), so
@@ -57,7 +57,7 @@ class CosineLinear(nn.Module):
       the cross-entropy gradient ≈ ∇(mean_j z_j − z_y) spreads over all classes instead of
       heading for the closest wrong class, so gradient attacks are weaker and robustness is
       overstated (gradient masking by temperature); the official evaluation's PGD-20 attacks
-      these temperature-1 logits (``model(x)`` in ``train_cifar10.py``), which is why we
+      these temperature-1 logits (its CIFAR-10 script attacks ``model(x)``), which is why we
       evaluate and export the ``s·z`` the model was trained with.
       ``s`` is a plain float attribute :attr:`scale`, not a parameter; losses that need z
       divide by it (see :func:`spat.models.logit_scale`).

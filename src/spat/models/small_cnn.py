@@ -1,5 +1,6 @@
-"""TRADES' SmallCNN for MNIST-like inputs (Zhang et al. 2019, arXiv 1901.08573; official code
-yaodongyu/TRADES ``models/small_cnn.py``), without its final fc (the head is separate)."""
+"""TRADES' SmallCNN for MNIST-like inputs (Zhang et al. 2019, arXiv 1901.08573; the
+architecture of https://github.com/yaodongyu/TRADES), without its final fc (the head is
+separate)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """WideResNet (Zagoruyko & Komodakis 2016, arXiv 1605.07146) as in TRADES (arXiv 1901.08573,
-yaodongyu/TRADES ``models/wideresnet.py``), the backbone of the SPAT paper (arXiv 2210.15068),
+https://github.com/yaodongyu/TRADES), the backbone of the SPAT paper (arXiv 2210.15068),
 without its final fc (the head is separate)."""
 
 from __future__ import annotations

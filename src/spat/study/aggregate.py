@@ -41,6 +41,7 @@ from spat.study.metrics import (  # noqa: F401  (re-exported: the metric names)
     ARROW,
     CLEAN,
     EXCESS,
+    METRIC_UNITS,
     MOST_SIMILAR,
     VAL_CLEAN,
     VAL_ROBUST,
@@ -224,16 +225,17 @@ class Aggregate:
 
 
 def metric_order(results: list[CellResult]) -> list[str]:
-    """Metrics in display order: clean, attacks (as evaluated), worst case, worst class,
-    excess top share, validation accuracies, class pairs."""
+    """Metrics in display order: clean, attacks (as evaluated), the other named metrics in the
+    order of :data:`~spat.study.metrics.METRIC_UNITS` (worst case, worst class, excess top
+    share, most-similar share, validation accuracies, and any statistic added there), class
+    pairs."""
     seen: list[str] = []
     for r in results:
         for k in r.metrics:
             if k not in seen:
                 seen.append(k)
     fixed = [CLEAN]
-    tail = [k for k in (WORST_CASE, WORST_CLASS, EXCESS, MOST_SIMILAR, VAL_CLEAN, VAL_ROBUST)
-            if k in seen]
+    tail = [k for k in METRIC_UNITS if k not in fixed and k in seen]
     tail += [k for k in seen if is_class_pair_metric(k)]
     return [k for k in fixed if k in seen] + [k for k in seen if k not in fixed + tail] + tail
 

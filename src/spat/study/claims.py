@@ -7,15 +7,17 @@ A study file may declare the claims its table is run to test, before the runs::
     dataset = "digits"               # optional when the study has one dataset
     variant = "spat"
     baseline = "trades"
-    metric = "AutoAttack"            # any metric of the study's table (percent units)
+    metric = "AutoAttack"            # any metric of the study's table
     direction = "higher"             # the claim: variant's metric is higher (or "lower")
     family = "primary"               # or "exploratory"
-    margin = 2.0                     # δ in points: differences within ±δ count as equivalent
+    margin = 2.0                     # δ in the metric's difference unit (points for a
+                                     # percentage): differences within ±δ are equivalent
     minus = ["spat_x1", "trades_x1"] # optional: an interaction, (variant − baseline) minus
                                      # (minus[0] − minus[1]), all on the same seeds
 
 **The rule** (the only place verdict words come from). Per seed, d = variant − baseline in
-points (minus the ``minus`` pair's difference for an interaction). The interval is the paired
+the metric's difference unit (:func:`spat.study.metrics.metric_unit`: points for a percentage;
+minus the ``minus`` pair's difference for an interaction). The interval is the paired
 Student-t interval of mean(d) at level 1 − α/m for a primary claim, where α = 0.05 and m is
 the number of primary claims in the file (Bonferroni), and at level 1 − α for an exploratory
 one. Read from that interval [L, U], with the claim's direction ("higher": a positive d favours
@@ -48,6 +50,8 @@ from typing import Any
 
 from spat.analysis.stats import t_interval
 from spat.errors import SpatError
+from spat.study.metrics import metric_unit
+from spat.utils.reporting import MISSING, md_table, number
 
 #: The verdict words, in the order the rule tries them.
 HOLDS, NOT_HOLDS, EQUIVALENT, INCONCLUSIVE = ("holds", "does not hold", "equivalent within δ",
@@ -89,8 +93,8 @@ class Claim:
 
 @dataclass(frozen=True)
 class ClaimResult:
-    """A claim's paired differences (points, one per seed with every cell finished), their
-    interval at ``level`` and the verdict of the rule."""
+    """A claim's paired differences (in the metric's difference unit, one per seed with every
+    cell finished), their interval at ``level`` and the verdict of the rule."""
 
     claim: Claim
     differences: tuple[float, ...]
@@ -180,9 +184,10 @@ def evaluate_claims(claims: Sequence[Claim], values: dict[tuple[str, str], dict[
             for row in zip(*cols, strict=True):
                 if any(x is None or math.isnan(x) for x in row):
                     continue
-                d = 100.0 * (row[0] - row[1])
+                unit = metric_unit(c.metric)
+                d = unit.shown(row[0] - row[1])
                 if c.minus:
-                    d -= 100.0 * (row[2] - row[3])
+                    d -= unit.shown(row[2] - row[3])
                 diffs.append(d)
         level = claim_level(c.family, primaries)
         iv = t_interval(diffs, level)
@@ -195,34 +200,39 @@ def evaluate_claims(claims: Sequence[Claim], values: dict[tuple[str, str], dict[
     return out
 
 
-def _pts(v: float) -> str:
-    return "–" if math.isnan(v) else f"{v:+.1f}"
-
-
 def claims_markdown(results: Sequence[ClaimResult], seeds: int) -> list[str]:
     """The claims section of study.md: one row per claim, in the file's order."""
     if not results:
         return []
     prim = sum(1 for r in results if r.claim.family == "primary")
+    units = " or ".join(sorted({metric_unit(r.claim.metric).difference for r in results}))
     lines = ["## Claims", "",
              f"Declared in the study file; verdicts by the rule of `spat.study.claims`: the "
-             f"paired t interval of the difference in points at level 1 − 0.05/{prim} for "
+             f"paired t interval of the difference in {units} at level 1 − 0.05/{prim} for "
              f"each of the {prim} primary claims (Bonferroni), 0.95 for exploratory ones; "
              f"**holds** when it lies on the claimed side of 0, **does not hold** when on "
              f"the other side, **equivalent within δ** when inside ±δ, else "
              f"**inconclusive**. \"seeds for ±δ\": the seeds the observed spread needs for a "
-             f"half-width ≤ δ ({seeds} in this file).", "",
-             "| claim | dataset | difference | metric | claimed | family | δ | mean [interval] "
-             "| level | seeds | seeds for ±δ | verdict |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"half-width ≤ δ ({seeds} in this file).", ""]
+    rows = []
     for r in results:
         c = r.claim
-        need = "–" if r.seeds_needed is None else str(r.seeds_needed)
-        lines.append(f"| {c.name} | {c.dataset} | {c.contrast} | {c.metric} | {c.direction} "
-                     f"| {c.family} | {c.margin:g} | {_pts(r.mean)} [{_pts(r.low)}, "
-                     f"{_pts(r.high)}] | {100 * r.level:.4g} % | {r.n} | {need} "
-                     f"| **{r.verdict}** |")
+        rows.append([c.name, c.dataset, c.contrast, c.metric, c.direction, c.family,
+                     f"{c.margin:g}", claim_interval_text(r), f"{100 * r.level:.4g} %", r.n,
+                     MISSING if r.seeds_needed is None else r.seeds_needed,
+                     f"**{r.verdict}**"])
+    lines.append(md_table(["claim", "dataset", "difference", "metric", "claimed", "family", "δ",
+                           "mean [interval]", "level", "seeds", "seeds for ±δ", "verdict"],
+                          rows))
     return lines + [""]
+
+
+def claim_interval_text(r: ClaimResult) -> str:
+    """``+1.2 [-0.3, +2.7]``: the claim's mean difference and its interval, in the digits of
+    its metric's unit."""
+    digits = metric_unit(r.claim.metric).digits
+    return (f"{number(r.mean, digits, sign=True)} [{number(r.low, digits, sign=True)}, "
+            f"{number(r.high, digits, sign=True)}]")
 
 
 def parse_claims(src: str, raw: Any, variants: Sequence[str], datasets: Sequence[str]
@@ -271,8 +281,9 @@ def parse_claims(src: str, raw: Any, variants: Sequence[str], datasets: Sequence
                             f"{t['family']!r}")
         margin = float(t["margin"])
         if not math.isfinite(margin) or margin <= 0:
-            raise SpatError(f"{where}: margin is δ in points and must be a finite number > 0, "
-                            f"got {t['margin']!r}")
+            raise SpatError(f"{where}: margin is δ in points (in the metric's own unit for a "
+                            f"statistic that is not a percentage) and must be a finite number "
+                            f"> 0, got {t['margin']!r}")
         out.append(Claim(name=name, dataset=ds, variant=t["variant"], baseline=t["baseline"],
                          metric=t["metric"], direction=t["direction"], family=t["family"],
                          margin=margin, minus=(minus[0], minus[1]) if minus else None))

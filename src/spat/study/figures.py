@@ -11,12 +11,13 @@ from typing import Any
 
 from spat.analysis.stats import Interval
 from spat.study.aggregate import (
-    EXCESS,
     MOST_SIMILAR,
     Aggregate,
     PairDifference,
     is_class_pair_metric,
 )
+from spat.study.metrics import metric_unit
+from spat.utils.reporting import PERCENT
 
 
 def _fin(v: float) -> bool:
@@ -59,7 +60,9 @@ def plot_dataset(aggs: list[Aggregate], metrics: list[str], baseline: str, datas
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ms = [m for m in metrics if m not in (EXCESS, MOST_SIMILAR) and not is_class_pair_metric(m)]
+    # the accuracies: percentages on one axis (not the shares, nor a statistic of another unit)
+    ms = [m for m in metrics if metric_unit(m) is PERCENT and m != MOST_SIMILAR
+          and not is_class_pair_metric(m)]
     panels = 3 if pairs else 2
     fig, axes = plt.subplots(1, panels, figsize=(max(10.0, 1.2 * len(ms) * 2) * panels / 2, 4.2),
                              constrained_layout=True)

@@ -11,8 +11,6 @@ the accuracy tables and figures."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from collections.abc import Sequence
@@ -31,20 +29,10 @@ from spat.study.aggregate import (
     pair_differences,
 )
 from spat.study.claims import ClaimResult, claims_markdown, evaluate_claims
+from spat.study.metrics import metric_unit
 from spat.study.spec import StudySpec
 from spat.utils.io import atomic_write_text, json_safe
-
-
-def _f(v: float | None, scale: float = 100.0, digits: int = 1) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    return f"{scale * v:.{digits}f}"
-
-
-def _signed(v: float | None, digits: int = 1) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    return f"{100 * v:+.{digits}f}"
+from spat.utils.reporting import MISSING, PERCENT, POINTS, RATIO, Unit, csv_text, md_table
 
 
 def _num(v: Any) -> Any:
@@ -86,19 +74,9 @@ def csv_rows(aggs: list[Aggregate], metrics: list[str], pairs: Sequence[PairDiff
     return rows
 
 
-def _csv_text(rows: list[list[Any]]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    for r in rows:
-        w.writerow(["" if v is None or (isinstance(v, float) and math.isnan(v)) else
-                    (f"{v:.6g}" if isinstance(v, float) else v) for v in r])
-    return buf.getvalue()
-
-
-def _md_table(header: list[str], rows: list[list[Any]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(out)
+def _columns(metrics: Sequence[str]) -> list[str]:
+    """The metrics as column names: a unit the table's text does not state is named."""
+    return [m + metric_unit(m).column for m in metrics]
 
 
 def _eval_overrides(spec: StudySpec) -> str:
@@ -112,29 +90,31 @@ def _eval_overrides(spec: StudySpec) -> str:
 
 def _diff_cells(dt: dict[str, Interval], db: dict[str, Interval], metrics: list[str]
                 ) -> list[str]:
-    """``+1.2 [-0.3, +2.7] {+0.1, +2.2}`` per metric: mean [paired t] {paired bootstrap}."""
+    """``+1.2 [-0.3, +2.7] {+0.1, +2.2}`` per metric: mean [paired t] {paired bootstrap}, in
+    the metric's unit (points for a percentage)."""
     cells = []
     for m in metrics:
-        d, b = dt[m], db[m]
-        cell = _signed(d.mean)
+        d, b, u = dt[m], db[m], metric_unit(m)
+        cell = u.format(d.mean, sign=True)
         if not math.isnan(d.low):
-            cell += f" [{_signed(d.low)}, {_signed(d.high)}]"
+            cell += f" [{u.format(d.low, sign=True)}, {u.format(d.high, sign=True)}]"
         if not math.isnan(b.low):
-            cell += f" {{{_signed(b.low)}, {_signed(b.high)}}}"
+            cell += f" {{{u.format(b.low, sign=True)}, {u.format(b.high, sign=True)}}}"
         cells.append(cell)
     return cells
 
 
 def _pair_table(named: Sequence[PairDifference], columns: list[str]) -> str:
     """One row per named pair ``a − b``: its paired differences in ``columns``."""
-    return _md_table(["pair", *columns],
+    return md_table(["pair", *_columns(columns)],
                      [[p.label, *_diff_cells(p.diff_t, p.diff_boot, columns)] for p in named])
 
 
-def _summary_cell(s: Interval) -> str:
-    cell = f"{_f(s.mean)} ± {_f(s.std)}"
+def _summary_cell(s: Interval, unit: Unit) -> str:
+    """``mean ± std [low, high]`` in ``unit``."""
+    cell = f"{unit.format(s.mean)} ± {unit.format(s.std)}"
     if not math.isnan(s.low):
-        cell += f" [{_f(s.low)}, {_f(s.high)}]"
+        cell += f" [{unit.format(s.low)}, {unit.format(s.high)}]"
     return cell
 
 
@@ -155,17 +135,17 @@ def _class_pair_lines(spec: StudySpec, ds: str, sub: list[Aggregate],
     rows = []
     for a in sub:
         cp = (a.pooled or {}).get("class_pairs", {})
-        rows.append([a.variant, *[_summary_cell(a.summary[k])
+        rows.append([a.variant, *[_summary_cell(a.summary[k], metric_unit(k))
                                   + (f" ({cp[k]['count']}/{cp[k]['errors']})" if k in cp
                                      else "") for k in keys]])
-    lines += [_md_table(["variant", *keys], rows), ""]
+    lines += [md_table(["variant", *_columns(keys)], rows), ""]
     others = [a for a in sub if a.variant != spec.baseline]
     if others:
         lines += [f"Paired difference of these shares to **{spec.baseline}**, in points: mean "
                   "[95 % paired t interval] {95 % paired bootstrap interval} (negative = "
                   f"fewer of a's errors in b than {spec.baseline}).", ""]
-        lines += [_md_table(["variant", *keys],
-                            [[a.variant, *_diff_cells(a.diff_t, a.diff_boot, keys)]
+        lines += [md_table(["variant", *_columns(keys)],
+                           [[a.variant, *_diff_cells(a.diff_t, a.diff_boot, keys)]
                              for a in others]), ""]
     named = [p for p in pairs if p.dataset == ds and all(k in p.diff_t for k in keys)]
     if named:
@@ -193,10 +173,11 @@ def _most_similar_lines(spec: StudySpec, ds: str, sub: list[Aggregate],
              f"wrong targets {100 / max(k - 1, 1):.1f} %. Mean ± sample std over "
              "seeds [95 % Student-t interval]; paired difference to "
              f"**{spec.baseline}** in points [95 % paired t] {{95 % paired bootstrap}}.", ""]
-    rows = [[a.variant, _summary_cell(a.summary[MOST_SIMILAR]),
-             _diff_cells(a.diff_t, a.diff_boot, [MOST_SIMILAR])[0] if a.diff_t else "–"]
+    rows = [[a.variant, _summary_cell(a.summary[MOST_SIMILAR], metric_unit(MOST_SIMILAR)),
+             _diff_cells(a.diff_t, a.diff_boot, [MOST_SIMILAR])[0] if a.diff_t else MISSING]
             for a in sub]
-    return lines + [_md_table(["variant", MOST_SIMILAR, f"− {spec.baseline}"], rows), ""]
+    return lines + [md_table(["variant", *_columns([MOST_SIMILAR]), f"− {spec.baseline}"],
+                             rows), ""]
 
 
 def render_markdown(spec: StudySpec, aggs: list[Aggregate], metrics: list[str],
@@ -225,8 +206,8 @@ def render_markdown(spec: StudySpec, aggs: list[Aggregate], metrics: list[str],
         for a in sub:
             flagged = f"; {a.cells_flagged} flagged" if a.cells_flagged else ""
             rows.append([f"{a.variant} ({a.cells_done}/{a.cells_total}{flagged})",
-                         *[_summary_cell(a.summary[m]) for m in metrics]])
-        lines += [_md_table(["variant (cells)", *metrics], rows), ""]
+                         *[_summary_cell(a.summary[m], metric_unit(m)) for m in metrics]])
+        lines += [md_table(["variant (cells)", *_columns(metrics)], rows), ""]
         if any(a.cells_flagged for a in sub):
             lines += ["'flagged': cells the training guard flags from their `metrics.jsonl` "
                       "(a collapse to a constant output, a divergence, a sudden drop of the "
@@ -239,7 +220,7 @@ def render_markdown(spec: StudySpec, aggs: list[Aggregate], metrics: list[str],
                       "mean [95 % paired t interval] {95 % paired bootstrap interval, 10,000 "
                       "resamples, fixed seed}.", ""]
             rows = [[a.variant, *_diff_cells(a.diff_t, a.diff_boot, metrics)] for a in others]
-            lines += [_md_table(["variant", *metrics], rows), ""]
+            lines += [md_table(["variant", *_columns(metrics)], rows), ""]
         named = [p for p in pairs if p.dataset == ds]
         if named:
             lines += ["Paired differences between named pairs (`study.pairs`), first − second "
@@ -259,24 +240,24 @@ def render_markdown(spec: StudySpec, aggs: list[Aggregate], metrics: list[str],
                 p = a.pooled
                 assert p is not None
                 tp = p["top_pair"]
-                rows.append([a.variant, p["errors"], f"{_f(p['mean_top_share'])} "
-                             f"(null {_f(p['mean_null_top_share'])})",
-                             _signed(p["mean_excess_top_share"]),
-                             f"{_f(p['mean_normalized_entropy'], 1, 3)} "
-                             f"(null {_f(p['mean_null_normalized_entropy'], 1, 3)})",
+                rows.append([a.variant, p["errors"], f"{PERCENT.format(p['mean_top_share'])} "
+                             f"(null {PERCENT.format(p['mean_null_top_share'])})",
+                             POINTS.format(p["mean_excess_top_share"], sign=True),
+                             f"{RATIO.format(p['mean_normalized_entropy'])} "
+                             f"(null {RATIO.format(p['mean_null_normalized_entropy'])})",
                              f"{p['significant_classes']}/{p['tested_classes']}",
-                             f"{tp['pair']} ({_f(tp['share_of_errors'])} of its errors)"
-                             if tp else "–"])
-            lines += [_md_table(["variant", "errors", "mean top share", "excess",
+                             f"{tp['pair']} ({PERCENT.format(tp['share_of_errors'])} of its "
+                             "errors)" if tp else MISSING])
+            lines += [md_table(["variant", "errors", "mean top share", "excess",
                                  "mean norm. entropy", "non-uniform classes", "top pair"],
-                                rows), ""]
+                               rows), ""]
         lines += _class_pair_lines(spec, ds, sub, pairs)
         lines += _most_similar_lines(spec, ds, sub, results)
         for f in figures:
             if f == f"study_{ds}.png":
                 lines += [f"![{ds}]({f}) (also `study_{ds}.pdf`)", ""]
     lines += claims_markdown(claim_results, len(spec.seeds))
-    lines += ["## Cells", "", _md_table(
+    lines += ["## Cells", "", md_table(
         ["cell", "run directory", "status"],
         [[r.cell.key, f"`{r.cell.run_dir}`", _status(r)] for r in results]), ""]
     return "\n".join(lines)
@@ -305,8 +286,8 @@ def write_outputs(spec: StudySpec, aggs: list[Aggregate], metrics: list[str],
         from spat.study.figures import plot_all
 
         files.update(plot_all(aggs, metrics, spec.baseline, out, list(pairs)))
-    atomic_write_text(out / "study.csv", _csv_text(csv_rows(aggs, metrics, pairs,
-                                                             spec.baseline)))
+    header, *rows = csv_rows(aggs, metrics, pairs, spec.baseline)
+    atomic_write_text(out / "study.csv", csv_text(header, rows))
     files["study.csv"] = out / "study.csv"
     doc = {
         "schema": "spat.study/1", "study": spec.name, "file": spec.path,

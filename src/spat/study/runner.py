@@ -15,10 +15,6 @@ from spat.utils.io import read_json_object_or_none
 
 Log = Callable[[str], None]
 
-#: (train, test) sizes of the registered datasets, for the cost estimate of ``--dry-run``.
-DATASET_SIZES = {"digits": (1297, 500), "mnist": (60000, 10000),
-                 "fashion_mnist": (60000, 10000), "cifar10": (50000, 10000),
-                 "cifar100": (50000, 10000), "svhn": (73257, 26032)}
 #: Rough gradient passes per example of each evaluation attack (AutoAttack: on the points
 #: still robust; its totals are an upper-end guess).
 EVAL_PASSES = {"fgsm": 1, "pgd20": 20, "pgd100": 100, "cw20": 20, "cw100": 100,
@@ -36,9 +32,11 @@ def cell_cost(cell: Cell) -> dict[str, Any]:
     + the update, per epoch), the per-epoch validation attack, the final test and the
     evaluation. A rough measure of work, the same unit for every cell of one model."""
     from spat.config import config_from_dict
+    from spat.data import dataset_record
 
     cfg = config_from_dict(cell.config, source=cell.key).resolved()
-    n_train, n_test = DATASET_SIZES.get(cfg.dataset, (0, 0))
+    sizes = dataset_record(cfg.dataset).sizes  # (train, test); None: the user's npz decides
+    n_train, n_test = sizes or (0, 0)
     val = int(cfg.val_size * n_train) if cfg.val_size < 1 else int(cfg.val_size)
     train_n = n_train - val
     if cfg.train_subset is not None:
@@ -54,7 +52,7 @@ def cell_cost(cell: Cell) -> dict[str, Any]:
     eval_passes = eval_n * (1 + sum(EVAL_PASSES[a] * ev["restarts"] for a in ev["attacks"]))
     return {"train_images": epochs * train_n, "passes": train_passes + val_passes
             + test_passes + eval_passes, "model": cfg.model, "dataset": cfg.dataset,
-            "known_size": cfg.dataset in DATASET_SIZES}
+            "known_size": sizes is not None}
 
 
 def _measured_rate(cells: list[Cell]) -> float | None:
@@ -124,6 +122,8 @@ def log_claims(spec: StudySpec, cells: list[Cell], log: Log = print) -> None:
     observed spread needs for a ±δ interval (the plan for more seeds)."""
     from spat.study.aggregate import aggregate, read_study_cells
     from spat.study.claims import evaluate_claims
+    from spat.study.metrics import metric_unit
+    from spat.utils.reporting import number
 
     results = read_study_cells(spec, cells)
     aggs, _ = aggregate(spec, results)
@@ -132,9 +132,11 @@ def log_claims(spec: StudySpec, cells: list[Cell], log: Log = print) -> None:
     for r in evaluate_claims(spec.claims, {(a.dataset, a.variant): a.values for a in aggs}):
         c = r.claim
         need = "?" if r.seeds_needed is None else str(r.seeds_needed)
-        interval = "" if math.isnan(r.low) else f" [{r.low:+.1f}, {r.high:+.1f}]"
-        mean = "–" if math.isnan(r.mean) else f"{r.mean:+.1f}"
-        log(f"  {c.name}: {r.verdict}; {c.contrast} {c.metric} {mean}{interval} points at "
+        u = metric_unit(c.metric)
+        interval = ("" if math.isnan(r.low) else f" [{number(r.low, u.digits, sign=True)}, "
+                    f"{number(r.high, u.digits, sign=True)}]")
+        mean = number(r.mean, u.digits, sign=True)
+        log(f"  {c.name}: {r.verdict}; {c.contrast} {c.metric} {mean}{interval} {u.difference} at "
             f"{100 * r.level:.4g} %, {r.n} seeds; {need} seeds for ±{c.margin:g}")
 
 

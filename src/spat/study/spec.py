@@ -59,7 +59,7 @@ from typing import Any
 from spat.config import FIELD_NAMES, TrainConfig, config_from_dict
 from spat.errors import SpatError
 from spat.study.claims import CLAIM_KEYS, Claim, parse_claims
-from spat.validation import loads_toml, one_line
+from spat.validation import check_value, field_types, loads_toml, one_line
 
 #: Settings a study sets itself for each cell (not allowed in [train] or a variant).
 CELL_FIELDS = ("dataset", "seed", "out_dir", "name", "resume")
@@ -168,64 +168,36 @@ class StudySpec:
         return Path(self.out_dir) / self.name
 
 
-def _type_name(t: type) -> str:
-    return {str: "a string", int: "an integer", float: "a number", bool: "true or false",
-            list: "a list", dict: "a table"}[t]
-
-
 def _check_table(src: str, where: str, table: Any, keys: dict[str, type]) -> dict[str, Any]:
+    """Table ``[where]`` of study file ``src``: known ``keys``, each value of its type
+    (:func:`spat.validation.check_value`; ``eps`` also as a fraction such as ``8/255``)."""
     if not isinstance(table, dict):
         raise SpatError(f"{src}: [{where}] must be a table")
-    for k, v in table.items():
+    for k in table:
         if k not in keys:
             raise SpatError(f"{src}: unknown key {where}.{k} (valid: {', '.join(keys)})")
-        want = keys[k]
-        ok = (isinstance(v, want) and not (want is int and isinstance(v, bool))) or \
-             (want is float and isinstance(v, int) and not isinstance(v, bool))
-        if not ok:
-            raise SpatError(f"{src}: {where}.{k} must be {_type_name(want)}, got {v!r}")
-    return dict(table)
-
-
-_FIELD_TYPES: dict[str, Any] = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    return {k: check_value(v, keys[k], where=src, field=f"{where}.{k}")
+            for k, v in table.items()}
 
 
 def _check_train_settings(src: str, where: str, table: Any) -> dict[str, Any]:
-    """Keys must be TrainConfig fields (not the per-cell ones) with values of their type."""
+    """Keys must be TrainConfig fields (not the per-cell ones) with values of their type, as
+    :func:`spat.validation.check_value` checks them for ``spat train --config``."""
     if not isinstance(table, dict):
         raise SpatError(f"{src}: [{where}] must be a table")
-    for k, v in table.items():
+    for k in table:
         if k in CELL_FIELDS:
             raise SpatError(f"{src}: {where}.{k} is set by the study for each cell "
                             f"(use [study] datasets/seeds/out_dir)")
         if k not in FIELD_NAMES:
             raise SpatError(f"{src}: unknown training setting {where}.{k} "
                             f"(valid: any spat train setting: {', '.join(FIELD_NAMES)})")
-        t = str(_FIELD_TYPES[k])
-        if isinstance(v, dict | list):
-            raise SpatError(f"{src}: {where}.{k} must be a single value, got {v!r}")
-        if "bool" in t and not isinstance(v, bool) and v is not None:
-            raise SpatError(f"{src}: {where}.{k} must be true or false, got {v!r}")
-        if ("int" in t or "float" in t) and "bool" not in t and not isinstance(v, str):
-            if isinstance(v, bool) or not isinstance(v, int | float):
-                raise SpatError(f"{src}: {where}.{k} must be a number, got {v!r}")
-            if "float" not in t and isinstance(v, float):
-                if k == "val_size":
-                    continue
-                raise SpatError(f"{src}: {where}.{k} must be an integer, got {v!r}")
-        if t.startswith("str") and not isinstance(v, str):
-            raise SpatError(f"{src}: {where}.{k} must be a string, got {v!r}")
-        if isinstance(v, str) and "str" not in t:
-            if k in ("eps", "step_size"):
-                from spat.config import parse_fraction
+    return {k: check_value(v, _FIELD_TYPES[k], where=src, field=f"{where}.{k}")
+            for k, v in table.items()}
 
-                try:
-                    table = {**table, k: parse_fraction(v)}
-                except SpatError as e:
-                    raise SpatError(f"{src}: {where}.{k}: {e}") from None
-            else:
-                raise SpatError(f"{src}: {where}.{k} must be a number, got {v!r}")
-    return dict(table)
+
+#: The type of each TrainConfig field, for :func:`_check_train_settings`.
+_FIELD_TYPES: dict[str, Any] = field_types(TrainConfig)
 
 
 #: ``[eval]`` keys that are :class:`spat.evaluation.EvalOptions` fields (validated by it); the
