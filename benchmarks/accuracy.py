@@ -26,11 +26,11 @@ import torch  # noqa: E402
 
 from benchmarks import common as C  # noqa: E402
 from benchmarks import reference as R  # noqa: E402
-from spat.data import Split  # noqa: E402
-from spat.train.validate import evaluate_split  # noqa: E402
 from spat.build import load_data, model_for  # noqa: E402
 from spat.config import TrainConfig  # noqa: E402
+from spat.data import Split  # noqa: E402
 from spat.train.run import train  # noqa: E402
+from spat.train.validate import evaluate_split  # noqa: E402
 from spat.utils.rng import final_test_seed, seed_everything  # noqa: E402
 
 

@@ -30,9 +30,9 @@ sys.path[:0] = [p for p in (str(ROOT / "src"), str(ROOT)) if p not in sys.path]
 import torch  # noqa: E402
 
 from benchmarks import common as C  # noqa: E402
-from spat.evaluation.protocol import evaluate  # noqa: E402
 from spat.build import load_data, method_for, model_for  # noqa: E402
 from spat.config import TrainConfig  # noqa: E402
+from spat.evaluation.protocol import evaluate  # noqa: E402
 from spat.train.loop import Trainer  # noqa: E402
 from spat.utils.rng import seed_everything  # noqa: E402
 

@@ -244,8 +244,8 @@ def measure_auto(args: argparse.Namespace, device: torch.device, name: str) -> d
     import os
     import tempfile
 
-    from spat.train.calibrate import measure_fast_path
     from spat.config import TrainConfig
+    from spat.train.calibrate import measure_fast_path
 
     c, h, w, augment = input_spec(args.model)
     cfg = TrainConfig(dataset="digits", model=args.model, head=HEAD[name], method=name,

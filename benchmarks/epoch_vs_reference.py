@@ -42,8 +42,8 @@ import torch  # noqa: E402
 from benchmarks import bench as B  # noqa: E402
 from benchmarks import common as C  # noqa: E402
 from benchmarks import reference as R  # noqa: E402
-from spat.data import Split  # noqa: E402
 from spat.config import TrainConfig  # noqa: E402
+from spat.data import Split  # noqa: E402
 
 TARGET = 0.45
 #: Fields of ours' resolved configuration (RUN/config.json) that the reference must share.
@@ -190,8 +190,8 @@ def check_same_settings(ours: dict[str, Any], ref: dict[str, Any]) -> None:
 def flops(args: argparse.Namespace) -> dict[str, Any]:
     """GFLOP of one training step and of one per-epoch evaluation, each side as it runs them
     (``bench.count_flops``: convolutions and matrix products), on the data's real shapes."""
-    from spat.train.validate import evaluate_split
     from spat.build import load_data, method_for, model_for
+    from spat.train.validate import evaluate_split
 
     cfg = train_config(args)
     device = torch.device("cpu")

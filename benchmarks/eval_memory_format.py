@@ -35,9 +35,9 @@ setup_path()
 def one_evaluation(run: str, which: str, nhwc: bool, opts: Any) -> dict[str, Any]:
     """Load ``run`` afresh, put it in the layout by ``spat eval``'s own helper (its switch forced
     on or off), evaluate; seconds per attack, predictions."""
+    from spat.build import load_data, load_run
     from spat.evaluation import evaluate
     from spat.evaluation.evaluate_run import _memory_format
-    from spat.build import load_data, load_run
 
     loaded = load_run(run, which=which)
     model, cfg = loaded.model, loaded.config

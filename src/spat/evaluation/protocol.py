@@ -35,7 +35,7 @@ from spat.data.subset import subset_indices
 from spat.errors import SpatError
 from spat.evaluation import sanity
 from spat.evaluation.attacks import (
-    BY_KEY,
+    ATTACKS,
     attack_name,
     white_box_spec,
 )
@@ -391,7 +391,7 @@ class _Job:
 def _attack(job: _Job, key: str) -> AttackOutcome:
     """Run (or reuse the saved result of) the attack ``key`` on every example of the subset."""
     opts, n = job.opts, len(job.sub)
-    choice = BY_KEY[key]
+    choice = ATTACKS[key]
     name = attack_name(key, restarts=opts.restarts)
     if choice.kind == "autoattack":
         settings: dict[str, Any] = {"version": choice.version, "seed": opts.seed,

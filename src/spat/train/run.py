@@ -21,7 +21,7 @@ from typing import Any
 
 from spat import build
 from spat import checkpoint as ckpt
-from spat.config import FIELD_NAMES, TrainConfig, config_from_dict
+from spat.config import FIELD_NAMES, TrainConfig, config_from_dict, setting_names
 from spat.data import DataBundle
 from spat.data.subset import subset_split
 from spat.errors import SpatError
@@ -75,11 +75,11 @@ def _resume_config(run_dir: Path, cli: TrainConfig, log: Log,
                         f"found)")
     raw = read_json_object(cfg_path, what="run config")
     saved = config_from_dict(raw, source=str(cfg_path))
+    names = setting_names()  # the fields and the method hyperparameters
     if explicit is None:
         defaults = TrainConfig()
-        explicit = [f.name for f in dataclasses.fields(TrainConfig)
-                    if getattr(cli, f.name) != getattr(defaults, f.name)]
-    given = {k for k in explicit if k in FIELD_NAMES and k not in _PLACEMENT}
+        explicit = [k for k in names if getattr(cli, k) != getattr(defaults, k)]
+    given = {k for k in explicit if k in names and k not in _PLACEMENT}
     changed = sorted(k for k in given if getattr(cli, k) != getattr(saved, k))
     fixed = [k for k in changed if k not in RESUME_OVERRIDES]
     if fixed:
