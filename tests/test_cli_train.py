@@ -13,7 +13,8 @@ import pytest
 
 import spat.train.command as train_command
 from spat.cli import build_parser, main
-from spat.config import METHOD_KNOBS, TrainConfig, config_from_dict
+from spat.config import FIELD_NAMES, TrainConfig, config_from_dict
+from spat.methods import all_hyperparameters
 from spat.utils.options import add_dataclass_options, flag_name, option
 
 #: argv → the settings they give (the command's other options in "_args"). Recorded from the
@@ -96,8 +97,9 @@ def test_flags_keep_their_names_meanings_and_defaults(tmp_path: Path, argv, expe
 def test_every_config_field_is_a_flag_in_its_group() -> None:
     parser = _train_parser()
     flags = {s: a for a in parser._actions for s in a.option_strings}
-    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    names = [*FIELD_NAMES, *all_hyperparameters()]  # the method hyperparameters too
     assert train_command.NO_FLAG == ()  # the documented exclusions: none
+    assert "--hyperparameters" not in flags  # the field holding them is not a flag itself
     for name in names:
         assert flag_name(name) in flags, name
         assert flags[flag_name(name)].dest == name
@@ -116,11 +118,14 @@ def test_method_hyperparameters_state_the_method_defaults(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    for key in METHOD_KNOBS:  # also any knob added later: the note is derived, not written
+    for key in all_hyperparameters():  # also any added later: the note is derived, not written
         help_ = _train_parser()._option_string_actions[flag_name(key)].help
         assert "default" in help_ or "valid with" in help_, (key, help_)
-    assert "TRADES/SPAT β, MART λ (default 6)" in out
+    # the help texts of the classes' fields, each method's distinct text once
+    assert ("TRADES/SPAT β, the weight of the consistency term; MART's λ, the weight of its "
+            "KL·(1 − p_y) term (default 6)") in out
     assert "self-paced cross-entropy (needs --head cosine) (valid with:" in out
+    assert "SPAT's self-paced margin m (default 0.2)" in out
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

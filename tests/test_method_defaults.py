@@ -22,10 +22,12 @@ KEYS = ("model", "head", "init", "beta", "m", "n", "self_paced_ce", "hcp_ecp", "
 _DIGITS = ("small_cnn", 0.1, 0.025, 10, 30, 64, 0.05, 5e-4)
 _CIFAR = ("resnet18", 0.031, 0.007, 10, 100, 128, 0.1, 2e-4)
 #: method → (head, init, beta, m, n, self_paced_ce, hcp_ecp), as resolved before the method
-#: classes held them (computed at commit 73a85c2, where config.py hard-coded `method == "spat"`)
+#: classes held them (computed at commit 73a85c2, where config.py hard-coded `method == "spat"`);
+#: since issue 24 a resolved config holds only its method's own hyperparameters, so one that
+#: the method lacks reads None (it recorded an unused 6.0/0.2/False before)
 PINNED = {
-    "standard": ("linear", "none", 6.0, 0.2, 0.2, False, False),
-    "pgd_at": ("linear", "uniform", 6.0, 0.2, 0.2, False, False),
+    "standard": ("linear", "none", None, 0.2, None, False, None),
+    "pgd_at": ("linear", "uniform", None, 0.2, None, False, None),
     "trades": ("linear", "normal", 6.0, 0.2, 0.2, False, False),
     "mart": ("linear", "normal", 6.0, 0.2, 0.2, False, False),
     "spat": ("cosine", "normal", 6.0, 0.2, 0.2, True, True),
@@ -64,8 +66,9 @@ def test_classes_hold_the_defaults() -> None:
         "standard": "none", "pgd_at": "uniform", "trades": "normal", "mart": "normal",
         "spat": "normal"}
     assert SPAT.hyperparameters() == {"beta": 6.0, "self_paced_ce": True, "m": 0.2,
-                                      "hcp_ecp": True, "n": 0.2, "require_cosine": True,
+                                      "hcp_ecp": True, "n": 0.2,
                                       "beta_ramp_epochs": 0, "self_paced_after": 0}
+    assert SPAT.require_cosine and not ConsistencyAT.require_cosine  # a class fact, no knob
     assert supporting("hcp_ecp") == ("trades", "mart", "spat")
     assert supporting("self_paced_ce") == tuple(METHODS)
     # the instance build_method makes from a resolved config has the class's defaults
@@ -92,7 +95,7 @@ def test_cli_help_reads_the_class_defaults(capsys, monkeypatch) -> None:
         return " ".join(capsys.readouterr().out.split())
 
     out = help_text()
-    assert "β, MART λ (default 6)" in out
+    assert "MART's λ, the weight of its KL·(1 − p_y) term (default 6)" in out
     assert "margin m (default 0.2)" in out and "offset n (default 0.2)" in out
     assert "default cosine for spat, linear otherwise" in out
     assert "valid with: trades, mart, spat; on by default for: spat" in out
@@ -126,7 +129,11 @@ def test_every_study_selection_has_a_source_and_resolves() -> None:
             assert r.beta_ramp_epochs == sel.beta_ramp_epochs
         o = TrainConfig(dataset=dataset, method=method, lr=0.003, beta=2.5,
                         beta_ramp_epochs=0).resolved()
-        assert (o.lr, o.beta, o.beta_ramp_epochs) == (0.003, 2.5, 0)
+        if METHODS[method].takes("beta"):
+            assert (o.lr, o.beta, o.beta_ramp_epochs) == (0.003, 2.5, 0)
+        else:  # a hyperparameter the method lacks is ignored, and not recorded
+            assert (o.lr, o.beta, o.beta_ramp_epochs) == (0.003, None, None)
+            assert "beta" not in o.to_dict()
 
 
 def test_study_selections_match_the_study_files() -> None:
@@ -143,8 +150,9 @@ def test_study_selections_match_the_study_files() -> None:
             v = variants[method]
             r = TrainConfig(dataset=dataset, method=method).resolved()
             assert r.lr == v["lr"], (name, method)
-            assert r.beta == v.get("beta", 6.0), (name, method)
-            assert r.beta_ramp_epochs == v.get("beta_ramp_epochs", 0), (name, method)
+            if METHODS[method].takes("beta"):
+                assert r.beta == v.get("beta", 6.0), (name, method)
+                assert r.beta_ramp_epochs == v.get("beta_ramp_epochs", 0), (name, method)
 
 
 def test_a_default_ramp_shortens_for_a_short_run_but_an_explicit_one_is_checked() -> None:

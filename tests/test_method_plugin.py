@@ -72,13 +72,14 @@ def test_plugin_method_defaults_training_and_hooks(tmp_path: Path) -> None:
         r = cfg.resolved()
         # the class's defaults, not those of the built-in methods
         assert (r.head, r.init, r.beta, r.m, r.self_paced_ce, r.hcp_ecp) == (
-            "cosine", "normal", 0.5, 0.3, True, False)
+            "cosine", "normal", 0.5, 0.3, True, None)  # hcp_ecp: not a field of MixedAT
         result = spat.train(cfg, progress=False)
     finally:
         METHODS.pop("mixed_at", None)
     recorded = json.loads((tmp_path / "plugin" / "config.json").read_text())
     assert (recorded["method"], recorded["head"], recorded["beta"], recorded["m"]) == (
         "mixed_at", "cosine", 0.5, 0.3)
+    assert "hcp_ecp" not in recorded and "n" not in recorded  # only the method's own
     assert result.epochs == 1 and result.test_examples == 16
     kinds = [k for k, _ in EVENTS]
     steps = kinds.count("call")

@@ -67,7 +67,7 @@ def evaluate(
 
     ``x``: images (N, C, H, W) in [0, 1] with ``y`` their labels (N,), or ``(x, y)`` / a
     :class:`~spat.data.Split` with ``y`` omitted. ``attacks``: keys of
-    :data:`spat.evaluation.attacks.CHOICES` (``"pgd20"``, ``"aa"``, ...). ``attack_logits``:
+    :data:`spat.evaluation.attacks.ATTACKS` (``"pgd20"``, ``"aa"``, ...). ``attack_logits``:
     ``"model"`` (the model's outputs) or ``"unit_cosine"`` (a cosine head's s·z divided by s,
     the official SPAT evaluation's temperature 1). These keywords build an
     :class:`~spat.evaluation.EvalOptions`; ``options`` supplies the other fields (restarts,

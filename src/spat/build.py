@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from spat import checkpoint as ckpt
-from spat.config import METHOD_KNOBS, TrainConfig, config_from_dict
+from spat.config import TrainConfig, config_from_dict
 from spat.data import DataBundle, DatasetInfo, load_dataset
 from spat.data.subset import subset_split
 from spat.errors import SpatError
@@ -48,12 +48,12 @@ def model_for(cfg: TrainConfig, info: DatasetInfo) -> nn.Module:
 
 
 def method_for(cfg: TrainConfig) -> Callable[..., Any]:
-    """The training method of a resolved ``cfg``."""
+    """The training method of a resolved ``cfg``: its class with the config's hyperparameters
+    (a resolved config holds exactly the method's own)."""
     assert cfg.eps is not None and cfg.step_size is not None and cfg.steps is not None
     threat = ThreatModel(eps=cfg.eps, step_size=cfg.step_size, steps=cfg.steps, norm=cfg.norm,
                          init=cfg.init or method_class(cfg.method).default_init)
-    return build_method(cfg.method, threat=threat,
-                        **{k: getattr(cfg, k) for k in METHOD_KNOBS})
+    return build_method(cfg.method, threat=threat, **cfg.hyperparameters)
 
 
 #: The file of a run that holds its :class:`TrainResult`.

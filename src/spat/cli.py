@@ -129,13 +129,22 @@ def _take_debug(argv: list[str]) -> tuple[bool, list[str]]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``spat`` with ``argv``; returns the exit code.
 
-    0: success. 2: a user error (bad option or value, a missing, corrupted or refused file, an
+    Plugins (:mod:`spat.utils.plugins`: ``SPAT_PLUGINS``, the ``spat.plugins`` entry points)
+    are loaded first. 0: success. 2: a user error (a plugin that fails to import, bad option or
+    value, a missing, corrupted or refused file, an
     output path that cannot be written), printed as one line ``spat: error: ...``. 1: an
     unexpected exception (a bug), printed as one line ``spat: error: internal error: <type>:
     <message> (run with --debug for the traceback)``; ``--debug`` (anywhere on the command line)
     or ``SPAT_DEBUG=1`` lets it propagate with its traceback instead. 130: interrupted.
     """
     debug, args_list = _take_debug(list(sys.argv[1:] if argv is None else argv))
+    from spat.utils.plugins import load_installed_plugins
+
+    try:  # before the parser: a plugin's methods and attacks add flags and choices
+        load_installed_plugins()
+    except SpatError as e:
+        sys.stderr.write(f"spat: error: {one_line(e, None)}\n")
+        return EXIT_USAGE
     parser = build_parser()
     args = parser.parse_args(args_list)
     configure_logging(_verbosity(args))

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, fields
+import typing
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,14 @@ class TrainConfig:
     Each field is also a ``spat train`` flag (``--step-size`` for ``step_size``), derived from
     the field's type and :func:`~spat.utils.options.option` metadata (help text, option group,
     parser) by :mod:`spat.train.command`: a new field needs no edit of the command line's code.
+
+    The method's hyperparameters are not fields here: they are the method classes' own fields
+    (:func:`spat.methods.base.knob`), held in :attr:`hyperparameters` (name → value; ``None`` or
+    absent: the method's default). They read and construct as if they were fields
+    (``TrainConfig(method="spat", beta=3).beta``, ``dataclasses.replace(cfg, m=0.1)``; a
+    hyperparameter of a registered method that is not set reads ``None``), and
+    :meth:`to_dict` writes them as top-level keys, so ``config.json`` and a TOML file hold
+    ``beta = 3`` beside ``epochs``. A plugin's method brings its own with no edit here.
     """
 
     # data
@@ -148,21 +157,9 @@ class TrainConfig:
     norm: str = option("linf", "threat model: linf or l2")
     init: str | None = option(None, "attack random start: uniform, normal (x+0.001·N(0,I)) or "
                               "none (default: the method's)")
-    # the method's hyperparameters (METHOD_KNOBS); None: the method class's default
-    beta: float | None = option(None, "TRADES/SPAT β, MART λ")
-    m: float | None = option(None, "SPAT's self-paced margin m")
-    n: float | None = option(None, "SPAT's HCP-ECP offset n")
-    self_paced_ce: bool | None = option(
-        None, "SPAT part: self-paced cross-entropy (needs --head cosine)")
-    hcp_ecp: bool | None = option(
-        None, "SPAT part: per-class weighted consistency Σ k_j(k_j+n) instead of KL")
-    # warm-ups (epochs; 0 = off, the official method; spat.methods.spat.ramped_beta and
-    # self_paced_active): β (MART λ) grows linearly from 0 over the first beta_ramp_epochs
-    # epochs; plain CE on s·z before the self-paced CE switches on after self_paced_after epochs
-    beta_ramp_epochs: int | None = option(
-        None, "warm-up: β (MART λ) grows linearly from 0 over this many epochs")
-    self_paced_after: int | None = option(
-        None, "warm-up: plain CE on s·z for this many epochs, then the self-paced CE")
+    # the method's hyperparameters, each a field of its method class (no flag of its own: each
+    # hyperparameter is one, spat.train.command); compared but not hashed (a dict)
+    hyperparameters: dict[str, Any] = field(default_factory=dict, hash=False)
     # optimisation
     epochs: int | None = option(None, "number of epochs (default: the dataset's)",
                                 group="optimisation")
@@ -213,25 +210,42 @@ class TrainConfig:
                                  "left chance after this many epochs")
 
     # ------------------------------------------------------------------
+    def __getattr__(self, name: str) -> Any:
+        """A method hyperparameter as an attribute: its value, or ``None`` when it is not set
+        (the method's default) but some registered method has it."""
+        if name.startswith("__") or name == "hyperparameters":
+            raise AttributeError(name)
+        hp = self.__dict__.get("hyperparameters", {})
+        if name in hp:
+            return hp[name]
+        from spat.methods import METHODS
+
+        if any(cls.takes(name) for cls in METHODS.values()):
+            return None
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def defaults(self) -> DatasetDefaults:
         return dataset_defaults(self.dataset)
 
     def resolved(self) -> TrainConfig:
-        """Fill every ``None`` from the dataset's and method's defaults and validate."""
+        """Fill every ``None`` from the dataset's and method's defaults and validate: the
+        settings as given first (a hyperparameter the method lacks included: a study's
+        ``[train]`` may set ``beta`` for every variant, and PGD-AT ignores it), then the
+        resolved config, which holds exactly the method's own hyperparameters."""
         from spat.methods import METHODS
 
-        if self.method not in METHODS:
-            self.validate()  # names the unknown dataset or method, in validate()'s order
+        self.validate()
         d = self.defaults()
         cls = METHODS[self.method]  # the method's own defaults (spat.methods.base.MethodDefaults)
         sel = method_settings(self.dataset, self.method)
         epochs = d.epochs if self.epochs is None else self.epochs
-        knobs = {k: cls.default(k) if getattr(self, k) is None else getattr(self, k)
-                 for k in METHOD_KNOBS}
+        given = self.hyperparameters
+        knobs = {k: given.get(k, v) for k, v in cls.hyperparameters().items()}
         if sel is not None:
-            if self.beta is None and sel.beta is not None:
+            if "beta" not in given and sel.beta is not None and cls.takes("beta"):
                 knobs["beta"] = sel.beta
-            if self.beta_ramp_epochs is None and sel.beta_ramp_epochs is not None:
+            if ("beta_ramp_epochs" not in given and sel.beta_ramp_epochs is not None
+                    and cls.takes("beta_ramp_epochs")):
                 # a default warm-up shorter than the run, so that a short run (--epochs 2)
                 # still reaches the full λ (an explicit value that is too long is refused)
                 knobs["beta_ramp_epochs"] = max(0, min(sel.beta_ramp_epochs, epochs - 1))
@@ -243,7 +257,7 @@ class TrainConfig:
             step_size=d.step_size if self.step_size is None else self.step_size,
             steps=d.steps if self.steps is None else self.steps,
             init=self.init or cls.default_init,
-            **knobs,
+            hyperparameters=knobs,
             epochs=epochs,
             batch_size=d.batch_size if self.batch_size is None else self.batch_size,
             lr=default_lr(self.dataset, self.method) if self.lr is None else self.lr,
@@ -257,7 +271,7 @@ class TrainConfig:
         """Range checks; each failure is a one-line :class:`SpatError`."""
         from spat.attacks.geometry import INITS, check_norm
         from spat.data import dataset_names
-        from spat.methods import METHODS, knob_range, supporting
+        from spat.methods import METHODS, all_hyperparameters, knob_range, supporting
         from spat.models import HEADS, model_names
         from spat.models.heads import COSINE_SCALE
 
@@ -312,10 +326,17 @@ class TrainConfig:
             check(self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}")
         check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
         COSINE_SCALE.check(self.cosine_scale, "cosine scale")
-        for key in METHOD_KNOBS:  # m, n, beta: each in the range its method class declares
+        known = all_hyperparameters()
+        for key, v in self.hyperparameters.items():  # each in the range its class declares
+            if key not in known:
+                raise SpatError(f"unknown hyperparameter {key!r} (those of the registered "
+                                f"methods: {', '.join(known)})")
             valid = knob_range(key, self.method)
-            if valid is not None and getattr(self, key) is not None:
-                valid.check(getattr(self, key), key)
+            if valid is not None:
+                valid.check(v, key)
+            if isinstance(v, int) and not isinstance(v, bool):  # counts: as COUNT_FIELDS
+                check(v <= MAX_COUNT, f"{key.replace('_', ' ')} must be <= {MAX_COUNT}, got "
+                      f"{_show_int(v)}")
         check(0 <= self.val_size <= MAX_COUNT,
               f"validation size must be in [0, {MAX_COUNT}], got {_show_int(self.val_size)}")
         if self.test_subset is not None:
@@ -335,7 +356,9 @@ class TrainConfig:
         if self.hcp_ecp and not cls.takes("hcp_ecp"):
             raise SpatError(f"--hcp-ecp needs a method with a consistency term "
                             f"(valid: {', '.join(supporting('hcp_ecp'))}), got {self.method!r}")
-        if self.self_paced_ce and self.head == "linear":
+        self_paced = (cls.default("self_paced_ce") if self.self_paced_ce is None
+                      else self.self_paced_ce)
+        if self_paced and self.head == "linear":
             raise SpatError(
                 "the self-paced cross-entropy needs the cosine head (use --head cosine)"
             )
@@ -372,15 +395,75 @@ class TrainConfig:
                                 f"method {self.method!r} without it")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The settings as one flat table (what ``config.json`` and checkpoints hold): the
+        fields, with the method's hyperparameters as top-level keys in place of
+        :attr:`hyperparameters`."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name == "hyperparameters":
+                out.update(self.hyperparameters)
+            else:
+                out[f.name] = getattr(self, f.name)
+        return out
 
 
-FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
+def _accept_hyperparameter_keywords(cls: type[TrainConfig]) -> None:
+    """Let ``cls(...)`` (and so ``dataclasses.replace``) take a method's hyperparameters as
+    keywords beside the fields: ``TrainConfig(method="spat", beta=3)``. A ``None`` is left out
+    (the method's default); a name that no registered method has is a ``TypeError``, as an
+    unknown field is."""
+    generated = cls.__init__
+
+    def __init__(self: TrainConfig, **kwargs: Any) -> None:
+        from spat.methods import METHODS
+
+        hp = dict(kwargs.pop("hyperparameters", None) or {})
+        for key in [k for k in kwargs if k not in FIELD_NAMES]:
+            if not any(c.takes(key) for c in METHODS.values()):
+                raise TypeError(f"{cls.__name__}() got an unexpected keyword argument {key!r}")
+            hp[key] = kwargs.pop(key)
+        generated(self, **kwargs,  # type: ignore[misc]
+                  hyperparameters={k: v for k, v in hp.items() if v is not None})
+
+    __init__.__doc__ = generated.__doc__
+    cls.__init__ = __init__  # type: ignore[method-assign]
+
+
+#: TrainConfig's own settings (each a field and a flag); the method hyperparameters are
+#: :func:`setting_names`' others.
+FIELD_NAMES = tuple(f.name for f in fields(TrainConfig) if f.name != "hyperparameters")
+_accept_hyperparameter_keywords(TrainConfig)
+
+
+def setting_names() -> tuple[str, ...]:
+    """Every key a config file, a study table or ``config.json`` may hold: TrainConfig's fields
+    and every registered method's hyperparameters (plugins' included)."""
+    from spat.methods import all_hyperparameters
+
+    return FIELD_NAMES + tuple(k for k in all_hyperparameters() if k not in FIELD_NAMES)
+
+
+def recorded_default(key: str, method: str) -> Any:
+    """What a saved config that lacks ``key`` (written before the setting existed) meant: the
+    method class's default for one of ``method``'s hyperparameters, else TrainConfig's field
+    default (``None`` where the default depends on the dataset: such a key was always
+    recorded). The study's staleness rule (:func:`spat.study.cell.config_mismatch`)."""
+    from spat.methods import METHODS
+
+    cls = METHODS.get(method)
+    if cls is not None and cls.takes(key):
+        return cls.default(key)
+    f = next((f for f in fields(TrainConfig) if f.name == key), None)
+    if f is None or f.default is dataclasses.MISSING:
+        return None
+    return f.default
+
+
 #: The counts (epochs, steps, sizes): each at most :data:`MAX_COUNT`, refused where the
 #: configuration is validated, so no count overflows later (``float(10**400)``) after the run
-#: directory was made.
+#: directory was made (an integer hyperparameter too).
 COUNT_FIELDS = ("steps", "val_steps", "test_steps", "epochs", "batch_size", "eval_batch_size",
-                "train_subset", "test_subset", "beta_ramp_epochs", "self_paced_after")
+                "train_subset", "test_subset")
 MAX_COUNT = 10**9
 #: A run name is a folder name: at most this many bytes (file systems take 255; the overwrite's
 #: temporary ``.NAME.old.XXXXXXXX.tmp`` needs 18 more).
@@ -393,14 +476,6 @@ def _show_int(v: float) -> str:
     if isinstance(v, int) and v.bit_length() > 64:
         return f"an integer of about {int(v.bit_length() * 0.30103) + 1} digits"
     return str(v)
-#: The fields that are the method's hyperparameters: ``None`` resolves to the method class's
-#: default (:meth:`spat.methods.base.MethodDefaults.default`).
-METHOD_KNOBS = ("beta", "m", "n", "self_paced_ce", "hcp_ecp", "beta_ramp_epochs",
-                "self_paced_after")
-#: The value that a config recorded before a field existed (its config.json lacks the key)
-#: means: runs made before the warm-ups trained without them.
-ADDED_FIELDS: dict[str, Any] = {"beta_ramp_epochs": 0, "self_paced_after": 0,
-                                 "on_collapse": "warn", "plateau_epochs": 10}
 
 
 def _fast_path_switches(cfg: TrainConfig) -> dict[str, str]:
@@ -417,17 +492,31 @@ def _fast_path_switches(cfg: TrainConfig) -> dict[str, str]:
 
 def config_from_dict(d: dict[str, Any], *, source: str = "config") -> TrainConfig:
     """A :class:`TrainConfig` from a plain dict (a TOML file, config.json, a checkpoint), every
-    value type-checked against the field annotations; unknown keys are a one-line error."""
-    from spat.validation import check_fields
+    value type-checked against the field annotations — a method hyperparameter against its
+    method class's field (the config's method's, else the first registered method's that has
+    it); unknown keys are a one-line error."""
+    from spat.methods import METHODS, all_hyperparameters
+    from spat.validation import check_fields, check_value
 
-    # every value type-checked from the dataclass's annotations (``epochs = 2.5``, ``name = 5``,
+    if not isinstance(d, dict):
+        raise SpatError(f"{source}: expected a table/object of settings, got "
+                        f"{type(d).__name__}")
+    known = all_hyperparameters()
+    unknown = sorted(str(k) for k in d if k not in FIELD_NAMES and k not in known)
+    if unknown:
+        raise SpatError(f"{source}: unknown key(s) {', '.join(unknown)} "
+                        f"(valid: {', '.join(setting_names())})")
+    # every value type-checked from the annotations (``epochs = 2.5``, ``name = 5``,
     # ``deterministic = "yes"`` are refused naming the file and the field); ranges: validate()
-    return TrainConfig(**check_fields(d, TrainConfig, where=source, legacy=_LEGACY_TYPES))
-
-
-#: Types that older runs' config.json/state.pt hold for a field (converted in ``resolved()``).
-_LEGACY_TYPES: dict[str, Any] = {"amp": bool | None, "compile": bool | None,
-                                 "channels_last": bool | None}
+    values = check_fields({k: v for k, v in d.items() if k in FIELD_NAMES}, TrainConfig,
+                          where=source)
+    cls = METHODS.get(values.get("method", TrainConfig.method))
+    hp: dict[str, Any] = {}
+    for key in (k for k in d if k in known and k not in FIELD_NAMES):
+        annotation = (typing.get_type_hints(cls)[key] if cls is not None and cls.takes(key)
+                      else known[key].annotation)
+        hp[key] = check_value(d[key], annotation | None, where=source, field=key)
+    return TrainConfig(**values, hyperparameters=hp)
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

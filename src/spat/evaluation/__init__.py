@@ -5,7 +5,7 @@ it too); :func:`evaluate` is the protocol (attacks, per-class and worst-case acc
 checks, resumable); :func:`evaluate_run` applies it to a run directory. See docs/evaluation.md.
 """
 
-from spat.evaluation.attacks import ATTACK_KEYS, DEFAULT_ATTACKS, parse_attacks
+from spat.evaluation.attacks import ATTACK_KEYS, DEFAULT_ATTACKS, parse_attacks, register_attack
 from spat.evaluation.core import Predictions, predict_under_attacks
 from spat.evaluation.evaluate_model import evaluate_model
 from spat.evaluation.evaluate_run import evaluate_run
@@ -28,5 +28,6 @@ __all__ = [
     "parse_attacks",
     "predict_under_attacks",
     "print_report",
+    "register_attack",
     "select_subset",
 ]

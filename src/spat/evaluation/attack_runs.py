@@ -9,7 +9,7 @@ import json
 import time
 from typing import Any
 
-from spat.evaluation.attacks import BY_KEY, attack_name, white_box_spec
+from spat.evaluation.attacks import ATTACKS, attack_name, white_box_spec
 from spat.evaluation.autoattack_run import run_autoattack
 from spat.evaluation.job import EvalJob
 from spat.evaluation.seeding import PER_BATCH_SEEDING, attack_seed
@@ -48,7 +48,7 @@ class AttackOutcome:
 def run_attack(job: EvalJob, key: str) -> AttackOutcome:
     """Run (or reuse the saved result of) the attack ``key`` on every example of the subset."""
     opts, n = job.opts, len(job.sub)
-    choice = BY_KEY[key]
+    choice = ATTACKS[key]
     name = attack_name(key, restarts=opts.restarts)
     if choice.kind == "autoattack":
         settings: dict[str, Any] = {"version": choice.version, "seed": opts.seed,

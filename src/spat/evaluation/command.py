@@ -18,7 +18,7 @@ from typing import Any
 
 from spat.checkpoint import WHICH_HELP, check_which
 from spat.errors import SpatError
-from spat.evaluation.attacks import ATTACK_KEYS, CHOICES, DEFAULT_ATTACKS
+from spat.evaluation.attacks import ATTACK_KEYS, ATTACKS, DEFAULT_ATTACKS
 from spat.evaluation.options import EvalOptions
 from spat.utils.options import DefaultsHelpFormatter, add_dataclass_options, flag_name
 
@@ -35,7 +35,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter, DefaultsHelpFormatter):
 def _epilog() -> str:
     width = 92
     lines = ["attacks (--attacks, comma-separated; clean is always evaluated):"]
-    for c in CHOICES:
+    for c in ATTACKS.values():
         lines += textwrap.wrap(c.summary, width, initial_indent=f"  {c.key:<9}",
                                subsequent_indent=" " * 11)
     paragraphs = [

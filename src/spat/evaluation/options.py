@@ -69,7 +69,7 @@ class EvalOptions:
             the run's training ε (:func:`~spat.evaluation.evaluate_run`) or the dataset's
             default (:func:`~spat.evaluation.evaluate_model`); :func:`~spat.evaluation.evaluate`
             needs it.
-        attacks: keys of :data:`spat.evaluation.attacks.CHOICES` (a list or ``"a,b"``), kept in
+        attacks: keys of :data:`spat.evaluation.attacks.ATTACKS` (a list or ``"a,b"``), kept in
             the canonical order; clean is always evaluated.
         norm: ``"linf"`` or ``"l2"`` (any case). None: the run's training norm, else linf.
         n_examples: evaluate the first N of a permutation seeded by ``seed`` (None: all, in

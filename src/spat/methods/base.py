@@ -80,24 +80,32 @@ class ThreatModel:
             raise SpatError(f"unknown random start {self.init!r} (valid: {', '.join(INITS)})")
 
 
-#: The value a resolved config records for a hyperparameter the method does not have (a
-#: TrainConfig keeps flat fields, and every resolved config has always recorded one).
-UNUSED_DEFAULTS: dict[str, Any] = {"beta": 6.0, "m": 0.2, "n": 0.2, "self_paced_ce": False,
-                                   "hcp_ecp": False, "beta_ramp_epochs": 0,
-                                   "self_paced_after": 0}
-
-
 #: The key of a method field's ``metadata`` that holds its meaningful :class:`Range`.
 RANGE_KEY = "range"
+#: A method's dataclass fields that are not hyperparameters (its registry name, and the threat
+#: model, which the config's ``eps``/``step_size``/``steps``/``norm``/``init`` give).
+NOT_HYPERPARAMETERS = ("name", "threat")
 
 
-def knob(default: Any, valid: Range) -> Any:
-    """A method hyperparameter field: its ``default`` and the :class:`~spat.validation.Range` of
-    its meaningful values (use as ``m: float = knob(0.2, M_RANGE)``; each range is declared once,
-    with its reason, beside the term it weights, e.g. :data:`spat.methods.spat.M_RANGE`). The
-    range is checked when the method is built (:meth:`MethodDefaults.__post_init__`) and, before
-    anything runs, by ``TrainConfig.validate`` (:meth:`MethodDefaults.knob_range`)."""
-    return dataclasses.field(default=default, metadata={RANGE_KEY: valid})
+def knob(default: Any, valid: Range | None = None, help: str = "",  # noqa: A002
+         parse: Callable[[str], Any] | None = None) -> Any:
+    """A method hyperparameter field with its ``default``, the :class:`~spat.validation.Range` of
+    its meaningful values (or ``None``) and its help text (use as
+    ``m: float = knob(0.2, M_RANGE, "SPAT's self-paced margin m")``).
+
+    Every dataclass field of a method except ``name`` and ``threat`` is a hyperparameter, and
+    this one field is all there is of it: ``spat train --FIELD`` (help text, type and default
+    from here), the TOML key of a config file or study table, the check of its type (the
+    annotation) and range before anything is written (``TrainConfig.validate``), its record in
+    ``config.json`` and the checkpoints, the argument :func:`spat.methods.build_method` passes,
+    and the study's staleness rule. A plain field (``gamma: float = 0.5``) is a hyperparameter
+    too, with no range and its name for help. Each range is declared once, with its reason,
+    beside the term it weights (e.g. :data:`spat.methods.spat.M_RANGE`); it is checked again
+    when the method is built (:meth:`MethodDefaults.__post_init__`)."""
+    from spat.utils.options import option
+
+    flag = option(default, help, parse=parse)
+    return dataclasses.field(default=default, metadata={**flag.metadata, RANGE_KEY: valid})
 
 
 class MethodDefaults:
@@ -152,12 +160,16 @@ class MethodDefaults:
         return None
 
     @classmethod
+    def hyperparameter_fields(cls) -> dict[str, dataclasses.Field]:
+        """The method's hyperparameters: its dataclass fields but ``name`` and ``threat``."""
+        return {f.name: f for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+                if f.name not in NOT_HYPERPARAMETERS}
+
+    @classmethod
     def hyperparameters(cls) -> dict[str, Any]:
-        """The method's hyperparameters with their defaults (``threat`` excluded)."""
+        """The method's hyperparameters with their defaults (``name``, ``threat`` excluded)."""
         out: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-            if f.name in ("name", "threat"):
-                continue
+        for f in cls.hyperparameter_fields().values():
             if f.default is not dataclasses.MISSING:
                 out[f.name] = f.default
             elif f.default_factory is not dataclasses.MISSING:
@@ -175,13 +187,13 @@ class MethodDefaults:
 
     @classmethod
     def takes(cls, key: str) -> bool:
-        """Whether the method has the hyperparameter (or option) ``key``."""
-        return any(f.name == key for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+        """Whether the method has the hyperparameter ``key``."""
+        return key in cls.hyperparameter_fields()
 
     @classmethod
     def default(cls, key: str) -> Any:
-        """The method's default for ``key``, or what a config records when it has none."""
-        return cls.hyperparameters().get(key, UNUSED_DEFAULTS.get(key))
+        """The method's default for hyperparameter ``key`` (``None`` if it has none)."""
+        return cls.hyperparameters().get(key)
 
 
 def hooks(method: object) -> tuple[Callable[..., Any] | None, Callable[..., Any] | None]:

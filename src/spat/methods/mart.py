@@ -54,7 +54,7 @@ class MART(WarmupMethod, MethodDefaults):
 
     name: str = "mart"
     threat: ThreatModel = field(default_factory=_mart_threat)
-    beta: float = knob(6.0, LAMBDA_RANGE)
+    beta: float = knob(6.0, LAMBDA_RANGE, "MART's λ, the weight of its KL·(1 − p_y) term")
     self_paced_ce: bool = False
     m: float = knob(0.2, M_RANGE)
     hcp_ecp: bool = False

@@ -257,7 +257,6 @@ class ConsistencyAT(WarmupMethod, MethodDefaults):
         m: SPAT's m (0.2).
         hcp_ecp: SPAT's per-class weighted consistency term instead of the KL.
         n: SPAT's n (0.2).
-        require_cosine: refuse a linear head (SPAT's definition includes the cosine head).
         beta_ramp_epochs: N, epochs of linear β warm-up (:func:`ramped_beta`); 0 = off, as the
             official method. A project option for the self-paced plateau study.
         self_paced_after: N, epochs of plain CE on f(x) before the self-paced CE switches on
@@ -266,17 +265,22 @@ class ConsistencyAT(WarmupMethod, MethodDefaults):
     """
 
     default_init: ClassVar[str] = "normal"
+    #: Refuse a linear head when called (SPAT's definition includes the cosine head).
+    require_cosine: ClassVar[bool] = False
 
     name: str = "trades"
     threat: ThreatModel = field(default_factory=_official_threat)
-    beta: float = knob(6.0, BETA_RANGE)
-    self_paced_ce: bool = False
-    m: float = knob(0.2, M_RANGE)
-    hcp_ecp: bool = False
-    n: float = knob(0.2, N_RANGE)
-    require_cosine: bool = False
-    beta_ramp_epochs: int = 0
-    self_paced_after: int = 0
+    beta: float = knob(6.0, BETA_RANGE, "TRADES/SPAT β, the weight of the consistency term")
+    self_paced_ce: bool = knob(False, None, "SPAT part: self-paced cross-entropy (needs --head "
+                               "cosine)")
+    m: float = knob(0.2, M_RANGE, "SPAT's self-paced margin m")
+    hcp_ecp: bool = knob(False, None, "SPAT part: per-class weighted consistency "
+                         "Σ k_j(k_j+n) instead of KL")
+    n: float = knob(0.2, N_RANGE, "SPAT's HCP-ECP offset n")
+    beta_ramp_epochs: int = knob(0, None, "warm-up: β (MART λ) grows linearly from 0 over this "
+                                 "many epochs")
+    self_paced_after: int = knob(0, None, "warm-up: plain CE on s·z for this many epochs, then "
+                                 "the self-paced CE")
 
     def adversarial(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -327,10 +331,11 @@ class SPAT(ConsistencyAT):
         "SPAT is defined with the cosine head; use --method trades with "
         "--self-paced-ce/--hcp-ecp for a linear-head ablation")
 
+    require_cosine: ClassVar[bool] = True
+
     name: str = "spat"
     self_paced_ce: bool = True
     hcp_ecp: bool = True
-    require_cosine: bool = True
 
 
 def spat(**kwargs) -> SPAT:

@@ -36,12 +36,18 @@ IGNORED_FIELDS = ("device", "out_dir", "name", "tensorboard", "compile")
 
 
 def config_mismatch(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
-    """Fields whose saved (resolved) value differs from the wanted (resolved) one; a field the
-    saved config lacks (recorded before it existed) has the value it had then (ADDED_FIELDS)."""
-    from spat.config import ADDED_FIELDS
+    """Settings whose saved (resolved) value differs from the wanted (resolved) one: a finished
+    cell is stale iff one of them does. The wanted config holds exactly what affects the cell
+    (a resolved config holds its method's own hyperparameters only, so another method's
+    ``beta`` in an old config.json is no difference). A key the saved config lacks (recorded
+    before the setting existed) meant its default, with no list per setting: a method
+    hyperparameter's method class default, else TrainConfig's field default
+    (:func:`spat.config.recorded_default`)."""
+    from spat.config import recorded_default
 
+    method = str(wanted.get("method"))
     return sorted(k for k in wanted if k not in IGNORED_FIELDS
-                  and saved.get(k, ADDED_FIELDS.get(k)) != wanted[k])
+                  and saved.get(k, recorded_default(k, method)) != wanted[k])
 
 
 def eval_options(ev: Mapping[str, Any]) -> EvalOptions:
@@ -197,6 +203,10 @@ def run_cell(cell: dict[str, Any], *, threads: int | None = None, device: str | 
                     record["took_over"] = lock.took_over
                     print(f"took the cell over from {describe_holder(lock.took_over)}, "
                           f"which is gone", flush=True)
+                from spat.utils.plugins import load_installed_plugins, load_plugins
+
+                load_installed_plugins()  # a spawned worker or a submitit job: its own process
+                load_plugins(cell.get("plugins") or ())
                 _run_stages(cell, record, device)
     except FolderBusy as e:
         record["busy"] = str(e)

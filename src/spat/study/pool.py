@@ -246,4 +246,4 @@ def _log_name(c: Cell) -> str:
 def dataclasses_asdict(c: Cell) -> dict[str, Any]:
     """A cell as a plain dict (what crosses the process boundary)."""
     return {"dataset": c.dataset, "variant": c.variant, "seed": c.seed, "run_dir": c.run_dir,
-            "config": dict(c.config), "eval": dict(c.eval)}
+            "config": dict(c.config), "eval": dict(c.eval), "plugins": list(c.plugins)}

@@ -15,10 +15,6 @@ from spat.utils.io import read_json_object_or_none
 
 Log = Callable[[str], None]
 
-#: Rough gradient passes per example of each evaluation attack (AutoAttack: on the points
-#: still robust; its totals are an upper-end guess).
-EVAL_PASSES = {"fgsm": 1, "pgd20": 20, "pgd100": 100, "cw20": 20, "cw100": 100,
-               "aa-fast": 1000, "aa": 7000}
 #: Measured: forward+backward passes per second of one small_cnn on 8×8 digits, one CPU
 #: thread (this project's 2-core CI machine); used only until a cell of the study finished.
 REFERENCE_RATE = {("small_cnn", "digits"): 9000.0}
@@ -33,6 +29,7 @@ def cell_cost(cell: Cell) -> dict[str, Any]:
     evaluation. A rough measure of work, the same unit for every cell of one model."""
     from spat.config import config_from_dict
     from spat.data import dataset_record
+    from spat.evaluation.attacks import ATTACKS
 
     cfg = config_from_dict(cell.config, source=cell.key).resolved()
     sizes = dataset_record(cfg.dataset).sizes  # (train, test); None: the user's npz decides
@@ -49,7 +46,8 @@ def cell_cost(cell: Cell) -> dict[str, Any]:
     test_passes = test_n * (cfg.test_steps + 1)
     ev = cell.eval
     eval_n = min(n_test, ev["n_examples"] or n_test)
-    eval_passes = eval_n * (1 + sum(EVAL_PASSES[a] * ev["restarts"] for a in ev["attacks"]))
+    eval_passes = eval_n * (1 + sum(ATTACKS[a].passes() * ev["restarts"]
+                                    for a in ev["attacks"]))
     return {"train_images": epochs * train_n, "passes": train_passes + val_passes
             + test_passes + eval_passes, "model": cfg.model, "dataset": cfg.dataset,
             "known_size": sizes is not None}

@@ -12,6 +12,8 @@
     # optional, per dataset: the share of class a's attacked errors that land in class b
     # (the measure of the paper's Fig. 1: misclassified dogs predicted as "cat")
     class_pairs = { digits = [["8", "1"]] }
+    plugins = ["my_methods.py"]    # optional: modules or .py files (relative to this file)
+                                   # defining methods/attacks (spat.utils.plugins)
 
     [train]                        # spat train settings shared by every cell
     epochs = 5
@@ -65,7 +67,7 @@ from spat.validation import check_value, field_types, loads_toml, one_line
 CELL_FIELDS = ("dataset", "seed", "out_dir", "name", "resume")
 STUDY_KEYS = {"name": str, "out_dir": str, "datasets": list, "seeds": list, "baseline": str,
               "description": str, "pairs": list,
-              "class_pairs": dict, "most_similar": dict}
+              "class_pairs": dict, "most_similar": dict, "plugins": list}
 EVAL_KEYS = {"attacks": list, "n_examples": int, "which": str, "seed": int, "batch_size": int,
              "restarts": int, "sanity_examples": int, "eps": float, "analyze": bool,
              "attack_logits": str}
@@ -120,6 +122,8 @@ class Cell:
     run_dir: str
     config: dict[str, Any]  # TrainConfig fields (not resolved: device "auto" stays)
     eval: dict[str, Any]
+    #: The study's plugins, loaded by the process that runs the cell (spat.utils.plugins).
+    plugins: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -156,6 +160,10 @@ class StudySpec:
     #: that uses no compared model (``study.most_similar``: a JSON file written by
     #: ``docs/study/most_similar.py``); each cell then reports the "most-similar share".
     most_similar: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: ``study.plugins``: the plugins (module names, or .py files as absolute paths) loaded
+    #: before the file's settings were checked; each cell's process loads them again
+    #: (:attr:`Cell.plugins`).
+    plugins: tuple[str, ...] = ()
 
     def eval_of(self, variant: str) -> dict[str, Any]:
         """The evaluation settings of ``variant``'s cells: [eval] with its overrides."""
@@ -180,24 +188,33 @@ def _check_table(src: str, where: str, table: Any, keys: dict[str, type]) -> dic
             for k, v in table.items()}
 
 
+def _setting_types() -> dict[str, Any]:
+    """Each training setting's type: TrainConfig's fields and the registered methods'
+    hyperparameters (a study's plugins loaded first)."""
+    from spat.methods import all_hyperparameters
+
+    types_ = {k: t for k, t in field_types(TrainConfig).items() if k in FIELD_NAMES}
+    for name, h in all_hyperparameters().items():
+        types_.setdefault(name, h.annotation)
+    return types_
+
+
 def _check_train_settings(src: str, where: str, table: Any) -> dict[str, Any]:
-    """Keys must be TrainConfig fields (not the per-cell ones) with values of their type, as
+    """Keys must be training settings (TrainConfig fields but the per-cell ones, or a registered
+    method's hyperparameters) with values of their type, as
     :func:`spat.validation.check_value` checks them for ``spat train --config``."""
     if not isinstance(table, dict):
         raise SpatError(f"{src}: [{where}] must be a table")
+    types_ = _setting_types()
     for k in table:
         if k in CELL_FIELDS:
             raise SpatError(f"{src}: {where}.{k} is set by the study for each cell "
                             f"(use [study] datasets/seeds/out_dir)")
-        if k not in FIELD_NAMES:
+        if k not in types_:
             raise SpatError(f"{src}: unknown training setting {where}.{k} "
-                            f"(valid: any spat train setting: {', '.join(FIELD_NAMES)})")
-    return {k: check_value(v, _FIELD_TYPES[k], where=src, field=f"{where}.{k}")
+                            f"(valid: any spat train setting: {', '.join(types_)})")
+    return {k: check_value(v, types_[k], where=src, field=f"{where}.{k}")
             for k, v in table.items()}
-
-
-#: The type of each TrainConfig field, for :func:`_check_train_settings`.
-_FIELD_TYPES: dict[str, Any] = field_types(TrainConfig)
 
 
 #: ``[eval]`` keys that are :class:`spat.evaluation.EvalOptions` fields (validated by it); the
@@ -343,6 +360,22 @@ def _check_class_pairs(src: str, raw: dict[str, Any], datasets: list[str]
     return out
 
 
+def _load_study_plugins(src: str, raw: Any) -> tuple[str, ...]:
+    """``study.plugins``: module names or paths of .py files (relative to the study file),
+    loaded now (:func:`spat.utils.plugins.load_plugins`), so that their methods' settings and
+    their attacks are known when the file is checked; returned as loaded (paths absolute)."""
+    from spat.utils.plugins import load_plugins, resolve_plugin
+
+    if not all(isinstance(p, str) and p.strip() for p in raw):
+        raise SpatError(f"{src}: study.plugins must be a list of module names or .py paths")
+    specs = tuple(resolve_plugin(p, base=Path(src).parent) for p in raw)
+    try:
+        load_plugins(specs)
+    except SpatError as e:
+        raise SpatError(f"{src}: study.plugins: {e}") from None
+    return specs
+
+
 def parse_study(data: dict[str, Any], src: str) -> StudySpec:
     """Validate the TOML document ``data`` (from file ``src``) into a :class:`StudySpec`."""
     allowed = ("study", "train", "variants", "eval", "engine", "claims")
@@ -355,6 +388,7 @@ def parse_study(data: dict[str, Any], src: str) -> StudySpec:
     for req in ("name", "datasets", "seeds"):
         if req not in st:
             raise SpatError(f"{src}: missing study.{req}")
+    plugins = _load_study_plugins(src, st.get("plugins", []))
     name = st["name"]
     if not _NAME.match(name):
         raise SpatError(f"{src}: study.name must be a plain folder name (letters, digits, "
@@ -420,7 +454,8 @@ def parse_study(data: dict[str, Any], src: str) -> StudySpec:
                      baseline=baseline, train=train, eval=EvalSpec(**ev),
                      engine=EngineSpec(**eng), description=st.get("description", ""),
                      variant_eval=variant_eval, pairs=pairs,
-                     class_pairs=class_pairs, claims=claims, most_similar=most_similar)
+                     class_pairs=class_pairs, claims=claims, most_similar=most_similar,
+                     plugins=plugins)
     _check_class_pair_names(spec, plan_cells(spec))  # plan_cells validates every cell's config
     _check_claim_metrics(spec)
     return spec
@@ -493,5 +528,5 @@ def plan_cells(spec: StudySpec) -> list[Cell]:
                     raise SpatError(f"{src}: {e}") from None
                 cells.append(Cell(dataset=ds, variant=vname, seed=seed,
                                   run_dir=str(parent / f"seed{seed}"), config=cfg.to_dict(),
-                                  eval=ev))
+                                  eval=ev, plugins=spec.plugins))
     return cells

@@ -2,10 +2,12 @@
 
 Its flags are derived from :class:`~spat.config.TrainConfig`'s fields and their
 :func:`~spat.utils.options.option` metadata (:func:`spat.utils.options.add_dataclass_options`):
-a field added to the config is a flag with no edit here. The help text of a method's
-hyperparameter (:data:`~spat.config.METHOD_KNOBS`) states each method's default, read from
-the method classes. Only the options that are not settings of the run (``--config``,
-``--resume``, ``--overwrite``, ``--no-progress``, ``--threads``) are written out below.
+a field added to the config is a flag with no edit here. Every registered method's
+hyperparameters (:func:`spat.methods.all_hyperparameters`: the method classes' fields, a
+plugin's included) are flags of the "method" group, with the fields' help texts and types, and
+each method's default read from the classes. Only the options that are not settings of the run
+(``--config``, ``--resume``, ``--overwrite``, ``--no-progress``, ``--threads``) are written out
+below.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ import argparse
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
-from spat.config import METHOD_KNOBS, TrainConfig
-from spat.utils.options import add_dataclass_options
+from spat.config import TrainConfig
+from spat.utils.options import add_dataclass_options, add_field_option, help_text
 
 if TYPE_CHECKING:
     from spat.build import TrainResult
@@ -73,9 +75,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", help="TOML file of training settings, or a run's config.json "
                    "(flags override it)")
-    groups = add_dataclass_options(
-        p, TrainConfig, groups=GROUPS, exclude=NO_FLAG, context=_help_context(),
-        note=lambda name: method_default(name) if name in METHOD_KNOBS else None)
+    groups = add_dataclass_options(p, TrainConfig, groups=GROUPS,
+                                   exclude=(*NO_FLAG, "hyperparameters"),
+                                   context=_help_context())
+    add_hyperparameter_options(groups["method"])
     g = groups["runtime"]
     g.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last "
                    "checkpoint (its saved config is used; --epochs may extend it)")
@@ -87,12 +90,23 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_train)
 
 
+def add_hyperparameter_options(group: argparse._ArgumentGroup) -> None:
+    """One flag per method hyperparameter of the registered methods (a plugin's included):
+    ``--NAME`` of its field's type, with its help text and each method's default."""
+    from spat.methods import all_hyperparameters
+
+    for h in all_hyperparameters().values():
+        add_field_option(group, h.field, h.annotation,
+                         help_text(h.field, note=method_default(h.name), text=h.help))
+
+
 def config_values(args: argparse.Namespace) -> dict[str, Any]:
     """The settings that ``args`` gives: a ``--config`` file's values, then the flags over them
     (defaults are left out; :meth:`TrainConfig.resolved` fills them)."""
     from spat.config import load_config_file
+    from spat.methods import all_hyperparameters
 
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    names = {f.name for f in dataclasses.fields(TrainConfig)} | set(all_hyperparameters())
     values: dict[str, Any] = {}
     if getattr(args, "config", None):
         values.update(load_config_file(args.config))

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from spat import checkpoint as ckpt
-from spat.config import FIELD_NAMES, TrainConfig, config_from_dict
+from spat.config import FIELD_NAMES, TrainConfig, config_from_dict, setting_names
 from spat.errors import SpatError
 from spat.train.loop import Trainer
 from spat.utils.io import atomic_write_text, read_json_object_or_none
@@ -54,11 +54,11 @@ def resume_config(run_dir: Path, cli: TrainConfig, log: Log,
                         f"found)")
     raw = read_json_object(cfg_path, what="run config")
     saved = config_from_dict(raw, source=str(cfg_path))
+    names = setting_names()  # the fields and the method hyperparameters
     if explicit is None:
         defaults = TrainConfig()
-        explicit = [f.name for f in dataclasses.fields(TrainConfig)
-                    if getattr(cli, f.name) != getattr(defaults, f.name)]
-    given = {k for k in explicit if k in FIELD_NAMES and k not in _PLACEMENT}
+        explicit = [k for k in names if getattr(cli, k) != getattr(defaults, k)]
+    given = {k for k in explicit if k in names and k not in _PLACEMENT}
     changed = sorted(k for k in given if getattr(cli, k) != getattr(saved, k))
     fixed = [k for k in changed if k not in RESUME_OVERRIDES]
     if fixed:

@@ -93,12 +93,14 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
 
 
 def help_text(f: dataclasses.Field, context: Mapping[str, str] | None = None,
-              note: str | None = None) -> str:
-    """The help text of field ``f``: its metadata's text with ``context`` filled in, then
-    ``note`` (in parentheses), then ``(default …)`` unless the text already states a default
-    or the default is ``None`` (which a text should explain) or a boolean (the flag says it)."""
+              note: str | None = None, text: str | None = None) -> str:
+    """The help text of field ``f``: ``text`` or its metadata's text with ``context`` filled
+    in, then ``note`` (in parentheses), then ``(default …)`` unless the text already states a
+    default or the default is ``None`` (which a text should explain) or a boolean (the flag
+    says it)."""
     meta = f.metadata.get(KEY, {})
-    text = (meta.get("help") or f.name.replace("_", " ")).format_map(_Context(context or {}))
+    text = (text or meta.get("help") or f.name.replace("_", " ")).format_map(
+        _Context(context or {}))
     if note:
         text = f"{text} ({note})"
     shown = _show_default(f.default)
@@ -135,16 +137,24 @@ def add_dataclass_options(
         if current not in made:
             raise ValueError(f"field {f.name!r} of {cls.__name__}: unknown option group "
                              f"{current!r} (known: {', '.join(groups)})")
-        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
-                                  **meta.get("argparse", {})}
-        kind = _base_type(hints[f.name])
-        if meta.get("parse") is not None:
-            kwargs["type"] = meta["parse"]
-        elif kind is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif kind in (int, float):
-            kwargs["type"] = kind
-        kwargs["help"] = (argparse.SUPPRESS if meta.get("hidden")
-                          else help_text(f, context, note(f.name) if note else None))
-        made[current].add_argument(flag_name(f.name), **kwargs)
+        add_field_option(made[current], f, hints[f.name],
+                         help_text(f, context, note(f.name) if note else None))
     return made
+
+
+def add_field_option(group: argparse._ArgumentGroup | argparse.ArgumentParser,
+                     f: dataclasses.Field, annotation: Any, help: str) -> None:  # noqa: A002
+    """Add field ``f`` (annotated ``annotation``) as one option to ``group``, by the rules of
+    the module's docstring, with the help text ``help`` (see :func:`help_text`)."""
+    meta = f.metadata.get(KEY, {})
+    kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
+                              **meta.get("argparse", {})}
+    kind = _base_type(annotation)
+    if meta.get("parse") is not None:
+        kwargs["type"] = meta["parse"]
+    elif kind is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif kind in (int, float):
+        kwargs["type"] = kind
+    kwargs["help"] = argparse.SUPPRESS if meta.get("hidden") else help
+    group.add_argument(flag_name(f.name), **kwargs)
