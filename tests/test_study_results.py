@@ -67,7 +67,8 @@ def _finished_cell(cell, *, best: int, val: list[tuple[float, float]], robust: f
     _write_summary(run, best=best, epochs=len(val))
     report = {"clean_acc": 0.9, "attacks": [{"name": "FGSM", "accuracy": robust}],
               "ensemble": {"accuracy": robust}, "settings": {"attacks": ["fgsm"], "restarts": 1},
-              "which": "best", "eps": cfg["eps"], "seed": 0, "n_examples": 100,
+              "which": "best", "eps": cfg["eps"], "norm": cfg["norm"], "seed": 0,
+              "n_examples": 100,
               "subset": {"indices": "seeded", "of": 500}, "classes": []}
     rep = run / "eval" / "report.json"
     rep.write_text(json.dumps(report), encoding="utf-8")
