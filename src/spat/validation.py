@@ -191,15 +191,12 @@ def field_types(cls: type) -> dict[str, Any]:
 
 
 def check_fields(values: Mapping[str, Any], cls: type, *, where: str,
-                 required: bool = False, allow_unknown: bool = False,
-                 legacy: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                 required: bool = False, allow_unknown: bool = False) -> dict[str, Any]:
     """``values`` checked field by field against dataclass ``cls``'s annotations.
 
     Unknown keys are an error (listing the valid ones) unless ``allow_unknown`` (then they are
-    dropped); with ``required``, every field without a default must be present. ``legacy``:
-    an older annotation still accepted for a field (files written by an earlier version), the
-    owner converts. Returns the checked values (fraction strings parsed, lists turned into
-    tuples where the field is one).
+    dropped); with ``required``, every field without a default must be present. Returns the
+    checked values (fraction strings parsed, lists turned into tuples where the field is one).
     """
     if not isinstance(values, Mapping):
         raise SpatError(f"{where}: expected a table/object of settings, got "
@@ -212,10 +209,7 @@ def check_fields(values: Mapping[str, Any], cls: type, *, where: str,
                         f"(valid: {', '.join(types_)})")
     for key, value in values.items():
         if key in types_:
-            annotation = types_[key]
-            if legacy and key in legacy:
-                annotation = annotation | legacy[key]
-            out[key] = check_value(value, annotation, where=where, field=key)
+            out[key] = check_value(value, types_[key], where=where, field=key)
     if required:
         missing = [f.name for f in dataclasses.fields(cls)
                    if f.name not in out and f.default is dataclasses.MISSING
