@@ -16,6 +16,7 @@ from torch import nn
 from spat.analysis import stats
 from spat.analysis.analyze import collect
 from spat.analysis.compare import compare_runs, parse_labels
+from spat.analysis.over_epochs import TRAINING_COLUMNS, over_training, read_metrics
 from spat.analysis.predictions import choose_attack
 from spat.analysis.record import autoattack_accuracy
 from spat.analysis.similarity import (
@@ -23,7 +24,6 @@ from spat.analysis.similarity import (
     feature_similarity,
     head_similarity,
 )
-from spat.analysis.training import TRAINING_COLUMNS, over_training, read_metrics
 from spat.analysis.writers import slug
 from spat.cli import main
 from spat.data import Split

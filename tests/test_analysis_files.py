@@ -24,6 +24,7 @@ import torch
 
 from spat.analysis import plots
 from spat.analysis.analyze import write_analysis
+from spat.analysis.over_epochs import over_training
 from spat.analysis.record import FEATURE_SIM, HEAD_SIM, RunAnalysis
 from spat.analysis.stats import (
     directed_flow_matrix,
@@ -31,7 +32,6 @@ from spat.analysis.stats import (
     offdiag_spearman,
     symmetric_flow_matrix,
 )
-from spat.analysis.training import over_training
 from spat.evaluation.core import Predictions
 
 REFERENCE = Path(__file__).parent / "fixtures" / "analysis_reference"

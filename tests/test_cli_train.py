@@ -1,5 +1,6 @@
-"""``spat train``'s flags, derived from TrainConfig's fields (spat.utils.options): every flag
-keeps its name, meaning and default; a new field is a flag with no edit of the CLI's code."""
+"""``spat train``'s flags, derived from TrainConfig's fields (spat.utils.dataclass_flags):
+every flag keeps its name, meaning and default; a new field is a flag with no edit of the CLI's
+code."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import spat.train.command as train_command
 from spat.cli import build_parser, main
 from spat.config import FIELD_NAMES, TrainConfig, config_from_dict
 from spat.methods import all_hyperparameters
-from spat.utils.options import add_dataclass_options, flag_name, option
+from spat.utils.dataclass_flags import add_dataclass_options, flag_name, option
 
 #: argv → the settings they give (the command's other options in "_args"). Recorded from the
 #: hand-written parser that the derived one replaced: the same argv give the same settings.

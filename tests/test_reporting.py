@@ -60,7 +60,7 @@ def test_a_ratio_metric_is_shown_as_a_ratio(tmp_path: Path,
     are the ratio itself (not ×100, no %), its column says the unit, and a claim on it is
     judged and written in the ratio's units; the percentages beside it are unchanged."""
     from spat.study.aggregate import CellResult, aggregate
-    from spat.study.report import render_markdown
+    from spat.study.outputs import render_markdown
     from spat.study.spec import load_study, plan_cells
 
     name = "calibration ratio"

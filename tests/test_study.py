@@ -366,7 +366,7 @@ def test_named_pair_difference_on_a_fixed_table(tmp_path: Path) -> None:
 
 def test_named_pairs_in_md_csv_json_and_absent_pairs_change_nothing(tmp_path: Path) -> None:
     from spat.study.aggregate import aggregate
-    from spat.study.report import write_outputs
+    from spat.study.outputs import write_outputs
 
     # the same study (same folder) with and without pairs, each output read right after writing
     with_pairs = _pairs_spec(tmp_path, 'pairs = [["c", "b"]]')
@@ -986,7 +986,7 @@ def _class_pair_results(spec, shares: bool = True) -> list:
 def test_class_pairs_table_in_md_json_and_absent_class_pairs_change_nothing(
         tmp_path: Path) -> None:
     from spat.study.aggregate import aggregate
-    from spat.study.report import write_outputs
+    from spat.study.outputs import write_outputs
 
     with_cp = _pairs_spec(tmp_path, 'class_pairs = { digits = [["8", "1"]] }')
     plain = _pairs_spec(tmp_path, "", name="plain.toml")
@@ -1029,7 +1029,7 @@ def test_named_pairs_also_compare_the_class_pair_shares(tmp_path: Path) -> None:
     share differences after the baseline's: b sends 2 of 4 errors of 8 to 1 on every seed,
     c 1/4, 0/2, 2/4 on seeds 0-2, so c − b is -0.25, -0.5, 0.0 (seed 3 of c unfinished)."""
     from spat.study.aggregate import aggregate, pair_differences
-    from spat.study.report import write_outputs
+    from spat.study.outputs import write_outputs
 
     both = 'pairs = [["c", "b"]]\nclass_pairs = { digits = [["8", "1"]] }'
     spec = _pairs_spec(tmp_path, both)

@@ -17,7 +17,7 @@ from typing import Any
 from spat.data.registry import DATASETS, DatasetDefaults
 from spat.errors import SpatError
 from spat.utils.argtypes import count_or_fraction, fraction, switch
-from spat.utils.options import option
+from spat.utils.dataclass_flags import option
 from spat.utils.rng import MAX_SEED
 from spat.validation import one_line
 
@@ -119,8 +119,9 @@ class TrainConfig:
     the SGD learning rate at batch size ``batch_size`` (global, over all ranks).
 
     Each field is also a ``spat train`` flag (``--step-size`` for ``step_size``), derived from
-    the field's type and :func:`~spat.utils.options.option` metadata (help text, option group,
-    parser) by :mod:`spat.train.command`: a new field needs no edit of the command line's code.
+    the field's type and :func:`~spat.utils.dataclass_flags.option` metadata (help text, option
+    group, parser) by :mod:`spat.train.command`: a new field needs no edit of the command
+    line's code.
 
     The method's hyperparameters are not fields here: they are the method classes' own fields
     (:func:`spat.methods.base.knob`), held in :attr:`hyperparameters` (name → value; ``None`` or

@@ -8,7 +8,7 @@ become each other's targets. This package measures that for a trained run:
   directed and symmetric flows, target concentration, Spearman of similarity vs flow);
 * :mod:`spat.analysis.similarity` — class similarity from the classifier weights and the
   class-mean penultimate features;
-* :mod:`spat.analysis.training` — the same statistics per epoch from ``metrics.jsonl``;
+* :mod:`spat.analysis.over_epochs` — the same statistics per epoch from ``metrics.jsonl``;
 * :mod:`spat.analysis.analyze` / :mod:`spat.analysis.compare` — one run's analysis and the
   comparison of runs: :mod:`spat.analysis.record` (the :class:`RunAnalysis` record and its
   summary), :mod:`spat.analysis.predictions` (``spat eval``'s predictions or computed ones,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from spat.analysis import plots
 from spat.analysis.markdown import render_report
+from spat.analysis.over_epochs import over_training, read_metrics
 from spat.analysis.predictions import (
     DEFAULT_STEPS,
     choose_attack,
@@ -35,7 +36,6 @@ from spat.analysis.stats import (
     per_class_accuracy,
     symmetric_flow_matrix,
 )
-from spat.analysis.training import over_training, read_metrics
 from spat.analysis.writers import slug, write_numbers
 from spat.data.subset import subset_split
 from spat.errors import SpatError

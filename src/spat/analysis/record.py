@@ -52,7 +52,7 @@ class RunAnalysis:
     similarities; ``similarities`` maps a name (:data:`HEAD_SIM`, :data:`FEATURE_SIM`) to a
     (K, K) cosine matrix; ``correlations`` maps ``"<similarity> / directed"`` and
     ``"<similarity> / symmetric"`` to a :class:`RankCorrelation`; ``training`` holds the rows of
-    :func:`~spat.analysis.training.over_training`.
+    :func:`~spat.analysis.over_epochs.over_training`.
     """
 
     run_dir: Path

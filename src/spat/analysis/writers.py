@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from spat.analysis.over_epochs import TRAINING_COLUMNS
 from spat.analysis.record import HEAD_SIM, RunAnalysis
 from spat.analysis.stats import (
     Concentration,
@@ -24,7 +25,6 @@ from spat.analysis.stats import (
     flow_summary,
     symmetric_flows,
 )
-from spat.analysis.training import TRAINING_COLUMNS
 from spat.utils.io import atomic_write_text, json_safe
 from spat.utils.reporting import csv_text
 

@@ -1,8 +1,9 @@
 """``spat eval``: the robustness evaluation protocol on the command line.
 
 The evaluation settings' flags are derived from :class:`~spat.evaluation.options.EvalOptions`'s
-fields and their :func:`~spat.utils.options.option` metadata
-(:func:`spat.utils.options.add_dataclass_options`), as ``spat train``'s from ``TrainConfig``;
+fields and their :func:`~spat.utils.dataclass_flags.option` metadata
+(:func:`spat.utils.dataclass_flags.add_dataclass_options`), as ``spat train``'s from
+``TrainConfig``;
 the options that are not settings of the evaluation (the model, output, device, ...) are written
 out below.
 """
@@ -20,7 +21,7 @@ from spat.checkpoint import WHICH_HELP, check_which
 from spat.errors import SpatError
 from spat.evaluation.attacks import ATTACK_KEYS, ATTACKS, DEFAULT_ATTACKS
 from spat.evaluation.options import EvalOptions
-from spat.utils.options import DefaultsHelpFormatter, add_dataclass_options, flag_name
+from spat.utils.dataclass_flags import DefaultsHelpFormatter, add_dataclass_options, flag_name
 
 #: Option groups of ``spat eval --help`` holding EvalOptions' fields (keys: the ``group`` of a
 #: field's metadata). Every field is a flag, derived from its metadata: a field added to

@@ -31,7 +31,7 @@ from spat.attacks.geometry import check_norm
 from spat.errors import SpatError
 from spat.evaluation.attacks import DEFAULT_ATTACKS, parse_attacks
 from spat.utils.argtypes import fraction
-from spat.utils.options import option
+from spat.utils.dataclass_flags import option
 from spat.utils.rng import MAX_SEED
 
 #: The logits every attack sees: the model's own (s·z for a cosine head) or z = s·z / s.

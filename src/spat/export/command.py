@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from spat.utils.argtypes import fraction
-from spat.utils.options import DefaultsHelpFormatter
+from spat.utils.dataclass_flags import DefaultsHelpFormatter
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

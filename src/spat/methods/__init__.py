@@ -71,7 +71,7 @@ class Hyperparameter:
 
 def all_hyperparameters() -> dict[str, Hyperparameter]:
     """Every registered method's hyperparameters, in registration order (plugins' included)."""
-    from spat.utils.options import KEY
+    from spat.utils.dataclass_flags import KEY
 
     decl: dict[str, list[tuple[str, type[MethodDefaults], dataclasses.Field]]] = {}
     for name, cls in METHODS.items():

@@ -102,7 +102,7 @@ def knob(default: Any, valid: Range | None = None, help: str = "",  # noqa: A002
     too, with no range and its name for help. Each range is declared once, with its reason,
     beside the term it weights (e.g. :data:`spat.methods.spat.M_RANGE`); it is checked again
     when the method is built (:meth:`MethodDefaults.__post_init__`)."""
-    from spat.utils.options import option
+    from spat.utils.dataclass_flags import option
 
     flag = option(default, help, parse=parse)
     return dataclasses.field(default=default, metadata={**flag.metadata, RANGE_KEY: valid})

@@ -281,11 +281,11 @@ def _wait_for_holders(held: list[dict[str, Any]], by_key: dict[str, Cell], log: 
 
 
 def write_outputs_locked(spec: StudySpec, *args: Any, **kwargs: Any) -> dict[str, Path]:
-    """:func:`spat.study.report.write_outputs` while holding ``STUDY_DIR/.lock``: two processes
+    """:func:`spat.study.outputs.write_outputs` while holding ``STUDY_DIR/.lock``: two processes
     of one study that finish together write the report one after the other (waiting for each
     other), not into each other's files."""
     from spat.errors import FolderBusy
-    from spat.study.report import write_outputs
+    from spat.study.outputs import write_outputs
     from spat.utils.lock import FolderLock
 
     lock = FolderLock(spec.study_dir, "the study report")

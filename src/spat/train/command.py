@@ -1,7 +1,8 @@
 """``spat train``: a training run on the command line.
 
 Its flags are derived from :class:`~spat.config.TrainConfig`'s fields and their
-:func:`~spat.utils.options.option` metadata (:func:`spat.utils.options.add_dataclass_options`):
+:func:`~spat.utils.dataclass_flags.option` metadata
+(:func:`spat.utils.dataclass_flags.add_dataclass_options`):
 a field added to the config is a flag with no edit here. Every registered method's
 hyperparameters (:func:`spat.methods.all_hyperparameters`: the method classes' fields, a
 plugin's included) are flags of the "method" group, with the fields' help texts and types, and
@@ -17,7 +18,7 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from spat.config import TrainConfig
-from spat.utils.options import add_dataclass_options, add_field_option, help_text
+from spat.utils.dataclass_flags import add_dataclass_options, add_field_option, help_text
 
 if TYPE_CHECKING:
     from spat.build import TrainResult
