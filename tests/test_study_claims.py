@@ -14,6 +14,7 @@ from spat.study.claims import (
     HOLDS,
     INCONCLUSIVE,
     NOT_HOLDS,
+    PENDING,
     Claim,
     claim_level,
     evaluate_claims,
@@ -88,6 +89,24 @@ def test_interaction_and_unfinished_seeds() -> None:
     assert "(a − b) − (c − d)" == r.claim.contrast
     (r,) = evaluate_claims([_claim(metric="not_yet")], vals)
     assert r.n == 0 and r.verdict == INCONCLUSIVE
+
+
+def test_a_claim_is_pending_until_its_declared_cells_finish() -> None:
+    """The rule is applied at the declared seeds: with a cell of a named variant unfinished
+    the verdict is "pending", even where the finished seeds' interval is decisive; the
+    interval is still computed (for planning). A claim on other variants is judged."""
+    nan = math.nan
+    vals = {("digits", "a"): {"m": [0.60, 0.61, nan]}, ("digits", "b"): {"m": [0.5, 0.5, 0.5]},
+            ("digits", "c"): {"m": [0.5, 0.5, 0.5]}}
+    unfinished = {("digits", "a")}
+    r, judged = evaluate_claims([_claim(family="exploratory"),
+                                 _claim(name="d", variant="c", family="exploratory")],
+                                vals, unfinished)
+    assert r.verdict == PENDING + " (exploratory)" and r.differences == pytest.approx((10, 11))
+    assert judge(r.low, r.high, 2.0, "higher") == HOLDS  # decisive, yet not read
+    assert judged.verdict == "equivalent within δ (exploratory)"
+    (done,) = evaluate_claims([_claim()], vals)
+    assert done.verdict == HOLDS
 
 
 def _doc(claims: list[dict]) -> dict:

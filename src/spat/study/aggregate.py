@@ -182,6 +182,12 @@ def read_study_cells(spec: StudySpec, cells: Sequence[Cell]) -> list[CellResult]
                       spec.most_similar.get(c.dataset)) for c in cells]
 
 
+def unfinished_variants(aggs: Sequence[Aggregate]) -> set[tuple[str, str]]:
+    """The ``(dataset, variant)`` pairs with a declared cell not finished yet (their claims are
+    pending, :data:`spat.study.claims.PENDING`)."""
+    return {(a.dataset, a.variant) for a in aggs if a.cells_done < a.cells_total}
+
+
 def best_epoch_validation(run: Path) -> dict[str, float]:
     """``{val_clean_acc, val_robust_acc}`` of the epoch ``summary.json`` calls best (the one
     the ``best`` checkpoint was saved at), from ``metrics.jsonl``; ``{}`` when either file or

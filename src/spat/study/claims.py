@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +57,10 @@ from spat.utils.reporting import MISSING, md_table, number
 HOLDS, NOT_HOLDS, EQUIVALENT, INCONCLUSIVE = ("holds", "does not hold", "equivalent within δ",
                                               "inconclusive")
 EXPLORATORY_SUFFIX = " (exploratory)"
+#: The word of a claim while a cell of a variant it names is unfinished: the rule is applied at
+#: the sample size the study file declares (its seeds), never at whichever count of finished
+#: seeds first looks decisive. The interval is still shown, for planning.
+PENDING = "pending"
 #: Family-wise error rate of each study file's primary claims.
 ALPHA = 0.05
 DIRECTIONS = ("higher", "lower")
@@ -166,12 +170,13 @@ def seeds_for_margin(std: float, margin: float, level: float) -> int | None:
     return None
 
 
-def evaluate_claims(claims: Sequence[Claim], values: dict[tuple[str, str], dict[str, list]]
-                    ) -> list[ClaimResult]:
+def evaluate_claims(claims: Sequence[Claim], values: dict[tuple[str, str], dict[str, list]],
+                    unfinished: Collection[tuple[str, str]] = ()) -> list[ClaimResult]:
     """Judge every claim from ``values[(dataset, variant)][metric]``: the per-seed values
     (fractions, NaN where a cell is unfinished; the study's seeds in one order). A seed
     counts when every variant the claim names has it; a claim with no such seed is
-    inconclusive with n = 0."""
+    inconclusive with n = 0. A claim that names a ``(dataset, variant)`` of ``unfinished``
+    (some of its declared cells have not finished) is :data:`PENDING`."""
     primaries = sum(1 for c in claims if c.family == "primary")
     out = []
     for c in claims:
@@ -192,7 +197,8 @@ def evaluate_claims(claims: Sequence[Claim], values: dict[tuple[str, str], dict[
         level = claim_level(c.family, primaries)
         iv = t_interval(diffs, level)
         mean, std, low, high = iv.mean, iv.std, iv.low, iv.high
-        word = judge(low, high, c.margin, c.direction)
+        pending = any((c.dataset, v) in unfinished for v in names)
+        word = PENDING if pending else judge(low, high, c.margin, c.direction)
         if c.family == "exploratory":
             word += EXPLORATORY_SUFFIX
         out.append(ClaimResult(c, tuple(diffs), mean, std, low, high, level, word,
@@ -213,7 +219,10 @@ def claims_markdown(results: Sequence[ClaimResult], seeds: int) -> list[str]:
              f"**holds** when it lies on the claimed side of 0, **does not hold** when on "
              f"the other side, **equivalent within δ** when inside ±δ, else "
              f"**inconclusive**. \"seeds for ±δ\": the seeds the observed spread needs for a "
-             f"half-width ≤ δ ({seeds} in this file).", ""]
+             f"half-width ≤ δ ({seeds} in this file)."
+             + (f" **{PENDING}**: some of the claim's declared cells have not finished; the "
+                f"rule is applied only at the declared seeds."
+                if any(r.verdict.startswith(PENDING) for r in results) else ""), ""]
     rows = []
     for r in results:
         c = r.claim

@@ -27,6 +27,7 @@ from spat.study.aggregate import (
     class_pair_metric,
     is_class_pair_metric,
     pair_differences,
+    unfinished_variants,
 )
 from spat.study.claims import ClaimResult, claims_markdown, evaluate_claims
 from spat.study.metrics import metric_unit
@@ -324,7 +325,7 @@ def write_outputs(spec: StudySpec, aggs: list[Aggregate], metrics: list[str],
                             "paired_bootstrap": p.diff_boot[m].to_dict()} for m in metrics},
         } for p in pairs]
     claim_results = evaluate_claims(spec.claims, {(a.dataset, a.variant): a.values
-                                                  for a in aggs})
+                                                  for a in aggs}, unfinished_variants(aggs))
     if claim_results:
         doc["claims"] = [r.to_dict() for r in claim_results]
     atomic_write_text(out / "study.json", json.dumps(json_safe(doc), indent=2) + "\n")

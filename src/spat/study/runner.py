@@ -118,7 +118,7 @@ def dry_run(spec: StudySpec, workers: int, threads: int, log: Log = print) -> li
 def log_claims(spec: StudySpec, cells: list[Cell], log: Log = print) -> None:
     """The declared claims as the finished cells judge them now, with the seeds each one's
     observed spread needs for a ±δ interval (the plan for more seeds)."""
-    from spat.study.aggregate import aggregate, read_study_cells
+    from spat.study.aggregate import aggregate, read_study_cells, unfinished_variants
     from spat.study.claims import evaluate_claims
     from spat.study.metrics import metric_unit
     from spat.utils.reporting import number
@@ -127,7 +127,8 @@ def log_claims(spec: StudySpec, cells: list[Cell], log: Log = print) -> None:
     aggs, _ = aggregate(spec, results)
     log(f"claims ({sum(1 for c in spec.claims if c.family == 'primary')} primary), as the "
         f"finished cells judge them now:")
-    for r in evaluate_claims(spec.claims, {(a.dataset, a.variant): a.values for a in aggs}):
+    for r in evaluate_claims(spec.claims, {(a.dataset, a.variant): a.values for a in aggs},
+                             unfinished_variants(aggs)):
         c = r.claim
         need = "?" if r.seeds_needed is None else str(r.seeds_needed)
         u = metric_unit(c.metric)
