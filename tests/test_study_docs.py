@@ -186,5 +186,7 @@ def test_claims_tables_are_the_tools_output(monkeypatch: pytest.MonkeyPatch) -> 
         values = {(a["dataset"], a["variant"]): {
             m: [float("nan") if x is None else x for x in v["values"]]
             for m, v in a["metrics"].items()} for a in doc["aggregates"]}
-        got = [r.to_dict() for r in evaluate_claims(spec.claims, values)]
+        unfinished = {(a["dataset"], a["variant"]) for a in doc["aggregates"]
+                      if a["cells_done"] < a["cells_total"]}
+        got = [r.to_dict() for r in evaluate_claims(spec.claims, values, unfinished)]
         assert got == doc["claims"], f"{spec.name}: rerun spat study {path.name}"
