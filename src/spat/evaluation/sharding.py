@@ -31,6 +31,7 @@ from spat.attacks.context import attack_mode
 from spat.attacks.presets import AttackSpec
 from spat.data import Split, batches
 from spat.evaluation.core import Predictions
+from spat.evaluation.seeding import generator
 from spat.utils.distributed import SINGLE, DistContext
 
 SeedOf = Callable[[int], int]
@@ -86,7 +87,6 @@ def predict_sharded(
     of this rank's batches (``k`` examples). Eval mode, as every attack.
     """
     n = len(split)
-    gen_device = device if device.type in ("cpu", "cuda") else torch.device("cpu")
     index: list[torch.Tensor] = []
     clean_preds: list[torch.Tensor] = []
     adv: dict[str, list[torch.Tensor]] = {a.name: [] for a in attacks}
@@ -98,7 +98,7 @@ def predict_sharded(
             if clean:
                 with torch.no_grad():
                     clean_preds.append(model(x).argmax(1))
-            gen = torch.Generator(device=gen_device).manual_seed(seed_of(b))
+            gen = generator(device, seed_of(b))
             for a in attacks:
                 x_adv = a.run(model, x, y, generator=gen)
                 with torch.no_grad():
