@@ -261,6 +261,12 @@ def test_pool_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
      '\nlr = inf', "'variants.a.lr' must be a finite number"),
     ('[study]\nname = "x"\ndatasets = ["digits"]\nseeds = [0]\n[variants.a]\nmethod = "pgd_at"'
      '\n[engine]\nworkers = true', "'engine.workers' must be an integer"),
+    ('[study]\nname = "x"\ndatasets = ["digits"]\nseeds = [0]\nreuse = ["no_such_study"]\n'
+     '[variants.a]\nmethod = "pgd_at"', "study.reuse[0]: no study folder"),
+    ('[study]\nname = "x"\ndatasets = ["digits"]\nseeds = [0]\nreuse = ["x"]\n'
+     '[variants.a]\nmethod = "pgd_at"', "study.reuse[0] names this study itself"),
+    ('[study]\nname = "x"\ndatasets = ["digits"]\nseeds = [0]\nreuse = ["../up"]\n'
+     '[variants.a]\nmethod = "pgd_at"', "study.reuse[0] must be the name of another study"),
 ])
 def test_study_file_errors_name_file_and_field(tmp_path: Path, edit: str, field: str) -> None:
     p = tmp_path / "bad.toml"
@@ -1120,3 +1126,50 @@ analyze = false
     (other / "notes.txt").write_text("mine")
     with pytest.raises(SpatError, match="no readable config.json"):
         cell_state({**c, "run_dir": str(other)})
+
+
+def test_a_study_copies_the_cells_another_study_finished_with_its_settings(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``study.reuse``: a cell whose training and evaluation settings are those of a finished
+    cell of another study (same dataset and seed) is copied from it, file for file, with a
+    record naming the source; a cell with another setting (here the lr; or the attacks) or
+    another seed is trained. --dry-run says which cells are copies."""
+    from spat.study.runner import dry_run, run_study
+
+    first = load_study(_tiny(tmp_path, "first"))
+    run_study(first, workers=1, threads=1, progress=False, figures=False, log=lambda _: None)
+    src = Path(plan_cells(first)[0].run_dir)
+    text = TINY_STUDY.format(name="second", out=(tmp_path / "out").as_posix(), seeds="[0, 1]")
+    text = text.replace('seeds = [0, 1]', 'seeds = [0, 1]\nreuse = ["first"]')
+    text = text.replace('[eval]', '[variants.b]\nmethod = "pgd_at"\nlr = 0.011\n[eval]')
+    (tmp_path / "second.toml").write_text(text)
+    second = load_study(tmp_path / "second.toml")
+    dry_run(second, 1, 1)
+    out = capsys.readouterr().out
+    states = {ln.split()[0]: ln.split()[1] for ln in out.splitlines() if ln.startswith("  digits")}
+    assert states == {"digits/a/seed0": "reuse", "digits/a/seed1": "new",
+                      "digits/b/seed0": "new", "digits/b/seed1": "new"}, out
+    assert "1 cells are copied from other studies" in out
+    res = run_study(second, workers=1, threads=1, progress=False, figures=False,
+                    log=lambda _: None)
+    stages = {r["key"]: r["stages"] for r in res["records"]}
+    assert stages == {"digits/a/seed0": ["reuse"], "digits/a/seed1": ["new", "eval"],
+                      "digits/b/seed0": ["new", "eval"], "digits/b/seed1": ["new", "eval"]}
+    copy = tmp_path / "out" / "second" / "digits" / "a" / "seed0"
+    rec = json.loads((copy / "study_cell.json").read_text())
+    assert rec["reused_from"] == str(src) and rec["stages"] == ["reuse"]
+    assert rec["source_record"] == json.loads((src / "study_cell.json").read_text())
+    for f in ("config.json", "summary.json", "eval/report.json", "eval/predictions.npz",
+              "metrics.jsonl"):
+        assert (copy / f).read_bytes() == (src / f).read_bytes(), f
+    assert not (copy / ".lock").exists() and not (copy / ".study.lock").exists()
+    rows = {r["variant"]: r for r in _table(second.study_dir)}
+    assert rows["a"]["n"] == "2"
+    # the same training with other attacks is not the same cell
+    third_text = TINY_STUDY.format(name="third", out=(tmp_path / "out").as_posix(), seeds="[0]")
+    third_text = third_text.replace('seeds = [0]', 'seeds = [0]\nreuse = ["first"]')
+    third_text = third_text.replace('attacks = ["fgsm"]', 'attacks = ["fgsm", "pgd20"]')
+    (tmp_path / "third.toml").write_text(third_text)
+    res = run_study(load_study(tmp_path / "third.toml"), workers=1, threads=1, progress=False,
+                    figures=False, log=lambda _: None)
+    assert [r["stages"] for r in res["records"]] == [["new", "eval"]]

@@ -113,6 +113,45 @@ def cell_state(cell: dict[str, Any]) -> str:
     return "done"
 
 
+#: Files of a run that are never copied when a cell is reused: the locks of the process that
+#: held it and its study's record (the copy gets its own, naming the source).
+NOT_COPIED = (".lock", CELL_LOCK, "study_cell.json")
+
+
+def reusable_source(cell: dict[str, Any]) -> Path | None:
+    """A finished cell of another study (``cell["reuse"]``: their folders) that this cell may
+    be copied from, or ``None``: one of the same dataset and seed, finished without error
+    (its ``study_cell.json``), whose training settings are this cell's
+    (:func:`config_mismatch`: only where and under which name it ran may differ) and whose
+    evaluation answers for this cell's (:func:`eval_matches`), so that running the cell again
+    would compute the same numbers (bit for bit on the same kind of CPU, see the README).
+    The first such cell in the order of ``study.reuse``, then of the variant folders' names."""
+    for study in cell.get("reuse") or ():
+        folder = Path(study) / cell["dataset"]
+        if not folder.is_dir():
+            continue
+        for variant in sorted(p for p in folder.iterdir() if p.is_dir()):
+            src = variant / f"seed{cell['seed']}"
+            rec = read_json_object_or_none(src / "study_cell.json")
+            if rec is None or rec.get("error"):
+                continue
+            try:
+                if cell_state({**cell, "run_dir": str(src)}) == "done":
+                    return src
+            except SpatError:  # trained with other settings: not this cell
+                continue
+    return None
+
+
+def copy_cell(src: Path, run: Path) -> None:
+    """Copy the run folder ``src`` into ``run`` (held, holding only its lock), file times
+    kept (the analysis stays newer than its report), without :data:`NOT_COPIED`."""
+    import shutil
+
+    shutil.copytree(src, run, dirs_exist_ok=True, copy_function=shutil.copy2,
+                    ignore=lambda _d, names: [n for n in names if n in NOT_COPIED])
+
+
 def _analysis_fresh(run: Path) -> bool:
     """analysis.json is newer than eval/report.json — or the weights are gone (a fresh clone of
     committed small results: file times are checkout times, and nothing could be recomputed)."""
@@ -233,6 +272,14 @@ def _run_stages(cell: dict[str, Any], record: dict[str, Any], device: str | None
         cfg = dataclasses.replace(cfg, device=device)
     state = cell_state(cell)
     ev = cell["eval"]
+    if state == "new" and (src := reusable_source(cell)) is not None:
+        copy_cell(src, run)
+        print(f"copied from {src}: a finished cell of another study with this cell's "
+              f"settings", flush=True)
+        record["stages"].append("reuse")
+        record["reused_from"] = str(src)
+        record["source_record"] = read_json_object_or_none(src / "study_cell.json")
+        state = cell_state(cell)
     if state in ("new", "resume"):
         t = time.perf_counter()
         result = train(cfg, resume=run if state == "resume" else None, progress=False,

@@ -154,7 +154,8 @@ def describe(record: dict[str, Any]) -> str:
         return f"{record['key']}: FAILED ({record['error']})"
     if record.get("busy"):
         return f"{record['key']}: skipped, another process holds it ({record['busy']})"
-    words = {"new": "trained", "resume": "resumed", "eval": "evaluated", "analyze": "analysed"}
+    words = {"new": "trained", "resume": "resumed", "eval": "evaluated", "analyze": "analysed",
+             "reuse": f"copied from {record.get('reused_from')}"}
     stages = ", ".join(words[s] for s in record["stages"]) or "already done"
     return f"{record['key']}: {stages} in {record.get('seconds', 0):.0f} s"
 
@@ -246,4 +247,5 @@ def _log_name(c: Cell) -> str:
 def dataclasses_asdict(c: Cell) -> dict[str, Any]:
     """A cell as a plain dict (what crosses the process boundary)."""
     return {"dataset": c.dataset, "variant": c.variant, "seed": c.seed, "run_dir": c.run_dir,
-            "config": dict(c.config), "eval": dict(c.eval), "plugins": list(c.plugins)}
+            "config": dict(c.config), "eval": dict(c.eval), "plugins": list(c.plugins),
+            "reuse": list(c.reuse)}

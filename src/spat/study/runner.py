@@ -61,6 +61,8 @@ def _measured_rate(cells: list[Cell]) -> float | None:
         d = read_json_object_or_none(rec)
         if d is None:
             continue
+        while d.get("source_record"):  # a copied cell: how long its source took to run
+            d = d["source_record"]
         if d.get("seconds") and d.get("stages") and "new" in d["stages"]:
             total_p += cell_cost(c)["passes"]
             total_s += float(d["seconds"])
@@ -69,7 +71,7 @@ def _measured_rate(cells: list[Cell]) -> float | None:
 
 def dry_run(spec: StudySpec, workers: int, threads: int, log: Log = print) -> list[Cell]:
     """List the cells, their state and an estimate of their cost."""
-    from spat.study.cell import cell_state
+    from spat.study.cell import cell_state, reusable_source
     from spat.study.pool import dataclasses_asdict
 
     cells = plan_cells(spec)
@@ -80,15 +82,18 @@ def dry_run(spec: StudySpec, workers: int, threads: int, log: Log = print) -> li
             state = cell_state(dataclasses_asdict(c))
         except SpatError as e:
             state = f"CONFLICT: {e}"
+        if state == "new" and reusable_source(dataclasses_asdict(c)) is not None:
+            state = "reuse"  # copied from another study's finished cell: no cost
         cost = cell_cost(c)
         r = rate or REFERENCE_RATE.get((cost["model"], cost["dataset"]))
         if r is not None:
             r *= threads  # a little optimistic: threads do not scale perfectly
-        if state != "done":
+        if state not in ("done", "reuse"):
             todo_passes += cost["passes"]
             unknown |= r is None or not cost["known_size"]
         extra = 0.0 if rate else CELL_OVERHEAD_S + (ANALYZE_S if c.eval["analyze"] else 0.0)
-        est = f"~{_dur(cost['passes'] / r + extra)}" if r and cost["known_size"] else "?"
+        est = (f"~{_dur(cost['passes'] / r + extra)}" if r and cost["known_size"] else "?") \
+            if state != "reuse" else "copy"
         rows.append((c.key, c.run_dir, state, cost["train_images"], cost["passes"], est))
     log(f"study {spec.name}: {len(cells)} cells ({len(spec.datasets)} dataset(s) × "
         f"{len(spec.variants)} variant(s) × {len(spec.seeds)} seed(s)) in {spec.study_dir}")
@@ -96,7 +101,11 @@ def dry_run(spec: StudySpec, workers: int, threads: int, log: Log = print) -> li
     log(f"  {'cell':<{w}}  {'state':<8} {'train images':>12} {'passes':>12}  estimate")
     for key, _, state, imgs, passes, est in rows:
         log(f"  {key:<{w}}  {state:<8} {imgs:>12,} {passes:>12,.0f}  {est}")
-    todo = sum(1 for r in rows if r[2] != "done")
+    copies = sum(1 for r in rows if r[2] == "reuse")
+    if copies:
+        log(f"{copies} cells are copied from other studies' finished cells with the same "
+            f"settings (study.reuse)")
+    todo = sum(1 for r in rows if r[2] not in ("done", "reuse"))
     rate_all = rate or next((REFERENCE_RATE.get((cell_cost(c)["model"], c.dataset))
                              for c in cells), None)
     if todo and rate_all and not unknown:
@@ -108,7 +117,7 @@ def dry_run(spec: StudySpec, workers: int, threads: int, log: Log = print) -> li
     elif todo:
         log(f"{todo} cells to run; no time estimate for this model/data until one cell "
             f"finishes (then --dry-run uses its measured rate)")
-    else:
+    elif not copies:
         log("every cell is done; spat study would only aggregate again")
     if spec.claims:
         log_claims(spec, cells, log)

@@ -14,6 +14,9 @@
     class_pairs = { digits = [["8", "1"]] }
     plugins = ["my_methods.py"]    # optional: modules or .py files (relative to this file)
                                    # defining methods/attacks (spat.utils.plugins)
+    reuse = ["digits_main"]        # optional: other studies under out_dir whose finished
+                                   # cells with this cell's exact settings are copied, not
+                                   # run again (spat.study.cell.reusable_source)
 
     [train]                        # spat train settings shared by every cell
     epochs = 5
@@ -67,7 +70,7 @@ from spat.validation import check_value, field_types, loads_toml, one_line
 CELL_FIELDS = ("dataset", "seed", "out_dir", "name", "resume")
 STUDY_KEYS = {"name": str, "out_dir": str, "datasets": list, "seeds": list, "baseline": str,
               "description": str, "pairs": list,
-              "class_pairs": dict, "most_similar": dict, "plugins": list}
+              "class_pairs": dict, "most_similar": dict, "plugins": list, "reuse": list}
 EVAL_KEYS = {"attacks": list, "n_examples": int, "which": str, "seed": int, "batch_size": int,
              "restarts": int, "sanity_examples": int, "eps": float, "analyze": bool,
              "attack_logits": str}
@@ -124,6 +127,9 @@ class Cell:
     eval: dict[str, Any]
     #: The study's plugins, loaded by the process that runs the cell (spat.utils.plugins).
     plugins: tuple[str, ...] = ()
+    #: Folders of other studies (``study.reuse``) where a finished cell with exactly this
+    #: cell's settings is copied from instead of run (:func:`spat.study.cell.reusable_source`).
+    reuse: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -164,6 +170,9 @@ class StudySpec:
     #: before the file's settings were checked; each cell's process loads them again
     #: (:attr:`Cell.plugins`).
     plugins: tuple[str, ...] = ()
+    #: ``study.reuse``: the folders (``out_dir/<name>``) of other studies whose finished cells
+    #: this one copies where their settings are a cell's settings exactly (:attr:`Cell.reuse`).
+    reuse: tuple[str, ...] = ()
 
     def eval_of(self, variant: str) -> dict[str, Any]:
         """The evaluation settings of ``variant``'s cells: [eval] with its overrides."""
@@ -376,6 +385,27 @@ def _load_study_plugins(src: str, raw: Any) -> tuple[str, ...]:
     return specs
 
 
+def _check_reuse(src: str, raw: list[Any], name: str, out_dir: str) -> tuple[str, ...]:
+    """``study.reuse``: names of other studies whose folders exist under ``out_dir`` (a typo
+    would otherwise cost every cell it meant to save); returned as those folders."""
+    out: list[str] = []
+    for i, other in enumerate(raw):
+        where = f"{src}: study.reuse[{i}]"
+        if not isinstance(other, str) or not _NAME.match(other):
+            raise SpatError(f"{where} must be the name of another study (its folder under "
+                            f"out_dir), got {other!r}")
+        if other == name:
+            raise SpatError(f"{where} names this study itself")
+        folder = Path(out_dir) / other
+        if not folder.is_dir():
+            raise SpatError(f"{where}: no study folder {folder} (the results of study "
+                            f"{other!r} under out_dir {out_dir})")
+        if str(folder) in out:
+            raise SpatError(f"{where} lists {other!r} twice")
+        out.append(str(folder))
+    return tuple(out)
+
+
 def parse_study(data: dict[str, Any], src: str) -> StudySpec:
     """Validate the TOML document ``data`` (from file ``src``) into a :class:`StudySpec`."""
     allowed = ("study", "train", "variants", "eval", "engine", "claims")
@@ -449,13 +479,15 @@ def parse_study(data: dict[str, Any], src: str) -> StudySpec:
             raise SpatError(f"{src}: engine.{k} must be >= 1, got {eng[k]}")
     if "gpus_per_job" in eng and eng["gpus_per_job"] < 0:
         raise SpatError(f"{src}: engine.gpus_per_job must be >= 0, got {eng['gpus_per_job']}")
-    spec = StudySpec(path=src, name=name, out_dir=st.get("out_dir", "runs/studies"),
+    out_dir = st.get("out_dir", "runs/studies")
+    reuse = _check_reuse(src, st.get("reuse", []), name, out_dir)
+    spec = StudySpec(path=src, name=name, out_dir=out_dir,
                      datasets=tuple(datasets), seeds=tuple(seeds), variants=variants,
                      baseline=baseline, train=train, eval=EvalSpec(**ev),
                      engine=EngineSpec(**eng), description=st.get("description", ""),
                      variant_eval=variant_eval, pairs=pairs,
                      class_pairs=class_pairs, claims=claims, most_similar=most_similar,
-                     plugins=plugins)
+                     plugins=plugins, reuse=reuse)
     _check_class_pair_names(spec, plan_cells(spec))  # plan_cells validates every cell's config
     _check_claim_metrics(spec)
     return spec
@@ -528,5 +560,5 @@ def plan_cells(spec: StudySpec) -> list[Cell]:
                     raise SpatError(f"{src}: {e}") from None
                 cells.append(Cell(dataset=ds, variant=vname, seed=seed,
                                   run_dir=str(parent / f"seed{seed}"), config=cfg.to_dict(),
-                                  eval=ev, plugins=spec.plugins))
+                                  eval=ev, plugins=spec.plugins, reuse=spec.reuse))
     return cells
