@@ -1136,7 +1136,7 @@ def test_a_study_copies_the_cells_another_study_finished_with_its_settings(
     another seed is trained. --dry-run says which cells are copies."""
     from spat.study.runner import dry_run, run_study
 
-    first = load_study(_tiny(tmp_path, "first"))
+    first = load_study(_tiny(tmp_path, "first", seeds="[1]"))
     run_study(first, workers=1, threads=1, progress=False, figures=False, log=lambda _: None)
     src = Path(plan_cells(first)[0].run_dir)
     text = TINY_STUDY.format(name="second", out=(tmp_path / "out").as_posix(), seeds="[0, 1]")
@@ -1147,15 +1147,16 @@ def test_a_study_copies_the_cells_another_study_finished_with_its_settings(
     dry_run(second, 1, 1)
     out = capsys.readouterr().out
     states = {ln.split()[0]: ln.split()[1] for ln in out.splitlines() if ln.startswith("  digits")}
-    assert states == {"digits/a/seed0": "reuse", "digits/a/seed1": "new",
+    assert states == {"digits/a/seed0": "new", "digits/a/seed1": "reuse",
                       "digits/b/seed0": "new", "digits/b/seed1": "new"}, out
     assert "1 cells are copied from other studies" in out
     res = run_study(second, workers=1, threads=1, progress=False, figures=False,
                     log=lambda _: None)
     stages = {r["key"]: r["stages"] for r in res["records"]}
-    assert stages == {"digits/a/seed0": ["reuse"], "digits/a/seed1": ["new", "eval"],
+    assert stages == {"digits/a/seed0": ["new", "eval"], "digits/a/seed1": ["reuse"],
                       "digits/b/seed0": ["new", "eval"], "digits/b/seed1": ["new", "eval"]}
-    copy = tmp_path / "out" / "second" / "digits" / "a" / "seed0"
+    assert res["records"][0]["key"] == "digits/a/seed1", "the copy runs before any training"
+    copy = tmp_path / "out" / "second" / "digits" / "a" / "seed1"
     rec = json.loads((copy / "study_cell.json").read_text())
     assert rec["reused_from"] == str(src) and rec["stages"] == ["reuse"]
     assert rec["source_record"] == json.loads((src / "study_cell.json").read_text())
@@ -1166,8 +1167,8 @@ def test_a_study_copies_the_cells_another_study_finished_with_its_settings(
     rows = {r["variant"]: r for r in _table(second.study_dir)}
     assert rows["a"]["n"] == "2"
     # the same training with other attacks is not the same cell
-    third_text = TINY_STUDY.format(name="third", out=(tmp_path / "out").as_posix(), seeds="[0]")
-    third_text = third_text.replace('seeds = [0]', 'seeds = [0]\nreuse = ["first"]')
+    third_text = TINY_STUDY.format(name="third", out=(tmp_path / "out").as_posix(), seeds="[1]")
+    third_text = third_text.replace('seeds = [1]', 'seeds = [1]\nreuse = ["first"]')
     third_text = third_text.replace('attacks = ["fgsm"]', 'attacks = ["fgsm", "pgd20"]')
     (tmp_path / "third.toml").write_text(third_text)
     res = run_study(load_study(tmp_path / "third.toml"), workers=1, threads=1, progress=False,

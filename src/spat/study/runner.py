@@ -194,7 +194,7 @@ def run_study(spec: StudySpec, *, engine: str | None = None, workers: int | None
     stopped), and aggregates every cell. ``busy``: the records of the cells left to another
     process. ``records``: one per cell this session handled, the last one of each."""
     from spat.study.aggregate import aggregate, pair_differences, read_study_cells
-    from spat.study.cell import cell_state
+    from spat.study.cell import cell_state, reusable_source
     from spat.study.pool import StudyProgress, dataclasses_asdict
 
     cells = plan_cells(spec)
@@ -204,6 +204,9 @@ def run_study(spec: StudySpec, *, engine: str | None = None, workers: int | None
     plan = engine_plan(spec, cells, kind, workers, threads)
     states = {c.key: cell_state(dataclasses_asdict(c)) for c in cells}  # conflicts stop here
     todo = seed_major([c for c in cells if states[c.key] != "done"], spec.seeds)
+    # copies first: they take seconds and complete paired comparisons before any training
+    todo.sort(key=lambda c: states[c.key] != "new"
+              or reusable_source(dataclasses_asdict(c)) is None)
     study_dir = spec.study_dir
     study_dir.mkdir(parents=True, exist_ok=True)
     log_dir = str(study_dir / "logs")
