@@ -581,6 +581,10 @@ def test_cell_analysis_stage_then_done(pool_study: tuple[Path, dict]) -> None:
     assert "null" in (run / "analysis" / "report.md").read_text()
     assert cell_state(cell) == "done"
     assert run_cell(cell, threads=1)["stages"] == []
+    # an analysis killed after analysis.json but before its figures and report.md: not done
+    (run / "analysis" / "report.md").unlink()
+    assert (run / "analysis" / "analysis.json").is_file() and cell_state(cell) == "analyze"
+    assert run_cell(cell, threads=1)["stages"] == ["analyze"] and cell_state(cell) == "done"
 
 
 def test_study_through_submitit_local_executor(tmp_path: Path,

@@ -72,8 +72,9 @@ def _finished_cell(cell, *, best: int, val: list[tuple[float, float]], robust: f
               "subset": {"indices": "seeded", "of": 500}, "classes": []}
     rep = run / "eval" / "report.json"
     rep.write_text(json.dumps(report), encoding="utf-8")
-    ana = run / "analysis" / "analysis.json"
-    ana.write_text("{}", encoding="utf-8")
+    (run / "analysis" / "analysis.json").write_text("{}", encoding="utf-8")
+    ana = run / "analysis" / "report.md"  # written last: the mark of a finished analysis
+    ana.write_text("# analysis\n", encoding="utf-8")
     t = rep.stat().st_mtime
     os.utime(ana, (t - 100, t - 100) if analysis_older else (t + 1, t + 1))
     if checkpoints:
@@ -91,7 +92,7 @@ def test_fresh_clone_cell_is_done_without_weights(tmp_path: Path) -> None:
     (Path(cell.run_dir) / "checkpoints").rmdir()
     assert cell_state(cell.__dict__) == "done"
     # a newer analysis is fresh either way
-    os.utime(Path(cell.run_dir) / "analysis" / "analysis.json")
+    os.utime(Path(cell.run_dir) / "analysis" / "report.md")
     assert cell_state(cell.__dict__) == "done"
     # missing small files are still missing: no report, the evaluation must run
     (Path(cell.run_dir) / "eval" / "report.json").unlink()

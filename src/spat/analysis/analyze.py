@@ -136,7 +136,8 @@ def collect(
 
 def write_analysis(ra: RunAnalysis, out_dir: str | os.PathLike[str] | None = None,
                    log: Log = print) -> dict[str, Path]:
-    """Write the numbers, plots and ``report.md`` of ``ra``; returns name → path."""
+    """Write the numbers, plots and ``report.md`` of ``ra`` (report.md last: a study takes it as
+    the mark of a finished analysis); returns name → path."""
     out = Path(out_dir) if out_dir is not None else ra.run_dir / "analysis"
     out.mkdir(parents=True, exist_ok=True)
     per_class = ra.per_class()

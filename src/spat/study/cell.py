@@ -153,9 +153,11 @@ def copy_cell(src: Path, run: Path) -> None:
 
 
 def _analysis_fresh(run: Path) -> bool:
-    """analysis.json is newer than eval/report.json — or the weights are gone (a fresh clone of
-    committed small results: file times are checkout times, and nothing could be recomputed)."""
-    a, r = run / "analysis" / "analysis.json", run / "eval" / "report.json"
+    """analysis/report.md, the last file the analysis writes (after analysis.json, the CSVs and
+    the figures, so an analysis killed midway is not taken for a finished one), is newer than
+    eval/report.json — or the weights are gone (a fresh clone of committed small results: file
+    times are checkout times, and nothing could be recomputed)."""
+    a, r = run / "analysis" / "report.md", run / "eval" / "report.json"
     if not (a.is_file() and r.is_file()):
         return False
     return a.stat().st_mtime >= r.stat().st_mtime or not (run / "checkpoints").is_dir()
