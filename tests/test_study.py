@@ -1178,3 +1178,20 @@ def test_a_study_copies_the_cells_another_study_finished_with_its_settings(
     res = run_study(load_study(tmp_path / "third.toml"), workers=1, threads=1, progress=False,
                     figures=False, log=lambda _: None)
     assert [r["stages"] for r in res["records"]] == [["new", "eval"]]
+
+
+def test_copied_cells_do_not_count_towards_the_eta() -> None:
+    """Cells copied from another study take no time: no ETA is extrapolated from them, and the
+    first cell that ran sets it."""
+    from spat.study.pool import StudyProgress
+
+    lines: list[str] = []
+    bar = StudyProgress(4, log=lines.append, terminal=False)
+    bar.advance("a: copied", copied=True)
+    bar.advance("b: copied", copied=True)
+    assert bar.eta() is None and "ETA" not in lines[-1]
+    time.sleep(0.05)
+    bar.advance("c: trained")
+    eta = bar.eta()
+    assert eta is not None and eta >= 0.05 and "ETA" in lines[-1]  # one run cell left
+    bar.close()

@@ -113,13 +113,16 @@ class StudyProgress:
             return None
         return (time.perf_counter() - self.t0) / ran * (self.total - self.done)
 
-    def advance(self, what: str, skipped: bool = False) -> None:
+    def advance(self, what: str, skipped: bool = False, copied: bool = False) -> None:
         """One cell finished (or failed); ``skipped``: left to another process, so it leaves
-        this study's count instead (:meth:`add` brings it back if it is run here later)."""
+        this study's count instead (:meth:`add` brings it back if it is run here later);
+        ``copied``: taken from another study in no time, so it does not count towards the
+        rate that the ETA extrapolates."""
         if skipped:
             self.total -= 1
         else:
             self.done += 1
+            self.start_done += copied
         if self._bars.shown:
             from rich.markup import escape
 
@@ -235,7 +238,8 @@ def finish_record(rec: dict[str, Any], records: list[dict[str, Any]],
     if on_record is not None:
         on_record(rec)
     if progress is not None:
-        progress.advance(describe(rec), skipped=bool(rec.get("busy")))
+        progress.advance(describe(rec), skipped=bool(rec.get("busy")),
+                         copied=rec.get("stages") == ["reuse"])
     else:
         log(describe(rec))
 
