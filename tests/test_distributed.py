@@ -70,8 +70,13 @@ def _worker(argv: list[str]) -> int:
         code = main(["train", *ARGS, "--epochs", "1", "--out-dir", out, "--name", name])
         if code:
             return code
-        return main(["train", "--resume", str(Path(out) / name), "--epochs", "2",
+        code = main(["train", "--resume", str(Path(out) / name), "--epochs", "2",
                      "--no-progress"])
+        if code == 0:
+            # both ranks done before either tears its group down: under load a rank whose peer
+            # had already left aborted in gloo ("terminate called without an active exception")
+            dist.barrier()
+        return code
     finally:
         dist.destroy_process_group()
 
