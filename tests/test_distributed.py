@@ -167,3 +167,26 @@ def test_two_processes_match_one_process(tmp_path: Path, monkeypatch, capsys) ->
         assert abs(s2["test_clean_acc"] - s1["test_clean_acc"]) <= 1 / 101 + 1e-9
     state = ckpt.load_state(ckpt.resolve(ddp, "last"))
     assert state["world_size"] == 2 and state["epoch"] == 1
+
+
+def test_leaving_the_group_meets_the_other_ranks_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A group spat created is left after a barrier (no rank tears it down while a peer still
+    uses it), except when leaving on an error; a group the caller created is left alone."""
+    import torch.distributed as dist
+
+    from spat.utils.distributed import DistContext, shutdown_distributed
+
+    calls: list[str] = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: calls.append("destroy"))
+    owned = DistContext(rank=0, world_size=2, local_rank=0, backend="gloo", owns_group=True)
+    shutdown_distributed(owned)
+    assert calls == ["barrier", "destroy"]
+    calls.clear()
+    shutdown_distributed(owned, meet=False)
+    assert calls == ["destroy"]
+    calls.clear()
+    shutdown_distributed(DistContext(rank=0, world_size=2, local_rank=0, backend="gloo",
+                                     owns_group=False))
+    assert calls == []

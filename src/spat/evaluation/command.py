@@ -151,8 +151,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 log=info if dist.is_main else lambda s: None,
                 dist=dist, tensorboard=args.tensorboard,
             )
-        finally:
-            shutdown_distributed(dist)
+        except BaseException:
+            shutdown_distributed(dist, meet=False)
+            raise
+        shutdown_distributed(dist)
         if not dist.is_main:
             return 0
     print_report(report, out)

@@ -134,8 +134,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                         overwrite=getattr(args, "overwrite", False),
                         progress=not (getattr(args, "no_progress", False) or log_quiet()),
                         dist=dist, log=log, explicit=set(values))
-    finally:
-        shutdown_distributed(dist)
+    except BaseException:
+        shutdown_distributed(dist, meet=False)
+        raise
+    shutdown_distributed(dist)
     if dist.is_main:
         print_train_summary(result)
     return 0

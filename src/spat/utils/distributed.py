@@ -164,8 +164,13 @@ def init_distributed(device: str = "auto") -> DistContext:
                        owns_group=owns)
 
 
-def shutdown_distributed(ctx: DistContext) -> None:
+def shutdown_distributed(ctx: DistContext, *, meet: bool = True) -> None:
     """Leave the process group if :func:`init_distributed` created it (no-op otherwise).
+
+    ``meet``: the ranks first wait for each other at a barrier, so that none tears its group
+    down while a peer is still using it (under load, gloo aborted such a peer: "terminate
+    called without an active exception"). Pass ``False`` when leaving because of an error: a
+    rank that failed must not wait for peers that may never arrive.
 
     A process that trains several times under one torchrun launch (a script calling
     ``spat.cli.main`` twice, say) should create the group itself, once: re-creating the default
@@ -173,4 +178,6 @@ def shutdown_distributed(ctx: DistContext) -> None:
     the ranks can then wait on each other forever.
     """
     if ctx.enabled and ctx.owns_group and dist.is_initialized():
+        if meet:
+            dist.barrier()
         dist.destroy_process_group()
